@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set everything up and run the whole test suite headless (what CI runs): lint, then pytest under Xvfb.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/gui-deps.sh
+bash scripts/setup.sh testing
+# shellcheck disable=SC1091
+. .venv/bin/activate
+ruff check src tests benchmarks scripts docs
+# pytest-xvfb starts a virtual display for the napari viewer tests.
+python -m pytest "$@"

@@ -1,0 +1,126 @@
+"""The `nstseg` command: info, demo, predict, make-lesions, train, pretrain-mae, evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import sys
+from collections.abc import Sequence
+
+# Subcommands live next to the code they drive; each module has add_parser(subparsers) that
+# registers its parser with `func` set. Imported on demand so `nstseg --help` stays quick.
+_SUBCOMMAND_MODULES = (
+    "napari_nstseg.inference.cli_predict",
+    "napari_nstseg.training.lesions_cli",
+    "napari_nstseg.training.cli_train",
+)
+
+
+def _info(args: argparse.Namespace) -> int:
+    """Print versions and the compute devices torch can use."""
+    import napari_nstseg
+
+    info: dict[str, object] = {
+        "napari-nstseg": napari_nstseg.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    for mod in ("numpy", "torch", "napari", "nibabel", "SimpleITK", "safetensors"):
+        try:
+            info[mod] = importlib.import_module(mod).__version__
+        except Exception as exc:  # a broken optional import must not hide the rest
+            info[mod] = f"not available ({type(exc).__name__})"
+    try:
+        from napari_nstseg.inference.device import available_devices
+
+        info["devices"] = available_devices()
+    except ImportError:
+        import torch
+
+        devices = ["cpu"]
+        if torch.cuda.is_available():
+            devices.insert(0, "cuda")
+        info["devices"] = devices
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            info["cuda_device"] = torch.cuda.get_device_name(0)
+            info["cuda_version"] = torch.version.cuda
+    except Exception:
+        pass
+    try:
+        from napari_nstseg.inference.engine import default_weights_path
+
+        path = default_weights_path()
+        info["default_weights"] = str(path) if path.exists() else f"missing ({path})"
+    except Exception as exc:
+        info["default_weights"] = f"unavailable: {exc}"
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        width = max(len(k) for k in info)
+        for key, value in info.items():
+            print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """Open napari with the sample CT and the widget; headless, run the prediction instead."""
+    from napari_nstseg.demo import run_demo
+
+    return run_demo(headless=args.headless, out_dir=args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nstseg",
+        description=(
+            "CDI-NSTSEG small, low-contrast tumor segmentation for CT: predict from the command "
+            "line, build training data, train and evaluate models. In napari, use "
+            "Plugins > Segment small tumors (CDI-NSTSEG)."
+        ),
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("info", help="versions, available devices and bundled weights")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=_info)
+
+    p = sub.add_parser(
+        "demo",
+        help="open napari with the sample CT and the widget (headless: predict on the sample)",
+    )
+    p.add_argument("--headless", action="store_true", help="do not open a window")
+    p.add_argument("--out", default=None, help="folder for headless outputs (default: ./nstseg-demo)")
+    p.set_defaults(func=_demo)
+
+    for name in _SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, OSError, RuntimeError) as exc:
+        # Users get the one-sentence reason, not a traceback; --debug style traces are a rerun away.
+        print(f"nstseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

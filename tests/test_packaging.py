@@ -1,0 +1,91 @@
+"""The plugin installs, napari finds every contribution, and a built wheel carries what it needs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _manifest():
+    from npe2 import PluginManager
+
+    pm = PluginManager.instance()
+    pm.discover()
+    return pm.get_manifest("napari-nstseg")
+
+
+def test_npe2_validate_passes():
+    out = subprocess.run(
+        [str(BIN / "npe2"), "validate", "napari_nstseg"], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "valid" in out.stdout
+
+
+def test_installed_manifest_is_the_top_level_napari_yaml():
+    import napari_nstseg
+
+    installed = Path(napari_nstseg.__file__).parent / "napari.yaml"
+    assert installed.read_text() == (ROOT / "napari.yaml").read_text()
+
+
+def test_napari_lists_reader_writer_sample_and_widget():
+    mf = _manifest()
+    c = mf.contributions
+    assert any("*.nii.gz" in r.filename_patterns and r.accepts_directories for r in c.readers)
+    assert any("labels" in [str(t) for t in w.layer_types] for w in c.writers)
+    assert [s.key for s in c.sample_data] == ["sample_ct"]
+    assert len(c.widgets) == 1
+    # every command must resolve to a real, importable callable
+    for cmd in c.commands:
+        assert callable(cmd.exec) or cmd.python_name
+        module, _, attr = cmd.python_name.partition(":")
+        mod = __import__(module, fromlist=[attr])
+        assert callable(getattr(mod, attr)), cmd.python_name
+
+
+def test_cli_help_and_info():
+    nstseg = shutil.which("nstseg", path=str(BIN)) or "nstseg"
+    out = subprocess.run([nstseg, "--help"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    for sub in ("info", "demo", "predict"):
+        assert sub in out.stdout
+    out = subprocess.run([nstseg, "info", "--json"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["torch"].startswith("2.")
+    assert "cpu" in info["devices"]
+
+
+@pytest.mark.slow
+def test_built_wheel_contains_manifest_and_data(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
+         "-w", str(tmp_path), "-q"],
+        capture_output=True, text=True,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    (wheel,) = tmp_path.glob("napari_nstseg-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        manifest = zf.read("napari_nstseg/napari.yaml").decode()
+        entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+        eps = zf.read(entry_points).decode()
+    assert manifest == (ROOT / "napari.yaml").read_text()
+    assert "napari-nstseg = napari_nstseg:napari.yaml" in eps
+    assert "nstseg = napari_nstseg.cli:main" in eps
+    for data in ("sample_ct.nii.gz", "sample_ct_lesion.nii.gz", "README.md"):
+        assert f"napari_nstseg/sample_data/{data}" in names, data
+    bundled = [n for n in names if n.startswith("napari_nstseg/weights/")]
+    if (ROOT / "src/napari_nstseg/weights/default.json").exists():
+        assert "napari_nstseg/weights/default.json" in bundled
+        assert "napari_nstseg/weights/default.safetensors" in bundled
