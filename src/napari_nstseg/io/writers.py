@@ -1,0 +1,201 @@
+"""Save masks and float maps onto the source scan's own voxel grid, atomically.
+
+The display array goes back through ``Geometry.to_source`` (a permutation and flips, never a
+resampling), so the file written has the scan's shape and affine and overlays it voxel for voxel
+in nibabel, SimpleITK, ITK-SNAP and 3D Slicer. Every write goes to a temporary file in the target
+folder and is moved into place with ``os.replace``: a crash or a failed save never leaves a
+half-written file and never touches an existing one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from .errors import MaskWriteError
+from .volume import Geometry
+
+WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
+_DETACHED_SUFFIXES = (".mhd", ".nhdr")
+_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+_NEW_FILE_MODE = 0o644
+
+
+def write_mask(path: str | os.PathLike, mask_zyx: np.ndarray, geometry: Geometry) -> Path:
+    """Write an integer label mask shown in display order (z, y, x) onto the source grid."""
+    path = Path(path)
+    suffix = _check_suffix(path)
+    mask = np.asarray(mask_zyx)
+    _check_shape(path, mask, geometry)
+    labels = _as_label_array(path, mask)
+    source = np.ascontiguousarray(geometry.to_source(labels))
+    return _atomic_write(path, lambda tmp: _write_array(tmp, suffix, source, geometry))
+
+
+def write_volume(path: str | os.PathLike, volume_zyx: np.ndarray, geometry: Geometry) -> Path:
+    """Write a float map (probabilities, residuals) in display order onto the source grid."""
+    path = Path(path)
+    suffix = _check_suffix(path)
+    volume = np.asarray(volume_zyx)
+    _check_shape(path, volume, geometry)
+    if not np.issubdtype(volume.dtype, np.number) and volume.dtype != bool:
+        raise MaskWriteError(path, f"values of type {volume.dtype} are not numbers")
+    source = np.ascontiguousarray(geometry.to_source(volume.astype(np.float32, copy=False)))
+    return _atomic_write(path, lambda tmp: _write_array(tmp, suffix, source, geometry))
+
+
+# -- checks --------------------------------------------------------------------------------------
+def _check_suffix(path: Path) -> str:
+    lower = path.name.lower()
+    for suffix in WRITABLE_SUFFIXES:
+        if lower.endswith(suffix):
+            return suffix
+    if lower.endswith(_DETACHED_SUFFIXES):
+        raise MaskWriteError(
+            path,
+            "that format keeps header and voxels in two files, which cannot be saved atomically",
+            "save as .mha, .nrrd or .nii.gz instead",
+        )
+    raise MaskWriteError(
+        path, "the file type is not supported", "end the name with .nii.gz, .nii, .mha or .nrrd"
+    )
+
+
+def _check_shape(path: Path, array: np.ndarray, geometry: Geometry) -> None:
+    if tuple(array.shape) != tuple(geometry.display_shape):
+        raise MaskWriteError(
+            path,
+            f"the mask has shape {tuple(array.shape)} but its scan has shape "
+            f"{tuple(geometry.display_shape)} (z, y, x)",
+            "draw the mask on the scan's own grid (same layer scale and shape)",
+        )
+
+
+def _as_label_array(path: Path, mask: np.ndarray) -> np.ndarray:
+    if mask.dtype == bool:
+        return mask.astype(np.uint8)
+    if not np.issubdtype(mask.dtype, np.integer):
+        if not np.issubdtype(mask.dtype, np.floating) or not (
+            np.all(np.isfinite(mask)) and np.array_equal(mask, np.round(mask))
+        ):
+            raise MaskWriteError(
+                path,
+                "the mask holds non-integer values",
+                "save probability maps with write_volume, or threshold them first",
+            )
+    lo, hi = (int(mask.min()), int(mask.max())) if mask.size else (0, 0)
+    for dtype in (np.uint8, np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= lo and hi <= info.max:
+            return mask.astype(dtype, copy=False)
+    raise MaskWriteError(path, f"label values {lo}..{hi} do not fit in 32 bits")
+
+
+# -- format writers ------------------------------------------------------------------------------
+def _write_array(tmp: str, suffix: str, source: np.ndarray, geometry: Geometry) -> None:
+    if suffix in (".nii.gz", ".nii"):
+        _write_nifti(tmp, source, geometry)
+    else:
+        _write_itk(tmp, source, geometry)
+
+
+def _write_nifti(tmp: str, source: np.ndarray, geometry: Geometry) -> None:
+    import nibabel as nib
+
+    affine_ras = geometry.affine_ras
+    image = nib.Nifti1Image(source, affine=None)
+    header = image.header
+    header.set_data_dtype(source.dtype)
+    header.set_xyzt_units(xyz="mm")
+    qcode, scode = geometry.nifti_qform_code, geometry.nifti_sform_code
+    qform = geometry.extra.get("nifti_qform") if geometry.source_format == "nifti" else None
+    sform = geometry.extra.get("nifti_sform") if geometry.source_format == "nifti" else None
+    if qform is not None and sform is not None:
+        # The scan's own header matrices and codes: tools that prefer the qform (or the sform)
+        # then see the mask exactly where they see the scan.
+        image.set_qform(np.asarray(qform), code=qcode)
+        image.set_sform(np.asarray(sform), code=scode)
+    if qform is None or not np.allclose(header.get_best_affine(), affine_ras, atol=1e-4):
+        # No NIfTI source (DICOM, ITK, napari-only), or its header no longer says where the
+        # voxels are: write the geometry's affine, labelled as scanner coordinates unless told.
+        qcode = qcode or 1
+        scode = scode or 1
+        image.set_qform(affine_ras, code=qcode)
+        image.set_sform(affine_ras, code=scode)
+    nib.save(image, tmp)
+
+
+def _write_itk(tmp: str, source: np.ndarray, geometry: Geometry) -> None:
+    import SimpleITK as sitk
+
+    m = geometry.affine_lps
+    spacing = np.linalg.norm(m[:3, :3], axis=0)
+    direction = m[:3, :3] / spacing[None, :]
+    # SimpleITK arrays are (k, j, i); the source array is in index order (i, j, k).
+    image = sitk.GetImageFromArray(np.ascontiguousarray(source.T))
+    image.SetSpacing([float(s) for s in spacing])
+    image.SetOrigin([float(v) for v in m[:3, 3]])
+    image.SetDirection([float(v) for v in direction.ravel()])
+    sitk.WriteImage(image, tmp, useCompression=True)
+
+
+# -- atomic replace ------------------------------------------------------------------------------
+def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
+    """Run ``write`` on a temporary file beside ``path`` and move it into place only on success."""
+    target = path.expanduser().absolute()
+    folder = target.parent
+    if not folder.exists():
+        raise MaskWriteError(
+            path, f"the folder {folder} does not exist", "create it or choose another folder"
+        )
+    if not folder.is_dir():
+        raise MaskWriteError(path, f"{folder} is a file, not a folder", "choose another folder")
+    if target.is_dir():
+        raise MaskWriteError(path, "a folder of that name exists", "choose another file name")
+    suffix = _check_suffix(target)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=folder)
+    except OSError as e:
+        raise MaskWriteError(
+            path,
+            f"the folder {folder} is not writable ({e.strerror or e})",
+            "choose another folder or fix its permissions",
+        ) from e
+    os.close(fd)
+    try:
+        write(tmp)
+        _fsync(tmp)
+        mode = target.stat().st_mode & 0o7777 if target.exists() else _NEW_FILE_MODE
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, MaskWriteError) or not isinstance(e, Exception):
+            raise
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        raise MaskWriteError(
+            path, f"writing failed ({reason})", "the previous file, if any, is unchanged"
+        ) from e
+    _fsync_folder(folder)
+    return target
+
+
+def _fsync(file: str) -> None:
+    with open(file, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_folder(folder: Path) -> None:
+    # Makes the rename itself durable on POSIX; folders cannot be opened this way on Windows.
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

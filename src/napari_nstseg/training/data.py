@@ -1,0 +1,487 @@
+"""Training data for CDI-NSTSEG: MSD-format / paired folders, case-level splits, 2-D axial slices.
+
+Slices come out in a checkpoint's preprocessing (``PreprocessConfig``): display orientation
+(read through ``napari_nstseg.io``, image and mask alike), resampled in-plane to the working
+spacing, augmented in HU, then windowed and z-scored exactly as the inference engine does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch.utils.data import Dataset
+
+from napari_nstseg.io.readers import read_ct, read_mask
+from napari_nstseg.preprocessing import (
+    AIR_HU,
+    PreprocessConfig,
+    resample_slices_to_working,
+    window_normalize,
+)
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+# MSD names the first (only, for CT) channel of a case "<case>_0000".
+_CHANNEL_SUFFIX = "_0000"
+# Names a mask may carry in plain paired folders besides the image's own name.
+_MASK_SUFFIXES = ("_mask", "_seg", "_label", "_labels", "_gt")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One scan and its label map; ``split`` is set when dataset.json assigns one and
+    ``highest_label`` when dataset.json names its labels."""
+
+    case_id: str
+    image: Path
+    label: Path
+    split: str | None = None
+    highest_label: int | None = None
+
+
+def _strip_suffix(name: str) -> str | None:
+    lower = name.lower()
+    for suffix in VOLUME_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def _volumes_by_id(folder: Path, strip: Sequence[str]) -> dict[str, Path]:
+    """Volume files in ``folder`` keyed by their name without extension and ``strip`` suffix."""
+    found: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        # MSD tarballs carry macOS "._name" resource forks next to every volume.
+        if p.name.startswith(".") or not p.is_file():
+            continue
+        stem = _strip_suffix(p.name)
+        if stem is None:
+            continue
+        for suffix in strip:
+            if stem.endswith(suffix):
+                stem = stem[: -len(suffix)]
+                break
+        if stem in found:
+            raise ValueError(
+                f"{folder}: two files belong to case {stem!r}: {found[stem].name}, {p.name}"
+            )
+        found[stem] = p
+    return found
+
+
+def _pair(folder: Path, images_dir: Path, labels_dir: Path, mask_strip: Sequence[str]):
+    images = _volumes_by_id(images_dir, (_CHANNEL_SUFFIX,))
+    labels = _volumes_by_id(labels_dir, mask_strip)
+    unpaired = sorted(set(images) - set(labels))
+    if unpaired:
+        shown = ", ".join(images[c].name for c in unpaired[:5])
+        more = f" and {len(unpaired) - 5} more" if len(unpaired) > 5 else ""
+        warnings.warn(
+            f"{folder}: skipping {len(unpaired)} image(s) without a label file: {shown}{more}",
+            stacklevel=3,
+        )
+    return {c: (images[c], labels[c]) for c in sorted(set(images) & set(labels))}
+
+
+def _read_split(dataset_json: dict, path: Path) -> dict[str, str]:
+    split = dataset_json.get("split")
+    if split is None:
+        return {}
+    if not isinstance(split, dict) or not set(split) <= set(SPLITS):
+        raise ValueError(f"{path}: 'split' must map some of {', '.join(SPLITS)} to case id lists")
+    assigned: dict[str, str] = {}
+    for name, ids in split.items():
+        for case_id in ids:
+            case_id = _strip_suffix(Path(str(case_id)).name) or Path(str(case_id)).name
+            if case_id in assigned and assigned[case_id] != name:
+                raise ValueError(
+                    f"{path}: case {case_id!r} is in both the {assigned[case_id]!r} and "
+                    f"the {name!r} split"
+                )
+            assigned[case_id] = name
+    return assigned
+
+
+def _highest_label(dataset_json: dict) -> int | None:
+    """Largest label id in dataset.json's "labels" (MSD: id -> name; nnU-Net v2: name -> id)."""
+    ids = []
+    for key, value in (dataset_json.get("labels") or {}).items():
+        for candidate in (key, value):
+            try:
+                ids.append(int(candidate))
+            except (TypeError, ValueError):
+                continue
+    return max(ids) if ids else None
+
+
+def find_cases(folder: str | Path) -> list[Case]:
+    """Image/label pairs of a Medical Segmentation Decathlon folder or a plain paired folder.
+
+    - MSD: ``dataset.json``, ``imagesTr/<case>_0000.nii.gz`` (or ``<case>.nii.gz``) and
+      ``labelsTr/<case>.nii.gz``. A ``"split": {"train": [...], "val": [...], "test": [...]}``
+      entry in dataset.json (our addition) sets each case's ``split``; cases it does not list
+      are left out.
+    - Plain: ``images/`` with ``masks/`` or ``labels/``; a mask matches the image of the same
+      name, optionally with ``_mask``, ``_seg``, ``_label(s)`` or ``_gt`` before the extension.
+
+    Images without a label are skipped with a warning; no pair at all is an error.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise ValueError(f"{root}: not a folder; give a dataset folder (MSD or images/ + masks/)")
+    msd_images, msd_labels = root / "imagesTr", root / "labelsTr"
+    assigned: dict[str, str] = {}
+    highest: int | None = None
+    if msd_images.is_dir() or (root / "dataset.json").is_file():
+        if not (msd_images.is_dir() and msd_labels.is_dir()):
+            raise ValueError(f"{root}: an MSD dataset needs both imagesTr/ and labelsTr/ folders")
+        ds_path = root / "dataset.json"
+        if ds_path.is_file():
+            try:
+                ds_json = json.loads(ds_path.read_text())
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{ds_path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+            assigned = _read_split(ds_json, ds_path)
+            highest = _highest_label(ds_json)
+        pairs = _pair(root, msd_images, msd_labels, ())
+    else:
+        masks = next((root / n for n in ("masks", "labels") if (root / n).is_dir()), None)
+        if not (root / "images").is_dir() or masks is None:
+            raise ValueError(
+                f"{root}: no dataset found; expected imagesTr/ + labelsTr/ (+ dataset.json) or "
+                "images/ + masks/ (or labels/)"
+            )
+        pairs = _pair(root, root / "images", masks, _MASK_SUFFIXES)
+    if not pairs:
+        raise ValueError(f"{root}: found no image with a matching label file")
+    if assigned:
+        missing = sorted(set(assigned) - set(pairs))
+        if missing:
+            raise ValueError(
+                f"{root / 'dataset.json'}: the split lists case(s) with no image/label pair: "
+                + ", ".join(missing[:5])
+            )
+        return [
+            Case(c, *pairs[c], split=assigned[c], highest_label=highest)
+            for c in sorted(pairs)
+            if c in assigned
+        ]
+    return [Case(c, *pairs[c], highest_label=highest) for c in sorted(pairs)]
+
+
+def split_cases(
+    cases: Sequence[Case], val_fraction: float = 0.2, test_fraction: float = 0.0, seed: int = 0
+) -> dict[str, list[Case]]:
+    """Train/val/test lists of whole cases (never slices), so no scan leaks across splits.
+
+    When the cases carry a split (from dataset.json) that split is used as is. Otherwise the
+    case ids are shuffled with ``seed`` and cut by the fractions (each non-zero fraction gets at
+    least one case when there are enough); the same ids and seed always give the same split.
+    """
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(
+            f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be in [0, 1) "
+            "and leave cases for training"
+        )
+    ids = [c.case_id for c in cases]
+    if len(set(ids)) != len(ids):
+        raise ValueError("case ids must be unique to split by case")
+    if any(c.split is not None for c in cases):
+        return {name: [c for c in cases if c.split == name] for name in SPLITS}
+    ordered = sorted(cases, key=lambda c: c.case_id)
+    order = np.random.default_rng(seed).permutation(len(ordered))
+    shuffled = [ordered[i] for i in order]
+    n = len(shuffled)
+
+    def count(fraction: float) -> int:
+        return 0 if fraction == 0 or n < 2 else max(1, int(round(fraction * n)))
+
+    n_test = count(test_fraction)
+    n_val = min(count(val_fraction), max(0, n - n_test - 1))
+    return {
+        "test": sorted(shuffled[:n_test], key=lambda c: c.case_id),
+        "val": sorted(shuffled[n_test : n_test + n_val], key=lambda c: c.case_id),
+        "train": sorted(shuffled[n_test + n_val :], key=lambda c: c.case_id),
+    }
+
+
+# -- slices ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random augmentation of a training crop (image and mask share every geometric step).
+
+    Flip probabilities, rotation in degrees (uniform in +-), isotropic scale range, intensity
+    jitter in HU (``hu_scale``: relative contrast change about water, 0 HU; ``hu_shift``: offset;
+    both uniform in +-) and Gaussian noise (sigma in HU), all before the window.
+    """
+
+    enabled: bool = True
+    flip_lr: float = 0.5
+    flip_ud: float = 0.0
+    rotate_deg: float = 10.0
+    scale_range: tuple[float, float] = (0.9, 1.1)
+    hu_scale: float = 0.05
+    hu_shift: float = 20.0
+    noise_std_hu: float = 10.0
+
+    def __post_init__(self) -> None:
+        lo, hi = (float(v) for v in self.scale_range)
+        if not 0 < lo <= hi:
+            raise ValueError(
+                f"scale_range must be (low, high) with 0 < low <= high, got {self.scale_range!r}"
+            )
+        for name in ("flip_lr", "flip_ud"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} is a probability in [0, 1], got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Which slices a ``SliceDataset`` yields and how.
+
+    - ``positive_fraction``: share of samples drawn from slices with lesion (the rest from
+      slices without); exact over any run of consecutive indices, up to one sample.
+    - ``crop_size``: (h, w) of the random crop in working pixels; positive crops keep a lesion
+      pixel within the central half, slices smaller than the crop are padded with air.
+      ``None`` yields whole slices padded to the largest slice of the dataset.
+    - ``samples_per_epoch``: dataset length in random mode (default: the number of slices).
+    - ``sequential``: yield every slice once, in order, whole, without augmentation
+      (validation).
+    - ``label_values``: label values that count as lesion; default ``None`` = the highest
+      label dataset.json declares, else the highest present in the cases given (MSD
+      pancreas: 2 = tumour, not 1 = pancreas). Pass it explicitly for plain folders whose
+      validation cases may lack the lesion label.
+    """
+
+    positive_fraction: float = 0.7
+    crop_size: tuple[int, int] | None = (256, 256)
+    samples_per_epoch: int | None = None
+    sequential: bool = False
+    label_values: tuple[int, ...] | None = None
+    augment: AugmentConfig = AugmentConfig()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.positive_fraction <= 1:
+            raise ValueError(f"positive_fraction must be in [0, 1], got {self.positive_fraction!r}")
+        if self.crop_size is not None and (len(self.crop_size) != 2 or min(self.crop_size) < 1):
+            raise ValueError(
+                f"crop_size must be two positive sizes or None, got {self.crop_size!r}"
+            )
+        if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
+            raise ValueError(f"samples_per_epoch must be positive, got {self.samples_per_epoch!r}")
+
+
+@dataclass
+class _CachedCase:
+    case_id: str
+    hu: np.ndarray  # (z, h, w) int16 HU on the working grid
+    mask: np.ndarray  # (z, h, w) uint8 0/1 on the working grid
+    positive_z: np.ndarray  # indices of slices with lesion
+
+
+def load_case(case: Case) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """(HU float32 (z, y, x), label map (z, y, x), spacing (z, y, x) mm) in display orientation."""
+    ct = read_ct(case.image)
+    labels = read_mask(case.label, like=ct.geometry)
+    return ct.hu, labels, ct.spacing
+
+
+def foreground(labels: np.ndarray, label_values: Sequence[int]) -> np.ndarray:
+    """Boolean lesion mask: voxels whose label is one of ``label_values``."""
+    return np.isin(labels, np.asarray(label_values, dtype=labels.dtype))
+
+
+class SliceDataset(Dataset):
+    """2-D axial slices of a list of cases for training or validation.
+
+    Volumes are read once, resampled in-plane to ``preprocess.working_spacing_mm`` (image
+    bilinear, lesion mask bilinear then thresholded at 0.5, so both keep the same geometry)
+    and cached as int16 HU / uint8 masks. Items: ``dict(image=(1, h, w) float32 normalised,
+    mask=(1, h, w) float32 0/1, case=str, z=int)``.
+
+    Random mode is reproducible: item ``i`` of epoch ``e`` depends only on (seed, e, i), so
+    DataLoader workers agree; call ``set_epoch`` between epochs for fresh samples.
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[Case],
+        preprocess: PreprocessConfig | None = None,
+        sampling: SamplingConfig | None = None,
+    ) -> None:
+        self.preprocess = preprocess or PreprocessConfig()
+        self.sampling = sampling or SamplingConfig()
+        if not cases:
+            raise ValueError("SliceDataset needs at least one case")
+        self.epoch = 0
+        values = self.sampling.label_values
+        if values is None:
+            # dataset.json's label list first: a validation set whose cases happen to lack
+            # the tumour label must not fall back to the organ.
+            declared = [c.highest_label for c in cases if c.highest_label is not None]
+            if declared:
+                highest = max(declared)
+            else:  # label maps only, so no two scans are in memory as float32 at once
+                highest = max(int(read_mask(c.label).max()) for c in cases)
+            values = (highest,) if highest > 0 else (1,)
+        self.label_values = tuple(int(v) for v in values)
+        self.cases = [self._cache(case, *load_case(case)) for case in cases]
+        self.index = [(k, z) for k, c in enumerate(self.cases) for z in range(c.hu.shape[0])]
+        self.positives = [(k, int(z)) for k, c in enumerate(self.cases) for z in c.positive_z]
+        positive_set = set(self.positives)
+        self.negatives = [kz for kz in self.index if kz not in positive_set]
+        if (
+            not self.positives
+            and self.sampling.positive_fraction > 0
+            and not self.sampling.sequential
+        ):
+            warnings.warn(
+                f"no slice has lesion label {self.label_values}; sampling slices without lesion",
+                stacklevel=2,
+            )
+        m = self.preprocess.pad_multiple
+        self.full_shape = tuple(-(-max(c.hu.shape[d] for c in self.cases) // m) * m for d in (1, 2))
+
+    def _cache(self, case: Case, hu, labels, spacing) -> _CachedCase:
+        if hu.shape != labels.shape:
+            raise ValueError(
+                f"{case.label}: label map of shape {labels.shape} does not match the image "
+                f"{case.image.name} of shape {hu.shape}"
+            )
+        # Padding is per item (crop or whole-slice size), not per volume.
+        cfg = replace(self.preprocess, pad_multiple=1)
+        img, _ = resample_slices_to_working(hu, spacing[1:], cfg)
+        fg = foreground(labels, self.label_values).astype(np.float32)
+        msk, _ = resample_slices_to_working(fg, spacing[1:], cfg, pad_value=0.0)
+        mask = (msk >= 0.5).astype(np.uint8)
+        hu16 = np.clip(np.round(img), -32768, 32767).astype(np.int16)
+        positive_z = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
+        return _CachedCase(case.case_id, hu16, mask, positive_z)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw a different set of random samples (same for every worker) for this epoch."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        if self.sampling.sequential:
+            return len(self.index)
+        return self.sampling.samples_per_epoch or len(self.index)
+
+    def is_positive_item(self, i: int) -> bool:
+        """Whether random-mode item ``i`` is drawn from a slice with lesion."""
+        p = self.sampling.positive_fraction
+        wants = math.floor((i + 1) * p + 1e-9) > math.floor(i * p + 1e-9)
+        if wants and self.positives:
+            return True
+        return not self.negatives and bool(self.positives)
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        if self.sampling.sequential:
+            k, z = self.index[i]
+            return self._whole(k, z)
+        rng = np.random.default_rng([self.sampling.seed, self.epoch, i])
+        positive = self.is_positive_item(i)
+        pool = self.positives if positive else self.negatives
+        k, z = pool[int(rng.integers(len(pool)))]
+        c = self.cases[k]
+        hu, mask = c.hu[z].astype(np.float32), c.mask[z]
+        size = self.sampling.crop_size or self.full_shape
+        if self.sampling.crop_size is None:
+            center = ((hu.shape[0] - 1) / 2, (hu.shape[1] - 1) / 2)
+        elif positive:
+            ys, xs = np.nonzero(mask)
+            j = int(rng.integers(len(ys)))
+            jitter = [rng.uniform(-s / 4, s / 4) for s in size]
+            center = (ys[j] + jitter[0], xs[j] + jitter[1])
+        else:
+            center = tuple(rng.uniform(0, max(n - 1, 0)) for n in hu.shape)
+        aug = self.sampling.augment if self.sampling.augment.enabled else None
+        img, msk = augment_crop(hu, mask, center, size, aug, rng)
+        return self._item(img, msk, c.case_id, z)
+
+    def _whole(self, k: int, z: int) -> dict:
+        c = self.cases[k]
+        h, w = c.hu.shape[1:]
+        img = np.full(self.full_shape, AIR_HU, np.float32)
+        msk = np.zeros(self.full_shape, np.float32)
+        img[:h, :w] = c.hu[z]
+        msk[:h, :w] = c.mask[z]
+        return self._item(img, msk, c.case_id, z)
+
+    def _item(self, hu: np.ndarray, mask: np.ndarray, case_id: str, z: int) -> dict:
+        image = window_normalize(hu, self.preprocess)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image, np.float32))[None],
+            "mask": torch.from_numpy(np.ascontiguousarray(mask, np.float32))[None],
+            "case": case_id,
+            "z": int(z),
+        }
+
+
+def augment_crop(
+    hu: np.ndarray,
+    mask: np.ndarray,
+    center_yx: Sequence[float],
+    size: Sequence[int],
+    aug: AugmentConfig | None,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Crop ``size`` pixels around ``center_yx`` with one shared flip/rotate/scale transform.
+
+    Output pixels are sampled straight from the whole slice (one affine resampling, outside the
+    slice = air / background), so rotations do not bring in padding from a tight crop. The
+    mask is interpolated bilinearly and thresholded at 0.5 so its edge moves with the image.
+    HU jitter and noise (``aug``) are applied to the image only. Returns float32 (HU, 0/1).
+    """
+    out_c = np.array([(s - 1) / 2 for s in size])
+    a = np.eye(2)
+    if aug is not None:
+        theta = math.radians(rng.uniform(-aug.rotate_deg, aug.rotate_deg))
+        scale = rng.uniform(*aug.scale_range)
+        cos, sin = math.cos(theta), math.sin(theta)
+        # Output -> input mapping: zooming in by ``scale`` samples the input with step 1/scale.
+        a = np.array([[cos, -sin], [sin, cos]]) / scale
+        flips = np.diag(
+            [
+                -1.0 if rng.random() < aug.flip_ud else 1.0,
+                -1.0 if rng.random() < aug.flip_lr else 1.0,
+            ]
+        )
+        a = a @ flips
+    offset = np.asarray(center_yx, dtype=float) - a @ out_c
+    img = ndimage.affine_transform(
+        hu.astype(np.float32),
+        a,
+        offset,
+        output_shape=tuple(size),
+        order=1,
+        mode="constant",
+        cval=AIR_HU,
+    )
+    msk = ndimage.affine_transform(
+        mask.astype(np.float32),
+        a,
+        offset,
+        output_shape=tuple(size),
+        order=1,
+        mode="constant",
+        cval=0.0,
+    )
+    msk = (msk >= 0.5).astype(np.float32)
+    if aug is not None:
+        img = img * (1 + rng.uniform(-aug.hu_scale, aug.hu_scale))
+        img = img + rng.uniform(-aug.hu_shift, aug.hu_shift)
+        if aug.noise_std_hu > 0:
+            img = img + rng.normal(0.0, aug.noise_std_hu, img.shape).astype(np.float32)
+    return img.astype(np.float32), msk
