@@ -1,0 +1,98 @@
+"""`nstseg make-lesions`: real CT + synthetic lesions -> an MSD-layout training folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .lesions import LesionConfig, SplitConfig, make_lesion_dataset
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register the `make-lesions` subcommand on an argparse subparsers object."""
+    p = subparsers.add_parser(
+        "make-lesions",
+        help="insert synthetic small, low-contrast lesions into CT scans and write a dataset",
+        description=(
+            "Insert synthetic lesions into real CT scans and write a Medical Segmentation "
+            "Decathlon folder (imagesTr, labelsTr, dataset.json with a train/val/test split by "
+            "source region, lesions.csv)."
+        ),
+    )
+    p.add_argument("scans", nargs="+", type=Path, help="CT scans (NIfTI, MHA, NRRD, DICOM folder)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="output dataset folder")
+    p.add_argument("--copies", type=int, default=4, help="lesion copies per source region")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--organ-labels",
+        action="append",
+        default=[],
+        metavar="SCAN=LABELS",
+        help="organ label map (TotalSegmentator ids) on SCAN's grid; repeat per scan",
+    )
+    d = LesionConfig()
+    p.add_argument(
+        "--diameter-mm", nargs=2, type=float, default=d.diameter_mm, metavar=("LO", "HI")
+    )
+    p.add_argument(
+        "--contrast-hu", nargs=2, type=float, default=d.contrast_hu, metavar=("LO", "HI")
+    )
+    p.add_argument("--hypodense-fraction", type=float, default=d.hypodense_fraction)
+    p.add_argument(
+        "--lesions-per-scan", nargs=2, type=int, default=d.lesions_per_scan, metavar=("LO", "HI")
+    )
+    p.add_argument("--organ-fraction", type=float, default=d.organ_fraction)
+    p.add_argument("--irregularity", type=float, default=d.irregularity)
+    p.add_argument("--edge-softness-mm", type=float, default=None)
+    s = SplitConfig()
+    p.add_argument(
+        "--split", nargs=3, type=float, default=s.fractions, metavar=("TRAIN", "VAL", "TEST")
+    )
+    p.add_argument("--split-by", choices=("zblock", "scan"), default=s.by)
+    p.add_argument("--guard-mm", type=float, default=s.guard_mm)
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the dataset described by parsed `make-lesions` arguments; 0 on success."""
+    labels = {}
+    for item in args.organ_labels:
+        scan, sep, label = item.partition("=")
+        if not sep or not scan or not label:
+            raise SystemExit(f"--organ-labels expects SCAN=LABELS, got {item!r}")
+        labels[Path(scan)] = Path(label)
+    for path in [*args.scans, *labels.values()]:
+        if not path.exists():
+            raise SystemExit(f"{path} does not exist")
+    try:
+        config = LesionConfig(
+            diameter_mm=tuple(args.diameter_mm),
+            contrast_hu=tuple(args.contrast_hu),
+            hypodense_fraction=args.hypodense_fraction,
+            lesions_per_scan=tuple(args.lesions_per_scan),
+            organ_fraction=args.organ_fraction,
+            irregularity=args.irregularity,
+            edge_softness_mm=args.edge_softness_mm,
+            seed=args.seed,
+        )
+        split = SplitConfig(fractions=tuple(args.split), by=args.split_by, guard_mm=args.guard_mm)
+        out = make_lesion_dataset(
+            args.scans, args.out, args.copies, config, args.seed, labels or None, split
+        )
+    except ValueError as e:  # bad settings or unreadable scans: one sentence, no traceback
+        raise SystemExit(f"make-lesions: {e}") from None
+    print(f"wrote {out / 'dataset.json'} and {out / 'lesions.csv'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry: `python -m napari_nstseg.training.lesions_cli make-lesions ...`."""
+    parser = argparse.ArgumentParser(prog="nstseg")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,267 @@
+"""Synthetic lesion insertion and the MSD lesion dataset writer, on small synthetic phantoms."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from napari_nstseg.io.readers import read_ct
+from napari_nstseg.training.lesions import (
+    LesionConfig,
+    SplitConfig,
+    case_image_path,
+    insert_lesions,
+    make_lesion_dataset,
+)
+
+AIR, SOFT, BONE, FAT = 0, 1, 2, 3
+SPACING = (2.5, 0.8, 0.8)  # anisotropic, as clinical CT: thick slices, fine in-plane
+NOISE_HU = 10.0
+FULL = np.ones((3, 3, 3), dtype=bool)
+
+
+def phantom(shape=(24, 80, 80), spacing=SPACING, seed=0, noise=NOISE_HU):
+    """Body ellipse of soft tissue (40 HU) in air, with a bone disc and a fat pad; white noise."""
+    nz, ny, nx = shape
+    _, sy, sx = spacing
+    yy, xx = np.mgrid[:ny, :nx].astype(float)
+    yy = (yy - ny / 2) * sy
+    xx = (xx - nx / 2) * sx
+    body = (yy / (0.45 * ny * sy)) ** 2 + (xx / (0.47 * nx * sx)) ** 2 <= 1
+    bone = (yy - 8) ** 2 + (xx + 8) ** 2 <= 6**2
+    fat = body & (xx > 0.3 * nx * sx)
+    cls2d = np.where(body, SOFT, AIR)
+    cls2d[fat] = FAT
+    cls2d[bone] = BONE
+    classes = np.broadcast_to(cls2d, shape).copy()
+    values = np.array([-1000.0, 40.0, 700.0, -100.0])
+    rng = np.random.default_rng(seed)
+    hu = values[classes] + rng.normal(0.0, noise, shape)
+    return hu.astype(np.float32), classes
+
+
+def small_config(**kw) -> LesionConfig:
+    base = dict(diameter_mm=(6.0, 12.0), lesions_per_scan=(3, 3), shell_mm=3.0, seed=1)
+    base.update(kw)
+    return LesionConfig(**base)
+
+
+def test_lesions_sit_in_soft_tissue_with_sizes_in_mm():
+    hu, classes = phantom()
+    cfg = small_config()
+    new, mask, records = insert_lesions(hu, SPACING, config=cfg)
+    assert len(records) == 3
+    labels, n = ndimage.label(mask > 0, FULL)
+    assert n == 3  # separate, non-touching lesions
+    voxel_ml = float(np.prod(SPACING)) / 1000
+    for rec in records:
+        lesion = mask == rec.lesion_id
+        assert np.all(classes[lesion] != AIR) and np.all(classes[lesion] != BONE)
+        assert np.mean(classes[lesion] == SOFT) >= cfg.min_soft_fraction
+        # size from the mask and the anisotropic spacing, independently of the module
+        volume_mm3 = lesion.sum() * float(np.prod(SPACING))
+        d_eq = (6 * volume_mm3 / np.pi) ** (1 / 3)
+        assert 6.0 <= rec.diameter_requested_mm <= 12.0
+        assert d_eq == pytest.approx(rec.diameter_requested_mm, rel=0.15)
+        assert rec.diameter_equivalent_mm == pytest.approx(d_eq, abs=1e-2)
+        assert rec.volume_ml == pytest.approx(lesion.sum() * voxel_ml, rel=1e-6)
+        assert rec.diameter_axial_max_mm >= 0.8 * d_eq
+        assert np.allclose(np.argwhere(lesion).mean(axis=0), rec.centre_voxel_zyx, atol=1e-3)
+    assert np.array_equal(np.unique(mask), [0, 1, 2, 3])
+
+
+def test_measured_contrast_near_requested_and_noise_kept():
+    hu, classes = phantom()
+    cfg = small_config(diameter_mm=(9.0, 12.0), contrast_hu=(-30.0, -30.0), hypodense_fraction=1)
+    new, mask, records = insert_lesions(hu, SPACING, config=cfg)
+    assert len(records) == 3
+    for rec in records:
+        lesion = mask == rec.lesion_id
+        # the surrounding soft tissue, beyond the blurred edge, measured here from scratch
+        dist = ndimage.distance_transform_edt(~lesion, sampling=SPACING)
+        ring = (dist > 3.0) & (dist <= 6.0) & (classes == SOFT) & (mask == 0)
+        measured = new[lesion].mean() - new[ring].mean()
+        assert measured == pytest.approx(-30.0, abs=3.0)
+        assert rec.contrast_measured_hu == pytest.approx(-30.0, abs=3.0)
+        assert rec.contrast_requested_hu == -30.0
+        # noise kept: inside the lesion core the voxel std is the scan's own
+        profile = (new - hu) / rec.offset_peak_hu
+        core = lesion & (profile > 0.98) & (classes == SOFT)
+        assert core.sum() >= 20
+        outside = (classes == SOFT) & (mask == 0) & (dist > 6.0)
+        assert np.std(new[core]) == pytest.approx(np.std(new[outside]), rel=0.25)
+        # the offset is smooth: it adds no noise of its own
+        assert np.std((new - hu)[core]) < 0.2 * NOISE_HU
+    # nothing changes far from the lesions
+    far = ndimage.distance_transform_edt(mask == 0, sampling=SPACING) > 6.0
+    assert np.abs(new - hu)[far].max() < 0.01
+
+
+def test_edge_is_soft_partial_volume():
+    hu, _ = phantom(noise=0.0)
+    cfg = small_config(
+        diameter_mm=(10.0, 12.0),
+        lesions_per_scan=(1, 1),
+        contrast_hu=(-40.0, -40.0),
+        hypodense_fraction=1.0,
+    )
+    new, mask, records = insert_lesions(hu, SPACING, config=cfg)
+    fraction = (new - hu) / records[0].offset_peak_hu  # the lesion profile, 0..1
+    lesion = mask == 1
+    # the voxels either side of the in-plane border hold partial values, as in a real scan
+    in_plane = np.zeros((3, 3, 3), dtype=bool)
+    in_plane[1] = ndimage.generate_binary_structure(2, 1)
+    border = (ndimage.binary_dilation(lesion, in_plane) & ~lesion) | (
+        lesion & ~ndimage.binary_erosion(lesion, in_plane)
+    )
+    intermediate = (fraction[border] > 0.05) & (fraction[border] < 0.95)
+    assert intermediate.mean() > 0.8
+    assert fraction[lesion].min() >= 0.5 - 1e-4  # the mask is the profile's >= 0.5 support
+    assert fraction[~lesion].max() < 0.5 + 1e-4
+    assert np.isclose(fraction.max(), 1.0, atol=0.02)
+
+
+def test_seeded_and_reproducible():
+    hu, _ = phantom()
+    a = insert_lesions(hu, SPACING, config=small_config(seed=5))
+    b = insert_lesions(hu, SPACING, config=small_config(seed=5))
+    c = insert_lesions(hu, SPACING, config=small_config(seed=6))
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+    assert not np.array_equal(a[1], c[1])
+
+
+def test_organ_targets_and_clear_error_without_tissue():
+    hu, classes = phantom()
+    organs = np.zeros(hu.shape, dtype=np.uint8)
+    organs[:, 18:42, 10:30] = 7  # a "pancreas" block inside the soft tissue
+    organs[classes != SOFT] = 0
+    cfg = small_config(diameter_mm=(5.0, 8.0), organ_fraction=1.0, lesions_per_scan=(2, 2))
+    _, mask, records = insert_lesions(hu, SPACING, organs, cfg)
+    assert [r.organ for r in records] == ["pancreas", "pancreas"]
+    for rec in records:
+        assert np.mean(organs[mask == rec.lesion_id] == 7) >= cfg.min_in_organ
+    air = np.full((10, 20, 20), -1000.0, dtype=np.float32)
+    with pytest.raises(ValueError, match="Could not place any lesion in air.nii"):
+        insert_lesions(air, SPACING, config=small_config(max_attempts=20), scan="air.nii")
+    with pytest.raises(ValueError, match="organ labels of shape"):
+        insert_lesions(hu, SPACING, organs[:-1], cfg)
+
+
+def _save(path, hu, affine):
+    nib.save(nib.Nifti1Image(np.round(hu).astype(np.int16), affine), path)
+
+
+def test_dataset_writer_msd_layout_split_by_region(tmp_path):
+    # scan A: long enough for one z-block per split; stored RAS (display flips) at 2 x 1.5 x 1.5
+    hu_a, _ = phantom(shape=(60, 40, 40), spacing=(2.0, 1.5, 1.5), seed=1)
+    affine_a = np.diag([1.5, 1.5, 2.0, 1.0])
+    affine_a[:3, 3] = [-30.0, 20.0, 100.0]
+    _save(tmp_path / "a.nii.gz", np.transpose(hu_a, (2, 1, 0)), affine_a)
+    # scan B: too short for three blocks, goes whole to one split
+    hu_b, _ = phantom(shape=(18, 40, 40), spacing=(2.0, 1.5, 1.5), seed=2)
+    _save(tmp_path / "b.nii.gz", np.transpose(hu_b, (2, 1, 0)), affine_a)
+    cfg = small_config(diameter_mm=(4.0, 7.0), lesions_per_scan=(1, 2), shell_mm=2.0)
+    split = SplitConfig(fractions=(0.4, 0.3, 0.3), guard_mm=6.0, min_block_mm=30.0)
+    out = make_lesion_dataset(
+        [tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"], tmp_path / "ds", 2, cfg, 3, None, split
+    )
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["modality"] == {"0": "CT"}
+    assert meta["labels"] == {"0": "background", "1": "lesion"}
+    assert meta["numTraining"] == len(meta["training"]) == 8  # 4 regions x 2 copies
+    assert meta["lesions"] == "lesions.csv"
+    cases = [c for s in ("train", "val", "test") for c in meta["split"][s]]
+    assert sorted(cases) == sorted(meta["cases"]) and len(set(cases)) == len(cases)
+    # every copy of a region in one split; blocks of scan A disjoint with a guard gap
+    region_split = {}
+    for info in meta["cases"].values():
+        key = (info["source"], tuple(info["z_range_display"]))
+        assert region_split.setdefault(key, info["split"]) == info["split"]
+    a_blocks = sorted(k[1] for k in region_split if k[0].endswith("a.nii.gz"))
+    assert len(a_blocks) == 3
+    assert len({region_split[k] for k in region_split if k[0].endswith("a.nii.gz")}) == 3
+    for (_, end), (start, _) in zip(a_blocks, a_blocks[1:], strict=False):
+        assert start - end >= 3  # 6 mm guard at 2 mm slices
+    assert [k[1] for k in region_split if k[0].endswith("b.nii.gz")] == [(0, 18)]
+
+    with open(out / "lesions.csv") as f:
+        rows = list(csv.DictReader(f))
+    rows_json = json.loads((out / "lesions.json").read_text())
+    assert [(r["case"], int(r["lesion_id"])) for r in rows] == [
+        (r["case"], r["lesion_id"]) for r in rows_json
+    ]
+    source = read_ct(tmp_path / "a.nii.gz")
+    for entry in meta["training"]:
+        case = entry["label"].split("/")[-1].removesuffix(".nii.gz")
+        image = nib.load(out / entry["image"])
+        label = nib.load(out / entry["label"])
+        assert image.get_data_dtype() == np.int16
+        assert np.allclose(image.affine, label.affine)
+        lab = np.asarray(label.dataobj)
+        assert set(np.unique(lab)) <= {0, 1}
+        comps, n = ndimage.label(lab > 0, FULL)
+        case_rows = [r for r in rows if r["case"] == case]
+        assert n == len(case_rows) == meta["cases"][case]["n_lesions"] >= 1
+        voxel_ml = float(np.prod(image.header.get_zooms())) / 1000
+        sizes = sorted(np.bincount(comps.ravel())[1:] * voxel_ml)
+        assert np.allclose(sizes, sorted(float(r["volume_ml"]) for r in case_rows), rtol=1e-4)
+        if meta["cases"][case]["source"].endswith("a.nii.gz"):
+            # written on the source grid: outside the lesions the slab equals the source scan
+            z0, z1 = meta["cases"][case]["z_range_display"]
+            written = read_ct(out / entry["image"])
+            to_lps = written.geometry.display_to_lps
+            assert np.allclose(to_lps[:3, :3], source.geometry.display_to_lps[:3, :3])
+            origin = source.geometry.display_to_lps @ np.array([z0, 0, 0, 1.0])
+            assert np.allclose(to_lps[:, 3], origin)
+            lesion_zone = ndimage.binary_dilation(
+                written.geometry.to_display(lab) > 0, FULL, iterations=4
+            )
+            diff = np.abs(written.hu - source.hu[z0:z1])
+            assert diff[~lesion_zone].max() <= 0.5
+            assert diff[lesion_zone].max() > 5
+    # a loader also finds plain <case>.nii.gz images
+    first = meta["split"]["train"][0]
+    (out / "imagesTr" / f"{first}_0000.nii.gz").rename(out / "imagesTr" / f"{first}.nii.gz")
+    assert case_image_path(out, first).name == f"{first}.nii.gz"
+
+
+def test_dataset_writer_refuses_repeated_slices(tmp_path):
+    hu, _ = phantom(shape=(20, 30, 30))
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    _save(tmp_path / "full.nii.gz", np.transpose(hu, (2, 1, 0)), affine)
+    _save(tmp_path / "part.nii.gz", np.transpose(hu[5:12], (2, 1, 0)), affine)
+    with pytest.raises(ValueError, match="part.nii.gz repeats slices 5-11 of"):
+        make_lesion_dataset(
+            [tmp_path / "full.nii.gz", tmp_path / "part.nii.gz"], tmp_path / "ds", 1, small_config()
+        )
+
+
+def test_make_lesions_command(tmp_path, capsys):
+    import argparse
+
+    from napari_nstseg.training.lesions_cli import add_parser
+
+    hu, classes = phantom(shape=(24, 40, 40), spacing=(2.0, 1.5, 1.5))
+    affine = np.diag([-1.5, -1.5, 2.0, 1.0])  # LPS-stored, as ITK writes
+    _save(tmp_path / "scan.nii.gz", np.transpose(hu, (2, 1, 0)), affine)
+    organs = np.where(classes == SOFT, 5, 0).astype(np.uint8)  # all soft tissue is "liver"
+    nib.save(nib.Nifti1Image(np.transpose(organs, (2, 1, 0)), affine), tmp_path / "seg.nii.gz")
+    parser = argparse.ArgumentParser(prog="nstseg")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    scan = tmp_path / "scan.nii.gz"
+    argv = ["make-lesions", str(scan), "-o", str(tmp_path / "ds"), "--copies", "1"]
+    argv += ["--diameter-mm", "4", "6", "--split-by", "scan", "--organ-fraction", "1"]
+    args = parser.parse_args([*argv, "--organ-labels", f"{scan}={tmp_path / 'seg.nii.gz'}"])
+    assert args.func(args) == 0
+    assert "dataset.json" in capsys.readouterr().out
+    with open(tmp_path / "ds" / "lesions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and {r["organ"] for r in rows} == {"liver"}
+    bad = parser.parse_args([*argv, "--contrast-hu", "5", "40"])
+    with pytest.raises(SystemExit, match="make-lesions: contrast_hu"):
+        bad.func(bad)
