@@ -1,0 +1,41 @@
+"""Segmentation models: CDI-NSTSEG, the U-Net baseline, their configuration and losses."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from . import losses
+from .cdi_nstseg import CDINSTSeg
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import ModelConfig
+from .losses import DeepSupervisionLoss, LossConfig
+from .mae import MAEConfig, MaskedAutoencoder
+from .outputs import SegOutput
+from .region_compensation import RegionCompensation
+from .unet import UNet
+
+__all__ = [
+    "CDINSTSeg",
+    "CheckpointError",
+    "DeepSupervisionLoss",
+    "LossConfig",
+    "MAEConfig",
+    "MaskedAutoencoder",
+    "ModelConfig",
+    "RegionCompensation",
+    "SegOutput",
+    "UNet",
+    "build_model",
+    "load_checkpoint",
+    "losses",
+    "save_checkpoint",
+]
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """Build CDI-NSTSEG or the U-Net baseline, as config.arch says."""
+    if not isinstance(config, ModelConfig):
+        raise ValueError(f"build_model needs a ModelConfig, got {type(config).__name__}.")
+    if config.arch == "unet":
+        return UNet(config)
+    return CDINSTSeg(config)

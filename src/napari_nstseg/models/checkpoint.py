@@ -1,0 +1,241 @@
+"""Checkpoints as safetensors plus a JSON description; nothing is ever unpickled.
+
+One checkpoint is two files sharing a stem: ``<stem>.safetensors`` (the tensors) and
+``<stem>.json`` (what the network is, how its input was preprocessed, where it came from, and
+the sha256 of the tensor file). Any of ``<stem>``, ``<stem>.json`` or ``<stem>.safetensors``
+names the checkpoint. The JSON is bound to the tensors too: the tensor file's header records a
+sha256 of the JSON's content, so editing either file by hand makes loading fail loudly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+FORMAT_VERSION = 1
+KINDS = ("segmentation", "mae")
+_CONTENT_KEYS = ("format_version", "kind", "model_config", "preprocessing", "provenance")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded: missing, corrupted, modified or not matching."""
+
+
+def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """(tensor file, JSON file) for a checkpoint named by its stem or either file."""
+    p = Path(path)
+    if p.suffix in (".safetensors", ".json"):
+        p = p.with_suffix("")
+    return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _content_sha256(meta: dict[str, Any]) -> str:
+    content = {key: meta.get(key) for key in _CONTENT_KEYS}
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _atomic_write(target: Path, write: Callable[[str], None]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _infer_kind(model: nn.Module) -> str:
+    from napari_nstseg.models.mae import MaskedAutoencoder
+
+    return "mae" if isinstance(model, MaskedAutoencoder) else "segmentation"
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    model_config: dict[str, Any],
+    preprocessing: dict[str, Any],
+    provenance: dict[str, Any],
+    dtype: torch.dtype | None = None,
+    kind: str | None = None,
+) -> tuple[Path, Path]:
+    """Write ``<stem>.safetensors`` and ``<stem>.json``; returns both paths.
+
+    ``dtype`` (e.g. torch.float16) stores floating-point tensors at that precision to halve the
+    file; integer buffers are kept as they are. ``kind`` defaults to "mae" for a
+    MaskedAutoencoder and "segmentation" otherwise. Both files are written atomically.
+    """
+    kind = kind or _infer_kind(model)
+    if kind not in KINDS:
+        raise CheckpointError(f"Checkpoint kind must be one of {KINDS}, got {kind!r}")
+    if dtype is not None and not dtype.is_floating_point:
+        raise CheckpointError(f"Checkpoint dtype must be a floating-point dtype, got {dtype}")
+    tensor_path, json_path = checkpoint_paths(path)
+    tensor_path.parent.mkdir(parents=True, exist_ok=True)
+
+    meta: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "model_config": model_config,
+        "preprocessing": preprocessing,
+        "provenance": provenance,
+    }
+    try:
+        # Round-trip through JSON now so the hash below is of exactly what will be read back.
+        meta = json.loads(json.dumps(meta))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"Checkpoint metadata is not JSON-serialisable: {exc}") from exc
+
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().to("cpu")
+        if dtype is not None and t.is_floating_point():
+            t = t.to(dtype)
+        # Clones so tensors sharing storage are saved as independent entries.
+        tensors[name] = t.contiguous().clone()
+    header = {"format": "pt", "nstseg_json_sha256": _content_sha256(meta)}
+    _atomic_write(tensor_path, lambda tmp: save_file(tensors, tmp, metadata=header))
+
+    meta["tensors"] = {
+        "file": tensor_path.name,
+        "sha256": _sha256(tensor_path),
+        "dtype": str(dtype).removeprefix("torch.") if dtype is not None else "native",
+        "count": len(tensors),
+    }
+
+    def write_json(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=2, sort_keys=False)
+            f.write("\n")
+
+    _atomic_write(json_path, write_json)
+    return tensor_path, json_path
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint's JSON, validated against its tensor file (sha256 both ways)."""
+    tensor_path, json_path = checkpoint_paths(path)
+    if not json_path.is_file():
+        raise CheckpointError(f"Checkpoint description {json_path} does not exist.")
+    if not tensor_path.is_file():
+        raise CheckpointError(f"Checkpoint tensor file {tensor_path} does not exist.")
+    try:
+        meta = json.loads(json_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(
+            f"Checkpoint description {json_path} is not valid JSON: {exc}"
+        ) from exc
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"Checkpoint description {json_path} is not a JSON object.")
+    missing = [k for k in (*_CONTENT_KEYS, "tensors") if k not in meta]
+    if missing:
+        raise CheckpointError(f"Checkpoint description {json_path} lacks {', '.join(missing)}.")
+    if meta["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(
+            f"Checkpoint {json_path} has format version {meta['format_version']!r}; "
+            f"this napari-nstseg reads version {FORMAT_VERSION}."
+        )
+    if meta["kind"] not in KINDS:
+        raise CheckpointError(f"Checkpoint {json_path} has unknown kind {meta['kind']!r}.")
+    expected = meta["tensors"].get("sha256") if isinstance(meta["tensors"], dict) else None
+    if _sha256(tensor_path) != expected:
+        raise CheckpointError(
+            f"Checkpoint tensor file {tensor_path} does not match the sha256 recorded in "
+            f"{json_path.name}; it is corrupted or was modified after saving."
+        )
+    try:
+        with safe_open(str(tensor_path), framework="pt") as f:
+            header = f.metadata() or {}
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"Checkpoint tensor file {tensor_path} is unreadable: {exc}") from exc
+    if header.get("nstseg_json_sha256") != _content_sha256(meta):
+        raise CheckpointError(
+            f"Checkpoint description {json_path} was modified after saving (its content no "
+            f"longer matches {tensor_path.name}); restore the original file."
+        )
+    return meta
+
+
+def _default_build(meta: dict[str, Any]) -> nn.Module:
+    config = meta["model_config"]
+    if meta["kind"] == "mae":
+        from napari_nstseg.models.mae import MAEConfig, MaskedAutoencoder
+
+        return MaskedAutoencoder(MAEConfig.from_dict(config))
+    from napari_nstseg.models import ModelConfig, build_model
+
+    return build_model(ModelConfig.from_dict(config))
+
+
+def _names(names: list[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    build_fn: Callable[[dict[str, Any]], nn.Module] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model from the JSON alone and load its tensors; returns (model in eval, meta).
+
+    ``build_fn(model_config)`` replaces the default builder (ModelConfig + build_model for
+    "segmentation", MAEConfig for "mae"). Tensors stored at lower precision are cast to the
+    model's own dtypes. Missing, unexpected or mis-shaped tensors are refused by name.
+    """
+    tensor_path, json_path = checkpoint_paths(path)
+    meta = read_metadata(path)
+    try:
+        model = build_fn(meta["model_config"]) if build_fn else _default_build(meta)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(
+            f"Checkpoint {json_path} describes a model that cannot be built: {exc}"
+        ) from exc
+
+    own = model.state_dict()
+    with safe_open(str(tensor_path), framework="pt", device="cpu") as f:
+        stored_names = list(f.keys())
+        missing = sorted(set(own) - set(stored_names))
+        unexpected = sorted(set(stored_names) - set(own))
+        problems = []
+        if missing:
+            problems.append(f"missing tensor(s) {_names(missing)}")
+        if unexpected:
+            problems.append(f"unexpected tensor(s) {_names(unexpected)}")
+        shapes = {name: tuple(f.get_slice(name).get_shape()) for name in stored_names}
+        wrong = [
+            f"{name} is {shapes[name]} but the model needs {tuple(own[name].shape)}"
+            for name in sorted(set(own) & set(stored_names))
+            if shapes[name] != tuple(own[name].shape)
+        ]
+        if wrong:
+            more = f"; and {len(wrong) - 8} more" if len(wrong) > 8 else ""
+            problems.append("mis-shaped tensor(s): " + "; ".join(wrong[:8]) + more)
+        if problems:
+            raise CheckpointError(
+                f"Checkpoint {tensor_path} does not fit the model described in "
+                f"{json_path.name}: " + "; ".join(problems) + "."
+            )
+        state = {name: f.get_tensor(name).to(own[name].dtype) for name in stored_names}
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    return model, meta

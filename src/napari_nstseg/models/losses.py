@@ -1,0 +1,157 @@
+"""Deep-supervised losses of CDI-NSTSEG/PFNet: BCE+IoU, weighted structure loss, soft Dice."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .outputs import SegOutput
+
+# F3Net structure-loss weight w = 1 + EDGE_GAIN * |avgpool_31(g) - g|
+EDGE_WINDOW = 31
+EDGE_GAIN = 5.0
+EPS = 1e-6
+
+
+def _check_pair(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate shapes and return float32 copies: per-image sums overflow float16 under AMP."""
+    if logits.shape != target.shape or logits.ndim != 4:
+        raise ValueError(
+            f"Loss needs logits and target of the same (N, 1, H, W) shape, got "
+            f"{tuple(logits.shape)} and {tuple(target.shape)}."
+        )
+    return logits.float(), target.float()
+
+
+def _per_image_sum(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(1).sum(dim=1)
+
+
+def iou_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Soft IoU loss 1 - sum(pg) / sum(p + g - pg), per image, averaged over the batch."""
+    logits, target = _check_pair(logits, target)
+    p = torch.sigmoid(logits)
+    inter = _per_image_sum(p * target)
+    union = _per_image_sum(p + target) - inter
+    return (1 - inter / (union + EPS)).mean()
+
+
+def bce_iou_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE + soft IoU, PFNet's loss on the coarse (GLM) map."""
+    logits, target = _check_pair(logits, target)
+    return F.binary_cross_entropy_with_logits(logits, target) + iou_loss(logits, target)
+
+
+def structure_weights(target: torch.Tensor) -> torch.Tensor:
+    """F3Net pixel weights 1 + 5|avgpool31(g) - g|: large near boundaries and on small objects."""
+    local_mean = F.avg_pool2d(target, EDGE_WINDOW, stride=1, padding=EDGE_WINDOW // 2)
+    return 1 + EDGE_GAIN * (local_mean - target).abs()
+
+
+def structure_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weighted_bce: bool = True,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Weighted BCE + weighted IoU (F3Net), per image, averaged over the batch.
+
+    weighted_bce=False reproduces the reference code, whose legacy `reduce='none'` call made
+    the BCE a plain mean, so only the IoU term was weighted. weights: structure_weights(target)
+    when already computed (the 31x31 pooling is the costly part on CPU).
+    """
+    logits, target = _check_pair(logits, target)
+    w = structure_weights(target) if weights is None else weights
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    if weighted_bce:
+        wbce = _per_image_sum(w * bce) / _per_image_sum(w)
+    else:
+        wbce = bce.flatten(1).mean(dim=1)
+    p = torch.sigmoid(logits)
+    inter = _per_image_sum(w * p * target)
+    union = _per_image_sum(w * (p + target)) - inter
+    wiou = 1 - inter / (union + EPS)
+    return (wbce + wiou).mean()
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Soft Dice loss per image: an overlap ratio, so a tiny lesion does not drown in background."""
+    logits, target = _check_pair(logits, target)
+    p = torch.sigmoid(logits)
+    inter = _per_image_sum(p * target)
+    total = _per_image_sum(p) + _per_image_sum(target)
+    return (1 - (2 * inter + smooth) / (total + smooth)).mean()
+
+
+def default_stage_weights(n_stages: int) -> tuple[float, ...]:
+    """PFNet's 1, 2, 4 on the three finest LFM maps; any coarser extra stage gets 1 (as the
+    authors' U-Net variant weighted 1, 1, 1, 2, 4)."""
+    finest = (1.0, 2.0, 4.0)
+    if n_stages <= len(finest):
+        return finest[len(finest) - n_stages :]
+    return (1.0,) * (n_stages - len(finest)) + finest
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Deep-supervision loss settings.
+
+    coarse_weight: weight of BCE + IoU on the GLM map. stage_weights: weights of the structure
+    loss on the LFM maps, coarse to fine (None: default_stage_weights). weighted_bce: apply the
+    structure-loss pixel weights to the BCE (False reproduces the reference code).
+    dice_weight: weight of an extra soft-Dice term on the final map (0 turns it off).
+    """
+
+    coarse_weight: float = 1.0
+    stage_weights: tuple[float, ...] | None = None
+    weighted_bce: bool = True
+    dice_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("coarse_weight", "dice_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"LossConfig.{name} must be a number >= 0, got {value!r}.")
+        if self.stage_weights is not None:
+            weights = tuple(self.stage_weights)
+            if any(
+                isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 for v in weights
+            ):
+                raise ValueError(
+                    f"LossConfig.stage_weights must be numbers >= 0, got {self.stage_weights!r}."
+                )
+            object.__setattr__(self, "stage_weights", tuple(float(v) for v in weights))
+
+
+class DeepSupervisionLoss(nn.Module):
+    """Total loss of a SegOutput: BCE+IoU on coarse, weighted structure loss on each LFM stage."""
+
+    def __init__(self, config: LossConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or LossConfig()
+
+    def terms(self, output: SegOutput, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each weighted term by name ("coarse", "stage1".., "dice"), for logging."""
+        config = self.config
+        target = target.float()
+        weights = config.stage_weights or default_stage_weights(len(output.stages))
+        if len(weights) != len(output.stages):
+            raise ValueError(
+                f"LossConfig.stage_weights has {len(weights)} entries but the model produced "
+                f"{len(output.stages)} stage maps."
+            )
+        terms = {"coarse": config.coarse_weight * bce_iou_loss(output.coarse, target)}
+        pixel_weights = structure_weights(target) if output.stages else None
+        for i, (weight, logits) in enumerate(zip(weights, output.stages, strict=True), start=1):
+            terms[f"stage{i}"] = weight * structure_loss(
+                logits, target, config.weighted_bce, pixel_weights
+            )
+        if config.dice_weight > 0:
+            terms["dice"] = config.dice_weight * soft_dice_loss(output.final, target)
+        return terms
+
+    def forward(self, output: SegOutput, target: torch.Tensor) -> torch.Tensor:
+        return sum(self.terms(output, target).values())

@@ -1,0 +1,162 @@
+"""Losses: BCE+IoU, the structure loss with its pixel weighting applied, Dice, deep supervision."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from napari_nstseg.models import DeepSupervisionLoss, LossConfig, SegOutput, losses
+
+BIG = 20.0  # a logit this large is a confident prediction
+
+
+def disc(size: int = 64, radius: float = 6.0, center=(32, 32)) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    inside = (yy - center[0]) ** 2 + (xx - center[1]) ** 2 <= radius**2
+    return inside.float()[None, None]
+
+
+def confident(mask: torch.Tensor) -> torch.Tensor:
+    return (mask * 2 - 1) * BIG
+
+
+def test_iou_and_bce_iou_near_zero_when_right_and_high_when_wrong():
+    g = disc()
+    assert losses.iou_loss(confident(g), g) < 1e-6
+    assert losses.bce_iou_loss(confident(g), g) < 1e-6
+    assert losses.iou_loss(confident(1 - g), g) > 0.999
+    assert losses.bce_iou_loss(confident(1 - g), g) > BIG * 0.9
+
+
+def test_iou_loss_matches_the_formula_per_image():
+    torch.manual_seed(0)
+    logits, g = torch.randn(3, 1, 8, 8), (torch.rand(3, 1, 8, 8) > 0.5).float()
+    p = torch.sigmoid(logits)
+    per_image = [1 - (p[i] * g[i]).sum() / (p[i] + g[i] - p[i] * g[i]).sum() for i in range(3)]
+    torch.testing.assert_close(losses.iou_loss(logits, g), torch.stack(per_image).mean())
+
+
+def test_structure_weights_peak_at_boundaries_and_are_one_far_away():
+    g = disc(radius=6)
+    w = losses.structure_weights(g)
+    assert w.shape == g.shape
+    assert w.min() >= 1 and w.max() <= 6
+    assert w[0, 0, 0, 0] == 1.0  # background more than 15 px from the disc
+    edge, centre = w[0, 0, 32, 38], w[0, 0, 32, 32]  # just inside the rim vs the middle
+    assert edge > 1.5 and edge >= centre > 1.0
+
+
+def test_structure_loss_matches_weighted_formula():
+    torch.manual_seed(0)
+    g = torch.cat([disc(32, 4, (10, 12)), disc(32, 7, (20, 16))])
+    logits = torch.randn(2, 1, 32, 32)
+    w = losses.structure_weights(g)
+    bce = F.binary_cross_entropy_with_logits(logits, g, reduction="none")
+    p = torch.sigmoid(logits)
+    expected = []
+    for i in range(2):
+        wbce = (w[i] * bce[i]).sum() / w[i].sum()
+        inter = (w[i] * p[i] * g[i]).sum()
+        wiou = 1 - inter / ((w[i] * (p[i] + g[i])).sum() - inter)
+        expected.append(wbce + wiou)
+    torch.testing.assert_close(losses.structure_loss(logits, g), torch.stack(expected).mean())
+
+
+def test_unweighted_flag_reproduces_the_reference_mean_bce():
+    torch.manual_seed(0)
+    g = disc(32, 5, (16, 16))
+    logits = torch.randn(1, 1, 32, 32)
+    plain = losses.structure_loss(logits, g, weighted_bce=False)
+    weighted = losses.structure_loss(logits, g, weighted_bce=True)
+    w = losses.structure_weights(g)
+    p = torch.sigmoid(logits)
+    inter = (w * p * g).sum()
+    wiou = 1 - inter / ((w * (p + g)).sum() - inter)
+    torch.testing.assert_close(plain, F.binary_cross_entropy_with_logits(logits, g) + wiou)
+    assert not torch.isclose(plain, weighted)
+
+
+def test_pixel_weighting_makes_boundary_errors_cost_more():
+    # Same number of wrong pixels with the same confidence: a ring of errors on the lesion rim
+    # versus the same count far out in the background. Only the weighted BCE can tell them
+    # apart; the reference's unweighted BCE sees the two as equal.
+    g = disc(64, 8)
+    right = confident(g)
+    rim = (losses.structure_weights(g) > 2.0) & (g == 0)
+    far = torch.zeros_like(rim)
+    far.view(-1)[: int(rim.sum())] = True  # first rows: > 15 px from the disc
+    assert far.sum() == rim.sum() and (losses.structure_weights(g)[far] == 1).all()
+    wrong_rim = torch.where(rim, torch.tensor(1.0), right)
+    wrong_far = torch.where(far, torch.tensor(1.0), right)
+
+    def weighted_minus_plain(logits):
+        # the IoU term is weighted in both modes, so the difference is wBCE - mean BCE
+        plain = losses.structure_loss(logits, g, weighted_bce=False)
+        return losses.structure_loss(logits, g) - plain
+
+    weighted_rim, weighted_far = weighted_minus_plain(wrong_rim), weighted_minus_plain(wrong_far)
+    # weighted BCE minus plain BCE: positive on the rim (errors up-weighted), negative far away
+    assert weighted_rim > 0 > weighted_far
+    plain_rim = F.binary_cross_entropy_with_logits(wrong_rim, g)
+    torch.testing.assert_close(plain_rim, F.binary_cross_entropy_with_logits(wrong_far, g))
+
+
+def test_soft_dice_notices_a_missed_tiny_lesion_that_bce_barely_sees():
+    g = disc(64, 2)  # 13 pixels of 4096
+    missed = torch.full_like(g, -BIG)
+    assert F.binary_cross_entropy_with_logits(missed, g) < 0.1
+    assert losses.soft_dice_loss(missed, g) > 0.9
+    assert losses.soft_dice_loss(confident(g), g) < 1e-3
+
+
+def test_default_stage_weights():
+    assert losses.default_stage_weights(3) == (1.0, 2.0, 4.0)
+    assert losses.default_stage_weights(4) == (1.0, 1.0, 2.0, 4.0)
+    assert losses.default_stage_weights(1) == (4.0,)
+    assert losses.default_stage_weights(0) == ()
+
+
+def fake_output(n_stages: int, g: torch.Tensor) -> SegOutput:
+    torch.manual_seed(1)
+    coarse = torch.randn_like(g)
+    stages = [torch.randn_like(g) for _ in range(n_stages)]
+    return SegOutput(coarse=coarse, stages=stages, final=stages[-1] if stages else coarse)
+
+
+def test_deep_supervision_combines_the_terms():
+    g = disc(32, 5, (16, 16))
+    out = fake_output(3, g)
+    loss = DeepSupervisionLoss()
+    expected = losses.bce_iou_loss(out.coarse, g) + sum(
+        w * losses.structure_loss(s, g) for w, s in zip((1, 2, 4), out.stages, strict=True)
+    )
+    torch.testing.assert_close(loss(out, g), expected)
+    assert list(loss.terms(out, g)) == ["coarse", "stage1", "stage2", "stage3"]
+
+    with_dice = DeepSupervisionLoss(LossConfig(dice_weight=0.5, weighted_bce=False))
+    terms = with_dice.terms(out, g)
+    torch.testing.assert_close(terms["dice"], 0.5 * losses.soft_dice_loss(out.final, g))
+    torch.testing.assert_close(
+        terms["stage3"], 4 * losses.structure_loss(out.stages[2], g, weighted_bce=False)
+    )
+
+
+def test_deep_supervision_without_stages_and_with_custom_weights():
+    g = disc(32, 5, (16, 16))
+    out = fake_output(0, g)
+    torch.testing.assert_close(DeepSupervisionLoss()(out, g), losses.bce_iou_loss(out.coarse, g))
+    custom = DeepSupervisionLoss(LossConfig(coarse_weight=0, stage_weights=(0, 0, 1)))
+    out3 = fake_output(3, g)
+    torch.testing.assert_close(custom(out3, g), losses.structure_loss(out3.stages[2], g))
+    with pytest.raises(ValueError, match="stage_weights has 3 entries"):
+        custom(fake_output(4, g), g)
+
+
+def test_loss_errors_are_readable():
+    with pytest.raises(ValueError, match="same"):
+        losses.structure_loss(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 9))
+    with pytest.raises(ValueError, match="LossConfig.dice_weight"):
+        LossConfig(dice_weight=-1)
+    with pytest.raises(ValueError, match="LossConfig.stage_weights"):
+        LossConfig(stage_weights=(1, "2"))
