@@ -1,0 +1,233 @@
+"""`nstseg train`, `nstseg pretrain-mae` and `nstseg evaluate`: the command-line face of loop.py and
+evaluate.py. With --resume, settings not given on the command line come from the run's folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from napari_nstseg.training.loop import CONFIG_NAME, VARIANTS
+
+
+def _saved_config(out: str, kind: str) -> dict[str, Any] | None:
+    path = Path(out) / CONFIG_NAME
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    if saved.pop("kind", kind) != kind:
+        raise ValueError(f"{path} belongs to another kind of run than {kind!r}.")
+    return saved
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="dataset folder (MSD with a split in dataset.json, or paired)")
+    p.add_argument("--out", required=True, help="output folder for checkpoints and the log")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--steps-per-epoch", type=int, help="default: one pass over the slices")
+    p.add_argument("--batch-size", type=int, help="slices per step and process")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N (under torchrun: one GPU per rank)")
+    p.add_argument("--num-workers", type=int, help="data-loader workers (default 0 on the CPU)")
+    p.add_argument("--working-spacing-mm", type=float, help="in-plane pixel size the net runs at")
+    p.add_argument("--window", type=float, nargs=2, metavar=("WIDTH", "LEVEL"), help="HU window")
+    p.add_argument("--resume", action="store_true", help="continue from the last epoch in --out")
+    p.add_argument("--no-amp", action="store_true", help="float32 on CUDA too (no bf16 autocast)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_parser(subparsers) -> None:
+    """Register `train`, `pretrain-mae` and `evaluate` on an argparse subparsers object."""
+    p = subparsers.add_parser(
+        "train",
+        help="train CDI-NSTSEG, an ablation or the U-Net baseline (torchrun-ready)",
+        description=(
+            "Train a segmentation model on 2-D axial slices with deep supervision and poly "
+            "learning-rate decay. Every epoch is checkpointed (resume with --resume); the best "
+            "validation Dice is kept as <out>/best.json. Under `torchrun --nproc_per_node N` "
+            "it runs DistributedDataParallel."
+        ),
+    )
+    _common(p)
+    p.add_argument("--variant", choices=tuple(VARIANTS), help="ablation (default: default)")
+    p.add_argument("--base-width", type=int, help="encoder width b (64 in the paper)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a ModelConfig field, e.g. --set fused_channels=32 --set scales=[1.0]",
+    )
+    p.add_argument("--optimizer", choices=("adamw", "sgd"))
+    p.add_argument("--crop-size", type=int, help="square training crop in working pixels")
+    p.add_argument("--positive-fraction", type=float, help="share of crops with lesion")
+    p.add_argument("--dice-weight", type=float, help="extra soft-Dice term on the final map")
+    p.add_argument("--val-max-slices", type=int, help="cap on validation slices per epoch")
+    p.add_argument("--mae", help="pretrained MAE checkpoint (SSL guidance, residual maps)")
+    p.add_argument(
+        "--allow-small-batch", action="store_true", help="allow batches below 4 (tests only)"
+    )
+    p.set_defaults(func=_train)
+
+    p = subparsers.add_parser(
+        "pretrain-mae",
+        help="pretrain the masked autoencoder for SSL residual maps on unlabeled CT",
+        description=(
+            "Masked-autoencoder pretraining on axial slices of any folder of CT volumes (or an "
+            "MSD folder's training images); the checkpoint gives the plugin's residual maps."
+        ),
+    )
+    _common(p)
+    p.add_argument("--crop-size", type=int, help="square crops in working pixels")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override an MAEConfig field, e.g. --set embed_dim=192 --set depth=6",
+    )
+    p.set_defaults(func=_pretrain)
+
+    p = subparsers.add_parser(
+        "evaluate",
+        help="score a checkpoint on a dataset split (pixel, size-group and lesion metrics)",
+        description=(
+            "Run a checkpoint through the inference engine on every scan of a split and report "
+            "Dice, IoU, precision, recall, specificity, accuracy, F1, F2, MAE, S- and E-measure "
+            "per lesion-size group, and lesion detection sensitivity and false positives per "
+            "scan (per size and contrast when the folder has lesions.csv)."
+        ),
+    )
+    p.add_argument("weights", help="segmentation checkpoint (.json or .safetensors)")
+    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--out", help="results folder (default: <checkpoint folder>/eval_<split>)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument(
+        "--min-dice", type=float, default=0.1, help="Dice a detected lesion must reach (0.1)"
+    )
+    p.add_argument("--no-structure", action="store_true", help="skip S- and E-measure (faster)")
+    p.set_defaults(func=_evaluate)
+
+
+def _apply_common(d: dict[str, Any], args: argparse.Namespace) -> None:
+    for key in (
+        "data",
+        "out",
+        "epochs",
+        "steps_per_epoch",
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "seed",
+        "device",
+        "num_workers",
+    ):
+        value = getattr(args, key, None)
+        if value is not None:
+            d[key] = value
+    if args.data is not None:
+        d["data"] = str(Path(args.data).resolve())
+    d["resume"] = bool(args.resume)
+    if args.no_amp:
+        d["amp"] = False
+    if args.no_progress:
+        d["progress"] = False
+    pre = dict(d.get("preprocess") or {})
+    if args.working_spacing_mm is not None:
+        pre["working_spacing_mm"] = args.working_spacing_mm
+    if args.window is not None:
+        pre["hu_window"] = list(args.window)
+    d["preprocess"] = pre
+
+
+def build_train_config(args: argparse.Namespace):
+    """TrainConfig from parsed `train` arguments (on --resume: the saved run's, then the args)."""
+    from napari_nstseg.models import ModelConfig
+    from napari_nstseg.training.loop import TrainConfig, parse_overrides, variant_config
+
+    saved = _saved_config(args.out, "segmentation") if args.resume else None
+    d: dict[str, Any] = saved or TrainConfig().to_dict()
+    _apply_common(d, args)
+    overrides = parse_overrides(args.set)
+    if args.base_width is not None:
+        overrides["base_width"] = args.base_width
+    if saved is None or args.variant is not None or overrides:
+        base = ModelConfig() if saved is None else ModelConfig.from_dict(saved["model"])
+        if args.variant is not None:
+            d["variant"] = args.variant
+            base = replace(base, **{k: getattr(ModelConfig(), k) for k in _variant_keys()})
+        d["model"] = variant_config(d.get("variant", "default"), base, overrides).to_dict()
+    sampling = dict(d.get("sampling") or {})
+    if args.crop_size is not None:
+        sampling["crop_size"] = [args.crop_size, args.crop_size]
+    if args.positive_fraction is not None:
+        sampling["positive_fraction"] = args.positive_fraction
+    d["sampling"] = sampling
+    if args.dice_weight is not None:
+        d["loss"] = {**(d.get("loss") or {}), "dice_weight": args.dice_weight}
+    if args.val_max_slices is not None:
+        d["val_max_slices"] = args.val_max_slices
+    if args.optimizer is not None:
+        d["optimizer"] = args.optimizer
+    if args.mae is not None:
+        d["mae_weights"] = str(Path(args.mae).resolve())
+    if args.allow_small_batch:
+        d["allow_small_batch"] = True
+    return TrainConfig.from_dict(d)
+
+
+def _variant_keys() -> set[str]:
+    return {k for changes in VARIANTS.values() for k in changes}
+
+
+def build_mae_config(args: argparse.Namespace):
+    """MAEPretrainConfig from parsed `pretrain-mae` arguments."""
+    from napari_nstseg.training.loop import MAEPretrainConfig, parse_overrides
+
+    saved = _saved_config(args.out, "mae") if args.resume else None
+    d: dict[str, Any] = saved or MAEPretrainConfig().to_dict()
+    _apply_common(d, args)
+    if args.crop_size is not None:
+        d["crop_size"] = args.crop_size
+    overrides = parse_overrides(args.set)
+    if overrides:
+        d["mae"] = {**d["mae"], **overrides}
+    return MAEPretrainConfig.from_dict(d)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from napari_nstseg.training.loop import train
+
+    best = train(build_train_config(args))
+    print(f"best checkpoint: {best}")
+    return 0
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from napari_nstseg.training.loop import pretrain_mae
+
+    best = pretrain_mae(build_mae_config(args))
+    print(f"best MAE checkpoint: {best}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from napari_nstseg.training.evaluate import EvalConfig, evaluate
+
+    cfg = EvalConfig(
+        device=args.device,
+        batch_size=args.batch_size,
+        threshold=args.threshold,
+        structure=not args.no_structure,
+        min_dice=args.min_dice,
+    )
+    result = evaluate(args.weights, args.data, args.split, args.out, cfg)
+    print(f"wrote {result['files']['evaluation.json']} and evaluation.csv")
+    return 0

@@ -1,0 +1,423 @@
+"""Held-out evaluation of a checkpoint as users get it (the inference engine on whole scans): the
+papers' pixel metrics per lesion-size group (SoSegFormer 004), volume Dice, and lesion-level
+detection sensitivity and false positives per scan, also per size and contrast from lesions.csv.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_nstseg.metrics import (
+    PIXEL_METRICS,
+    STRUCTURE_METRICS,
+    SliceEvaluator,
+    confusion,
+    detect_lesions,
+    mae,
+    summarize_detection,
+)
+from napari_nstseg.training.data import foreground, load_case
+
+# Lesions a reader should not miss (the brief's target): at least this large and contrasted.
+TARGET_DIAMETER_MM = 10.0
+TARGET_CONTRAST_HU = 20.0
+METRIC_COLUMNS = PIXEL_METRICS + STRUCTURE_METRICS
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How to evaluate: the engine's device, batch and threshold; the lesion-size bins (mm,
+    longest axial diameter) and the contrast bins (|HU| against the surrounding tissue).
+    ``min_dice``: a lesion counts as detected when the predicted components touching it reach
+    this Dice with it (0.1 by default, so one huge false region does not "detect" everything)."""
+
+    device: str = "auto"
+    batch_size: int = 4
+    threshold: float = 0.5
+    structure: bool = True
+    min_dice: float = 0.1
+    diameter_bins_mm: tuple[float, ...] = (10.0, 20.0)
+    contrast_bins_hu: tuple[float, ...] = (20.0, 40.0)
+
+
+def _bin_names(edges: Sequence[float], unit: str) -> list[str]:
+    names = [f"<{edges[0]:g} {unit}"]
+    names += [f"{a:g}-{b:g} {unit}" for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    return names + [f">={edges[-1]:g} {unit}"]
+
+
+def _bin(value: float, edges: Sequence[float], unit: str) -> str:
+    return _bin_names(edges, unit)[int(np.searchsorted(np.asarray(edges), value, "right"))]
+
+
+def read_lesion_table(folder: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """lesions.csv of a lesion dataset (``make-lesions``) by case; empty when there is none."""
+    path = Path(folder) / "lesions.csv"
+    if not path.is_file():
+        return {}
+    by_case: dict[str, list[dict[str, Any]]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                entry = {
+                    "lesion_id": row.get("lesion_id"),
+                    "centre_zyx": tuple(float(row[f"centre_{a}"]) for a in "zyx"),
+                    "diameter_mm": float(row["diameter_axial_max_mm"]),
+                    "contrast_hu": float(row["contrast_measured_hu"]),
+                }
+            except (KeyError, ValueError) as exc:
+                raise ValueError(
+                    f"{path}: row for case {row.get('case')!r} lacks a readable {exc}; "
+                    "expected the columns that `nstseg make-lesions` writes."
+                ) from None
+            by_case.setdefault(row["case"], []).append(entry)
+    return by_case
+
+
+def _match_table(
+    table_rows: list[dict[str, Any]], found: list[dict[str, Any]], spacing: Sequence[float]
+) -> list[dict[str, Any]]:
+    """Pair each lesions.csv lesion with the ground-truth component whose centroid is nearest
+    (within the lesion's own diameter), so its requested contrast joins its detection result."""
+    sp = np.asarray(spacing, dtype=float)
+    out = []
+    for les in table_rows:
+        best, best_d = None, math.inf
+        for comp in found:
+            d = float(np.linalg.norm((np.asarray(comp["centroid_zyx"]) - les["centre_zyx"]) * sp))
+            if d < best_d:
+                best, best_d = comp, d
+        matched = best is not None and best_d <= max(les["diameter_mm"], 2 * float(sp.max()))
+        out.append(
+            {
+                **les,
+                "centre_zyx": list(les["centre_zyx"]),
+                "matched": bool(matched),
+                "detected": bool(matched and best["detected"]),
+                "dice": float(best["dice"]) if matched else 0.0,
+            }
+        )
+    return out
+
+
+def _sensitivity(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    n = len(rows)
+    hit = sum(1 for r in rows if r["detected"])
+    return {"lesions": n, "detected": hit, "sensitivity": hit / n if n else float("nan")}
+
+
+def _lesion_groups(rows: list[dict[str, Any]], cfg: EvalConfig) -> dict[str, Any]:
+    rows = [r for r in rows if r["matched"]]
+    by_size = {
+        name: _sensitivity(
+            [r for r in rows if _bin(r["diameter_mm"], cfg.diameter_bins_mm, "mm") == name]
+        )
+        for name in _bin_names(cfg.diameter_bins_mm, "mm")
+    }
+    by_contrast = {
+        name: _sensitivity(
+            [r for r in rows if _bin(abs(r["contrast_hu"]), cfg.contrast_bins_hu, "HU") == name]
+        )
+        for name in _bin_names(cfg.contrast_bins_hu, "HU")
+    }
+    target = [
+        r
+        for r in rows
+        if r["diameter_mm"] >= TARGET_DIAMETER_MM and abs(r["contrast_hu"]) >= TARGET_CONTRAST_HU
+    ]
+    return {
+        "all": _sensitivity(rows),
+        f">={TARGET_DIAMETER_MM:g} mm and >={TARGET_CONTRAST_HU:g} HU": _sensitivity(target),
+        "by_diameter": by_size,
+        "by_contrast": by_contrast,
+    }
+
+
+def _split_cases(data_folder: str | Path, split: str):
+    from napari_nstseg.training.loop import _split
+
+    splits = _split(str(data_folder))
+    if split not in splits:
+        raise ValueError(f"Unknown split {split!r}; choose one of {', '.join(splits)}.")
+    cases = splits[split]
+    if not cases:
+        raise ValueError(f"{data_folder}: no case is in the {split!r} split.")
+    return cases
+
+
+def evaluate(
+    weights: str | Path,
+    data_folder: str | Path,
+    split: str = "test",
+    out: str | Path | None = None,
+    config: EvalConfig | None = None,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint on a split of a dataset folder; writes JSON + CSV and returns the dict.
+
+    ``out`` defaults to ``<checkpoint folder>/eval_<split>``. Files: evaluation.json (everything),
+    evaluation.csv (one row per metric group), cases.csv (per scan) and lesions.csv (per
+    ground-truth lesion: detected, Dice, size and contrast groups).
+    """
+    from napari_nstseg.inference.engine import EngineConfig, Segmenter
+    from napari_nstseg.inference.prediction import MapRequest
+
+    cfg = config or EvalConfig()
+    cases = _split_cases(data_folder, split)
+    engine = Segmenter.from_checkpoint(
+        weights,
+        device=cfg.device,
+        config=EngineConfig(
+            batch_size=cfg.batch_size, threshold=cfg.threshold, maps=MapRequest.minimal()
+        ),
+    )
+    trained_labels = (engine.meta.get("provenance") or {}).get("label_values")
+    table = read_lesion_table(data_folder)
+    slices = SliceEvaluator(
+        threshold=cfg.threshold,
+        structure=cfg.structure,
+        diameter_bins_mm=tuple(cfg.diameter_bins_mm),
+    )
+    case_rows, detections, lesion_rows = [], [], []
+    for case in cases:
+        hu, labels, spacing = load_case(case)
+        values = trained_labels or [max(int(labels.max()), 1)]
+        gt = foreground(labels, values)
+        prob = engine.predict(hu, spacing).probability("final")
+        for z in range(gt.shape[0]):
+            slices.add(prob[z], gt[z], spacing[1:])
+        c = confusion(prob, gt, cfg.threshold)
+        det = detect_lesions(
+            prob, gt, spacing, cfg.threshold, cfg.min_dice, tuple(cfg.diameter_bins_mm)
+        )
+        detections.append(det)
+        case_rows.append(
+            {
+                "case": case.case_id,
+                **c.metrics(),
+                "mae": mae(prob, gt),
+                "lesions": det.n_lesions,
+                "detected": det.n_detected,
+                "false_positives": det.false_positives,
+            }
+        )
+        if case.case_id in table:
+            for row in _match_table(table[case.case_id], det.lesions, spacing):
+                lesion_rows.append({"case": case.case_id, **row})
+        else:
+            for les in det.lesions:
+                lesion_rows.append(
+                    {
+                        "case": case.case_id,
+                        "lesion_id": les["label"],
+                        "centre_zyx": list(les["centroid_zyx"]),
+                        "diameter_mm": les["longest_axial_diameter_mm"],
+                        "contrast_hu": None,
+                        "matched": True,
+                        "detected": les["detected"],
+                        "dice": les["dice"],
+                    }
+                )
+
+    pixel = slices.results()
+    volume = {
+        "cases": len(case_rows),
+        **{
+            k: float(np.mean([r[k] for r in case_rows]))
+            for k in ("dice", "iou", "precision", "recall", "specificity", "accuracy", "f1")
+        },
+        "f2": float(np.mean([r["f2"] for r in case_rows])),
+        "mae": float(np.mean([r["mae"] for r in case_rows])),
+    }
+    detection = summarize_detection(detections, tuple(cfg.diameter_bins_mm))
+    result: dict[str, Any] = {
+        "weights": str(Path(weights).resolve()),
+        "data": str(Path(data_folder).resolve()),
+        "split": split,
+        "config": {**asdict(cfg)},
+        "model": {
+            "arch": engine.arch,
+            "variant": (engine.meta.get("provenance") or {}).get("variant"),
+            "model_config": engine.meta.get("model_config"),
+        },
+        "pixel": pixel,
+        "volume": volume,
+        "detection": detection,
+    }
+    if table:
+        result["lesions_by_table"] = _lesion_groups(lesion_rows, cfg)
+    out_dir = Path(out) if out is not None else Path(weights).resolve().parent / f"eval_{split}"
+    write_results(result, case_rows, lesion_rows, out_dir)
+    result["files"] = {
+        name: str(out_dir / name)
+        for name in ("evaluation.json", "evaluation.csv", "cases.csv", "lesions.csv")
+    }
+    if verbose:
+        print(format_table(result))
+    return result
+
+
+def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Flat rows (section, group, n, metrics...) of an evaluation result, for CSV and tables."""
+    rows = []
+    pixel = result["pixel"]
+    for section in ("groups", "by_diameter"):
+        for group, values in pixel[section].items():
+            rows.append(
+                {
+                    "section": f"slices {'area' if section == 'groups' else 'diameter'}",
+                    "group": group,
+                    "n": values["images"],
+                    **{k: values.get(k) for k in METRIC_COLUMNS},
+                }
+            )
+    rows.append(
+        {"section": "slices pooled", "group": "all", "n": pixel["images"], **pixel["pooled"]}
+    )
+    vol = result["volume"]
+    rows.append(
+        {
+            "section": "volume",
+            "group": "per-scan mean",
+            "n": vol["cases"],
+            **{k: vol.get(k) for k in METRIC_COLUMNS if k in vol},
+        }
+    )
+    det = result["detection"]
+    rows.append(
+        {
+            "section": "detection",
+            "group": "all",
+            "n": det["lesions"],
+            "sensitivity": det["sensitivity"],
+            "fp_per_scan": det["fp_per_scan"],
+        }
+    )
+    for group, values in det["by_diameter"].items():
+        rows.append(
+            {
+                "section": "detection diameter",
+                "group": group,
+                "n": values["lesions"],
+                "sensitivity": values["sensitivity"],
+            }
+        )
+    table = result.get("lesions_by_table")
+    if table:
+        for group, values in table.items():
+            if group in ("by_diameter", "by_contrast"):
+                for sub, v in values.items():
+                    rows.append(
+                        {
+                            "section": f"lesions.csv {group[3:]}",
+                            "group": sub,
+                            "n": v["lesions"],
+                            "sensitivity": v["sensitivity"],
+                        }
+                    )
+            else:
+                rows.append(
+                    {
+                        "section": "lesions.csv",
+                        "group": group,
+                        "n": values["lesions"],
+                        "sensitivity": values["sensitivity"],
+                    }
+                )
+    return rows
+
+
+SUMMARY_COLUMNS = ("section", "group", "n", *METRIC_COLUMNS, "sensitivity", "fp_per_scan")
+
+
+def write_results(
+    result: dict[str, Any],
+    case_rows: list[dict[str, Any]],
+    lesion_rows: list[dict[str, Any]],
+    out_dir: Path,
+) -> None:
+    """evaluation.json, evaluation.csv, cases.csv and lesions.csv in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "evaluation.json").write_text(
+        json.dumps({**result, "cases": case_rows, "lesions": lesion_rows}, indent=1, default=str)
+        + "\n"
+    )
+    _write_csv(out_dir / "evaluation.csv", SUMMARY_COLUMNS, summary_rows(result))
+    if case_rows:
+        _write_csv(out_dir / "cases.csv", list(case_rows[0]), case_rows)
+    lesion_columns = (
+        "case",
+        "lesion_id",
+        "diameter_mm",
+        "contrast_hu",
+        "matched",
+        "detected",
+        "dice",
+        "centre_zyx",
+    )
+    _write_csv(out_dir / "lesions.csv", lesion_columns, lesion_rows)
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _cell(row.get(k)) for k in columns})
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    if isinstance(value, (list, tuple)):
+        return " ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in value)
+    return "" if value is None else value
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The evaluation as a fixed-width text table (what `nstseg evaluate` prints)."""
+    shown = (
+        "dice",
+        "iou",
+        "precision",
+        "recall",
+        "specificity",
+        "f2",
+        "mae",
+        "s_measure",
+        "e_measure",
+        "sensitivity",
+        "fp_per_scan",
+    )
+    rows = summary_rows(result)
+    head = ["section", "group", "n", *shown]
+    body = [
+        [str(r.get("section", "")), str(r.get("group", "")), str(r.get("n", ""))]
+        + [_short(r.get(k)) for k in shown]
+        for r in rows
+    ]
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+    lines = [
+        f"{result['model'].get('variant') or result['model']['arch']} on "
+        f"{Path(result['data']).name} [{result['split']}]",
+        "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)),
+        "  ".join("-" * w for w in widths),
+    ]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)) for b in body]
+    return "\n".join(lines)
+
+
+def _short(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)

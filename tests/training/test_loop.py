@@ -1,0 +1,300 @@
+"""Training loop, resume, DDP, MAE pretraining, the CLI and evaluation, on a tiny synthetic MSD
+folder of faint discs (CPU, tiny models, a few steps)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import socket
+from dataclasses import replace
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from napari_nstseg.metrics import PIXEL_METRICS, STRUCTURE_METRICS
+from napari_nstseg.models import ModelConfig
+from napari_nstseg.models.checkpoint import load_checkpoint, read_metadata
+from napari_nstseg.models.mae import MAEConfig
+from napari_nstseg.training.data import AugmentConfig, SamplingConfig
+from napari_nstseg.training.evaluate import EvalConfig, evaluate
+from napari_nstseg.training.loop import (
+    MAEPretrainConfig,
+    TrainConfig,
+    parse_overrides,
+    pretrain_mae,
+    run_training,
+    variant_config,
+)
+
+SHAPE_ZYX = (6, 32, 32)
+TINY = ModelConfig(base_width=8, fused_channels=8)
+TINY_MAE = MAEConfig(
+    img_size=32, patch_size=8, embed_dim=16, depth=1, heads=2,
+    decoder_embed_dim=16, decoder_depth=1, decoder_heads=2,
+)  # fmt: skip
+
+
+def write_msd(root: Path, n_cases: int = 5, seed: int = 0, contrast: float = 60.0) -> Path:
+    """MSD folder of soft-tissue volumes (40 HU, noise 8 HU) with two +60 HU discs each, a split
+    (3 train, 1 val, 1 test) in dataset.json and a lesions.csv like `make-lesions` writes."""
+    rng = np.random.default_rng(seed)
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    ids = [f"case{i}" for i in range(n_cases)]
+    rows = []
+    # Negative x/y axes: the array is already in the readers' LPS display order.
+    affine = np.diag([-1.0, -1.0, 2.0, 1.0])
+    _, yy, xx = np.mgrid[: SHAPE_ZYX[0], : SHAPE_ZYX[1], : SHAPE_ZYX[2]]
+    for cid in ids:
+        hu = 40.0 + rng.normal(0, 8, SHAPE_ZYX)
+        mask = np.zeros(SHAPE_ZYX, np.uint8)
+        for k, cz in enumerate((1, 4)):
+            cy, cx = rng.uniform(9, 23, 2)
+            r = rng.uniform(3, 5)
+            disc = ((yy[cz] - cy) ** 2 + (xx[cz] - cx) ** 2) <= r * r
+            hu[cz][disc] += contrast
+            mask[cz][disc] = 1
+            rows.append(
+                {"case": cid, "lesion_id": k + 1, "centre_z": cz, "centre_y": cy,
+                 "centre_x": cx, "diameter_axial_max_mm": 2 * r + 1,
+                 "contrast_measured_hu": contrast}
+            )  # fmt: skip
+        nib.save(
+            nib.Nifti1Image(np.round(hu).astype(np.int16).transpose(2, 1, 0), affine),
+            root / "imagesTr" / f"{cid}_0000.nii.gz",
+        )
+        nib.save(
+            nib.Nifti1Image(mask.transpose(2, 1, 0), affine), root / "labelsTr" / f"{cid}.nii.gz"
+        )
+    split = {"train": ids[:-2], "val": [ids[-2]], "test": [ids[-1]]}
+    (root / "dataset.json").write_text(json.dumps({"name": "synthetic-discs", "split": split}))
+    with open(root / "lesions.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return write_msd(tmp_path_factory.mktemp("msd") / "discs")
+
+
+def tiny_config(data: Path, out: Path, **changes) -> TrainConfig:
+    cfg = TrainConfig(
+        data=str(data),
+        out=str(out),
+        model=TINY,
+        sampling=SamplingConfig(crop_size=(32, 32), augment=AugmentConfig(enabled=False)),
+        epochs=3,
+        steps_per_epoch=3,
+        batch_size=4,
+        lr=3e-3,
+        progress=False,
+    )
+    return replace(cfg, **changes)
+
+
+@pytest.fixture(scope="module")
+def reference(dataset, tmp_path_factory):
+    """One uninterrupted 3-epoch run of a tiny CDI-NSTSEG that the tests below inspect."""
+    cfg = tiny_config(dataset, tmp_path_factory.mktemp("runs") / "reference")
+    return cfg, run_training(cfg)
+
+
+def read_log(out: str | Path) -> list[dict[str, str]]:
+    with open(Path(out) / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_training_lowers_the_loss_and_logs_every_epoch(reference):
+    cfg, result = reference
+    rows = read_log(cfg.out)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert [int(r["step"]) for r in rows] == [3, 6, 9]
+    for column in ("lr", "train_loss", "train_coarse", "train_stage1", "train_stage2",
+                   "train_stage3", "val_loss", "val_dice", "val_iou", "samples_per_s",
+                   "epoch_time_s", "elapsed_s"):  # fmt: skip
+        assert column in rows[0], column
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[0] < cfg.lr and lrs == sorted(lrs, reverse=True)  # poly decay per iteration
+    losses = [float(r["train_loss"]) for r in rows]
+    assert losses[-1] < 0.9 * losses[0], losses
+    # The logged terms are the deep-supervision loss: they add up to the total.
+    terms = sum(float(rows[0][k]) for k in ("train_coarse", "train_stage1", "train_stage2",
+                                              "train_stage3"))  # fmt: skip
+    assert terms == pytest.approx(losses[0], rel=1e-4)
+
+
+def test_best_and_final_checkpoints_load_with_provenance(reference, dataset):
+    cfg, result = reference
+    assert result.best == Path(cfg.out) / "best.json"
+    model, meta = load_checkpoint(result.best)
+    assert meta["kind"] == "segmentation"
+    assert ModelConfig.from_dict(meta["model_config"]) == TINY
+    prov = meta["provenance"]
+    assert prov["training_data"]["folder"] == str(dataset.resolve())
+    assert prov["training_data"]["name"] == "synthetic-discs"
+    assert prov["training_data"]["cases"] == {"train": 3, "val": 1, "test": 1}
+    assert prov["budget"]["epochs"] == 3 and prov["budget"]["samples"] == 36
+    assert "val_dice" in prov["metrics"] and prov["date"] and "git" in prov
+    best_dice = max(float(r["val_dice"]) for r in read_log(cfg.out))
+    assert prov["metrics"]["val_dice"] == pytest.approx(best_dice, rel=1e-4)
+    final, _ = load_checkpoint(result.final)
+    trained = result.model.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in final.state_dict().items())
+    # Only the last keep_epochs epoch checkpoints stay.
+    assert sorted(p.name for p in Path(cfg.out).glob("epoch_*.json")) == [
+        "epoch_0002.json", "epoch_0002.state.json", "epoch_0003.json", "epoch_0003.state.json"
+    ]  # fmt: skip
+
+
+def test_resume_after_interruption_gives_the_same_weights(reference, tmp_path):
+    cfg, _ = reference
+    out = tmp_path / "interrupted"
+    shutil.copytree(cfg.out, out)
+    # As if killed during epoch 3: its checkpoint and the final one never got written.
+    for p in [*out.glob("epoch_0003*"), *out.glob("final.*")]:
+        p.unlink()
+    resumed = run_training(replace(cfg, out=str(out), resume=True))
+    assert [int(r["epoch"]) for r in read_log(out)] == [1, 2, 3]
+    a = load_file(str(Path(cfg.out) / "final.safetensors"))
+    b = load_file(str(out / "final.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.history[-1]["train_loss"] == pytest.approx(
+        float(read_log(cfg.out)[-1]["train_loss"]), rel=1e-5
+    )
+
+
+def test_output_folder_is_not_mixed_between_runs(reference):
+    cfg, _ = reference
+    with pytest.raises(ValueError, match="--resume"):
+        run_training(replace(cfg, resume=False))
+    with pytest.raises(ValueError, match="lr"):
+        run_training(replace(cfg, lr=1e-2, resume=True))
+
+
+def test_small_batches_are_refused_with_a_clear_error(dataset, tmp_path):
+    with pytest.raises(ValueError, match="at least 4"):
+        tiny_config(dataset, tmp_path, batch_size=2)
+    assert tiny_config(dataset, tmp_path, batch_size=2, allow_small_batch=True).batch_size == 2
+
+
+def test_variants_and_overrides():
+    base = ModelConfig(base_width=16)
+    assert variant_config("no-sfm", base).scale_fusion == "mean"
+    assert variant_config("no-glm", base).glm == "none"
+    assert variant_config("no-lfm", base).lfm_stages == 0
+    assert variant_config("single-scale", base).scales == (1.0,)
+    unet = variant_config("unet", base, parse_overrides(["fused_channels=8"]))
+    assert (unet.arch, unet.base_width, unet.fused_channels) == ("unet", 16, 8)
+    assert parse_overrides(["scales=0.5,1.0", "glm=none"]) == {"scales": [0.5, 1.0], "glm": "none"}
+    with pytest.raises(ValueError, match="variant"):
+        variant_config("no-such")
+    with pytest.raises(ValueError, match="unknown key"):
+        variant_config("default", base, {"widht": 3})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, cfg: TrainConfig, dump: str) -> None:
+    import os
+
+    torch.set_num_threads(1)
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
+        RANK=str(rank), LOCAL_RANK=str(rank),
+    )  # fmt: skip
+    result = run_training(cfg)
+    state = {k: v.contiguous().clone() for k, v in result.model.state_dict().items()}
+    save_file(state, f"{dump}/rank{rank}.safetensors", metadata={"best": str(result.best)})
+
+
+def test_ddp_two_ranks_on_gloo_end_with_identical_weights(dataset, tmp_path):
+    # Unequal validation shards (3 and 2 slices, batches of 2) must not hang the ranks.
+    cfg = tiny_config(
+        dataset, tmp_path / "ddp", epochs=1, steps_per_epoch=2, val_batch_size=2, val_max_slices=5
+    )
+    torch.multiprocessing.spawn(
+        _ddp_worker, args=(2, _free_port(), cfg, str(tmp_path)), nprocs=2, join=True
+    )
+    a = load_file(str(tmp_path / "rank0.safetensors"))
+    b = load_file(str(tmp_path / "rank1.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # Rank 0 wrote the checkpoints, and every rank names the same best checkpoint.
+    saved = load_checkpoint(tmp_path / "ddp" / "final.json")[0].state_dict()
+    assert all(torch.equal(v, a[k]) for k, v in saved.items())
+    for rank in (0, 1):
+        with safe_open(str(tmp_path / f"rank{rank}.safetensors"), "pt") as f:
+            assert f.metadata()["best"] == str(tmp_path / "ddp" / "best.json")
+    meta = read_metadata(tmp_path / "ddp" / "final.json")
+    assert meta["provenance"]["world_size"] == 2
+    assert meta["provenance"]["budget"]["global_batch"] == 8
+    assert len(read_log(tmp_path / "ddp")) == 1
+
+
+def test_mae_pretraining_then_ssl_guided_training_via_the_cli(dataset, tmp_path):
+    from napari_nstseg.cli import main
+    from napari_nstseg.inference.engine import Segmenter
+
+    mae_cfg = MAEPretrainConfig(
+        data=str(dataset), out=str(tmp_path / "mae"), mae=TINY_MAE, crop_size=32,
+        epochs=1, steps_per_epoch=2, batch_size=4, progress=False,
+    )  # fmt: skip
+    mae_best = pretrain_mae(mae_cfg)
+    model, meta = load_checkpoint(mae_best)
+    assert meta["kind"] == "mae" and meta["provenance"]["training_data"]["cases"]["train"] == 3
+    assert "val_loss" in read_log(tmp_path / "mae")[0]
+
+    out = tmp_path / "ssl"
+    code = main([
+        "train", "--data", str(dataset), "--out", str(out), "--variant", "ssl",
+        "--base-width", "8", "--set", "fused_channels=8", "--epochs", "1",
+        "--steps-per-epoch", "1", "--batch-size", "4", "--crop-size", "32",
+        "--mae", str(mae_best), "--no-progress",
+    ])  # fmt: skip
+    assert code == 0
+    meta = read_metadata(out / "best.json")
+    assert meta["model_config"]["ssl_guidance"] is True and meta["mae"] == "mae.json"
+    segmenter = Segmenter.from_checkpoint(out / "best.json", device="cpu")
+    assert segmenter.has_mae
+    pred = segmenter.predict(np.full(SHAPE_ZYX, 40.0, np.float32), (2.0, 1.0, 1.0))
+    assert pred.final.shape == SHAPE_ZYX
+
+
+def test_evaluate_writes_every_metric_and_group(reference, dataset, tmp_path):
+    cfg, result = reference
+    res = evaluate(result.best, dataset, "test", out=tmp_path, config=EvalConfig(device="cpu"),
+                   verbose=False)  # fmt: skip
+    metric_names = set(PIXEL_METRICS + STRUCTURE_METRICS)
+    groups = res["pixel"]["groups"]
+    assert set(groups) == {"area<1%", "area<10%", "all"}
+    assert metric_names <= set(groups["all"]) and groups["all"]["images"] == 2
+    assert set(res["pixel"]["by_diameter"]) == {"<10 mm", "10-20 mm", ">=20 mm"}
+    det = res["detection"]
+    assert det["lesions"] == 2 and det["scans"] == 1
+    assert {"sensitivity", "fp_per_scan", "by_diameter"} <= set(det)
+    table = res["lesions_by_table"]
+    assert table["all"]["lesions"] == 2  # both lesions.csv rows found their lesion
+    assert set(table["by_contrast"]) == {"<20 HU", "20-40 HU", ">=40 HU"}
+    assert table["by_contrast"][">=40 HU"]["lesions"] == 2
+    assert ">=10 mm and >=20 HU" in table
+    saved = json.loads((tmp_path / "evaluation.json").read_text())
+    assert saved["detection"]["lesions"] == 2 and len(saved["cases"]) == 1
+    with open(tmp_path / "evaluation.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert metric_names <= set(rows[0]) and {"sensitivity", "fp_per_scan"} <= set(rows[0])
+    assert {r["group"] for r in rows if r["section"] == "slices area"} == set(groups)
+    with open(tmp_path / "lesions.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 2
