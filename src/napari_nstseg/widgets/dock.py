@@ -1,0 +1,843 @@
+"""NSTSegWidget: the napari dock widget that runs CDI-NSTSEG and shows every stage as a layer.
+
+The widget only wires layers to the engine: it reads the CT layer, asks the inference engine
+for a Prediction in a ``thread_worker`` generator (so Cancel acts between batches), and hands
+the result to :mod:`napari_nstseg.widgets.layers`. Nothing a user can do here raises out of the
+widget; problems arrive as napari notifications in one sentence.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import threading
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSlider,
+    FloatSpinBox,
+    Label,
+    PushButton,
+)
+from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QFileDialog,
+    QGroupBox,
+    QHeaderView,
+    QProgressBar,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_nstseg.windows import DEFAULT_WINDOW, WINDOWS, contrast_limits
+
+from .layers import (
+    LayerNames,
+    MapsToShow,
+    ct_geometry,
+    edit_tracker,
+    show_prediction,
+)
+from .runner import VARIANTS
+
+MODES = ("current slice", "whole volume", "ROI")
+BUNDLED = "bundled default"
+FROM_FILE = "file..."
+NO_LAYER = "(none)"
+AUTOSAVE_DELAY_MS = 3000
+METRIC_NAMES = ("Dice", "IoU", "precision", "recall", "specificity", "S-measure", "E-measure")
+
+
+class WidgetError(ValueError):
+    """A problem with what the user chose in the widget; its message is shown as-is."""
+
+
+@dataclass
+class RunRequest:
+    """Everything one model run needs, read from the widget on the GUI thread."""
+
+    ct_name: str
+    volume: np.ndarray
+    spacing: tuple[float, float, float]
+    z_indices: list[int] | None
+    roi: tuple[slice, slice, slice] | None
+    weights: str | None
+    device: str
+    threshold: float
+    maps: MapsToShow
+    overwrite: bool
+    variant: str = ""
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class RunOutcome:
+    """What a worker hands back: a (possibly partial) prediction, or one readable error."""
+
+    request: RunRequest
+    prediction: Any = None
+    error: str = ""
+    cancelled: bool = False
+
+
+def check_ct_layer(layer: Any) -> None:
+    """Refuse layers the network cannot read as CT, in one sentence naming the layer."""
+    kind = getattr(layer, "_type_string", "")
+    if kind != "image":
+        raise WidgetError(f"Layer {layer.name!r} is a {kind or 'non-image'} layer, not a CT image.")
+    if getattr(layer, "rgb", False):
+        raise WidgetError(f"Layer {layer.name!r} is a colour (RGB) image, not a CT scan.")
+    if getattr(layer, "multiscale", False):
+        raise WidgetError(f"Layer {layer.name!r} is multiscale; open the CT at full resolution.")
+    data = layer.data
+    if data.ndim != 3:
+        raise WidgetError(
+            f"Layer {layer.name!r} is {data.ndim}-D; the model needs a 3-D CT volume (z, y, x)."
+        )
+    if not np.issubdtype(np.asarray(data[:1, :1, :1]).dtype, np.number):
+        raise WidgetError(f"Layer {layer.name!r} does not hold numbers.")
+    if layer.metadata.get("nstseg_geometry") is None:
+        # Without the reader's geometry, check the values look like Hounsfield units: a
+        # normalised 0-1 image or a mask would give a silently wrong result.
+        low, high = float(np.min(data)), float(np.max(data))
+        if high - low < 20 or low < -4000 or high > 40000:
+            raise WidgetError(
+                f"Layer {layer.name!r} does not look like CT in Hounsfield units (values "
+                f"{low:g} to {high:g}); open the scan with the napari-nstseg reader."
+            )
+
+
+def autosave_path(source: str, shape: tuple[int, ...]) -> Path:
+    """The recovery file for a scan: keyed by its source path and shape, in the user cache."""
+    from platformdirs import user_cache_dir
+
+    key = f"{source}|{tuple(int(s) for s in shape)}"
+    digest = hashlib.sha1(key.encode("utf-8")).hexdigest()[:16]
+    return Path(user_cache_dir("napari-nstseg")) / "autosave" / f"mask_{digest}.nii.gz"
+
+
+class NSTSegWidget(QWidget):
+    """Dock widget: choose CT, weights, device and mode; run, cancel, inspect, measure, save."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self._segmenters: dict[tuple[str, str, str], Any] = {}
+        self._worker: Any = None
+        self._request: RunRequest | None = None
+        self.last_outcome: RunOutcome | None = None
+        self.variant_outcomes: dict[str, RunOutcome] = {}
+        self.last_error: str = ""
+        self._pending_variants: list[str] = []
+        self._volume_metrics: dict[str, float] | None = None
+        self._autosave_timer = QTimer(self)
+        self._autosave_timer.setSingleShot(True)
+        self._autosave_timer.setInterval(AUTOSAVE_DELAY_MS)
+        self._autosave_timer.timeout.connect(self.autosave_now)
+        self._tracked: weakref.WeakSet = weakref.WeakSet()
+        self._build_ui()
+        self._connect_viewer()
+        self._refresh_layer_choices()
+
+    # -- UI -----------------------------------------------------------------------------------
+    def _build_ui(self) -> None:
+        from napari_nstseg.inference import available_devices, default_weights_path
+
+        self.ct_layer = ComboBox(label="CT layer", choices=[])
+        self.weights_source = ComboBox(label="weights", choices=[BUNDLED, FROM_FILE])
+        self.weights_file = FileEdit(label="weights file", mode="r", filter="*.safetensors *.json")
+        if not default_weights_path().is_file():
+            self.weights_source.value = FROM_FILE
+        self.weights_file.visible = self.weights_source.value == FROM_FILE
+        self.device = ComboBox(label="device", choices=["auto", *available_devices()])
+        self.mode = ComboBox(label="mode", choices=list(MODES), value="current slice")
+        self.roi_layer = ComboBox(label="ROI layer", choices=[NO_LAYER])
+        self.roi_margin = FloatSpinBox(label="ROI margin (mm)", value=10.0, min=0.0, max=200.0)
+        self.window = ComboBox(label="HU window", choices=list(WINDOWS), value=DEFAULT_WINDOW)
+        self.threshold = FloatSlider(label="threshold", value=0.5, min=0.01, max=0.99, step=0.01)
+        self.show_coarse = CheckBox(text="GLM coarse map", value=True)
+        self.show_stages = CheckBox(text="LFM stage masks", value=True)
+        self.show_stage_probs = CheckBox(text="LFM stage probabilities", value=False)
+        self.show_residual = CheckBox(text="SSL residual", value=False)
+        self.show_scale_weights = CheckBox(text="SFM scale weights", value=False)
+        self.overwrite = CheckBox(text="overwrite slices I edited", value=False)
+        self.run_button = PushButton(text="Run")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.status = Label(value="")
+        self.status.native.setWordWrap(True)
+        self.form = Container(
+            widgets=[
+                self.ct_layer,
+                self.weights_source,
+                self.weights_file,
+                self.device,
+                self.mode,
+                self.roi_layer,
+                self.roi_margin,
+                self.window,
+                self.threshold,
+                self.show_coarse,
+                self.show_stages,
+                self.show_stage_probs,
+                self.show_residual,
+                self.show_scale_weights,
+                self.overwrite,
+                Container(widgets=[self.run_button, self.cancel_button], layout="horizontal"),
+            ]
+        )
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+
+        # metrics against a ground-truth Labels layer
+        self.gt_layer = ComboBox(label="ground truth", choices=[NO_LAYER])
+        self.metrics_table = QTableWidget(len(METRIC_NAMES), 2)
+        self.metrics_table.setHorizontalHeaderLabels(["current slice", "volume"])
+        self.metrics_table.setVerticalHeaderLabels(list(METRIC_NAMES))
+        _fit_table(self.metrics_table, len(METRIC_NAMES))
+        metrics_box = QGroupBox("Metrics")
+        metrics_layout = QVBoxLayout(metrics_box)
+        metrics_layout.addWidget(Container(widgets=[self.gt_layer]).native)
+        metrics_layout.addWidget(self.metrics_table)
+
+        # lesion measurements
+        self.lesion_table = QTableWidget(0, 4)
+        self.lesion_table.setHorizontalHeaderLabels(["id", "volume mL", "diameter mm", "slices"])
+        self.lesion_table.horizontalHeaderItem(2).setToolTip(
+            "longest axial diameter (max Feret diameter in the axial slice where it is largest)"
+        )
+        self.lesion_table.verticalHeader().setVisible(False)
+        _fit_table(self.lesion_table, 4)
+        self.measure_button = QPushButton("Measure lesions")
+        self.export_button = QPushButton("Export CSV")
+        lesions_box = QGroupBox("Lesions in the tumor mask")
+        lesions_layout = QVBoxLayout(lesions_box)
+        lesions_layout.addWidget(self.lesion_table)
+        lesions_layout.addWidget(self.measure_button)
+        lesions_layout.addWidget(self.export_button)
+
+        # visual ablation
+        self.variant_boxes = {name: CheckBox(text=name, value=True) for name in VARIANTS}
+        self.ablation_button = PushButton(text="Run variants on current slice")
+        ablation = Container(widgets=[*self.variant_boxes.values(), self.ablation_button])
+        ablation_box = QGroupBox("Visual ablation (same weights)")
+        QVBoxLayout(ablation_box).addWidget(ablation.native)
+
+        self.restore_button = QPushButton("Restore autosaved mask")
+        self.restore_button.setVisible(False)
+
+        # Wide enough for the lesion table's four columns to show their headers.
+        self.setMinimumWidth(380)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.form.native)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status.native)
+        layout.addWidget(self.restore_button)
+        layout.addWidget(metrics_box)
+        layout.addWidget(lesions_box)
+        layout.addWidget(ablation_box)
+        layout.addStretch(1)
+
+        self.weights_source.changed.connect(self._on_weights_source)
+        self.window.changed.connect(self.apply_window)
+        self.ct_layer.changed.connect(self._on_ct_changed)
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        self.gt_layer.changed.connect(self.update_metrics)
+        self.measure_button.clicked.connect(self.update_measurements)
+        self.export_button.clicked.connect(self._export_clicked)
+        self.ablation_button.changed.connect(self.run_variants)
+        self.restore_button.clicked.connect(self.restore_autosave)
+
+    def _connect_viewer(self) -> None:
+        events = self.viewer.layers.events
+        events.inserted.connect(self._refresh_layer_choices)
+        events.removed.connect(self._refresh_layer_choices)
+        events.moved.connect(self._refresh_layer_choices)
+        self.viewer.dims.events.current_step.connect(self._on_step)
+
+    def _refresh_layer_choices(self, event: Any = None) -> None:
+        layers = list(self.viewer.layers)
+        for layer in layers:
+            # Renames must reach the choices too; connecting twice is harmless for psygnal/vispy.
+            layer.events.name.disconnect(self._refresh_layer_choices)
+            layer.events.name.connect(self._refresh_layer_choices)
+        images = [ly.name for ly in layers if ly._type_string == "image" and not _generated(ly)]
+        labels = [ly.name for ly in layers if ly._type_string == "labels"]
+        shapes = [ly.name for ly in layers if ly._type_string == "shapes"]
+        _set_choices(self.ct_layer, images, keep_first=False)
+        _set_choices(self.roi_layer, [NO_LAYER, *shapes, *labels])
+        _set_choices(self.gt_layer, [NO_LAYER, *labels])
+        self._track_mask_layer()
+
+    def _on_weights_source(self, value: str) -> None:
+        self.weights_file.visible = value == FROM_FILE
+
+    def _on_ct_changed(self, name: str | None) -> None:
+        if name:
+            self.apply_window()
+            self._offer_autosave()
+        self._track_mask_layer()
+
+    def _on_step(self, event: Any = None) -> None:
+        if self.gt_layer.value not in (None, NO_LAYER):
+            self.update_metrics(volume=False)
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _layer(self, name: str | None) -> Any:
+        if not name or name == NO_LAYER or name not in self.viewer.layers:
+            return None
+        return self.viewer.layers[name]
+
+    def _ct(self) -> Any:
+        layer = self._layer(self.ct_layer.value)
+        if layer is None:
+            raise WidgetError("Choose a CT image layer first (open a scan or the sample CT).")
+        check_ct_layer(layer)
+        return layer
+
+    def mask_layer(self, variant: str = "") -> Any:
+        name = self.ct_layer.value
+        if not name:
+            return None
+        return self._layer(LayerNames(name, _suffix(variant)).tumor_mask)
+
+    def _fail(self, message: str) -> None:
+        self.last_error = message
+        self.status.value = message
+        show_error(message)
+
+    def apply_window(self, *_: Any) -> None:
+        """Set the CT layer's contrast limits to the chosen HU window preset."""
+        layer = self._layer(self.ct_layer.value)
+        if layer is not None and layer._type_string == "image" and not layer.rgb:
+            layer.contrast_limits = contrast_limits(self.window.value)
+
+    def current_z(self, layer: Any) -> int:
+        """The axial slice of ``layer`` the viewer shows now."""
+        point = layer.world_to_data(self.viewer.dims.point[-layer.ndim :])
+        return int(np.clip(np.round(point[0]), 0, layer.data.shape[0] - 1))
+
+    def _weights(self) -> str | None:
+        if self.weights_source.value == BUNDLED:
+            return None
+        path = Path(self.weights_file.value)
+        if not str(self.weights_file.value) or str(path) == "." or not path.exists():
+            raise WidgetError(f"Weights file {str(path)!r} does not exist; choose a checkpoint.")
+        return str(path)
+
+    def roi_box(self, ct: Any) -> tuple[slice, slice, slice]:
+        """(z, y, x) box around the ROI layer (a rectangle or a mask), grown by the margin."""
+        roi_layer = self._layer(self.roi_layer.value)
+        if roi_layer is None:
+            raise WidgetError("ROI mode needs a Shapes (rectangle) or Labels layer as ROI layer.")
+        shape = np.asarray(ct.data.shape)
+        if roi_layer._type_string == "shapes":
+            if len(roi_layer.data) == 0:
+                raise WidgetError(f"Shapes layer {roi_layer.name!r} has no rectangle; draw one.")
+            chosen = sorted(roi_layer.selected_data) or [len(roi_layer.data) - 1]
+            vertices = np.concatenate([np.asarray(roi_layer.data[i]) for i in chosen])
+            world = np.array([roi_layer.data_to_world(v) for v in vertices])
+            if world.shape[1] < 3:
+                # A 2-D rectangle has no slice of its own: it lies on the slice shown now.
+                z_world = self.viewer.dims.point[-3]
+                world = np.column_stack([np.full(len(world), z_world), world])
+            points = np.array([ct.world_to_data(w[-3:]) for w in world])
+            low, high = points.min(axis=0), points.max(axis=0)
+        else:
+            data = np.asarray(roi_layer.data)
+            if data.shape != tuple(shape):
+                raise WidgetError(
+                    f"ROI layer {roi_layer.name!r} has shape {data.shape}, not the CT's "
+                    f"{tuple(shape)}."
+                )
+            nonzero = np.argwhere(data > 0)
+            if nonzero.size == 0:
+                raise WidgetError(f"ROI layer {roi_layer.name!r} is empty; paint a region first.")
+            low, high = nonzero.min(axis=0), nonzero.max(axis=0)
+        margin = float(self.roi_margin.value) / np.abs(np.asarray(ct.scale, dtype=float))
+        start = np.clip(np.floor(low - margin), 0, shape - 1).astype(int)
+        stop = np.clip(np.ceil(high + margin) + 1, 1, shape).astype(int)
+        return tuple(slice(int(a), int(b)) for a, b in zip(start, stop, strict=True))
+
+    def _maps(self) -> MapsToShow:
+        return MapsToShow(
+            coarse=self.show_coarse.value,
+            stages=self.show_stages.value,
+            stage_probabilities=self.show_stage_probs.value,
+            residual=self.show_residual.value,
+            scale_weights=self.show_scale_weights.value,
+        )
+
+    def make_request(self, mode: str | None = None, variant: str = "") -> RunRequest:
+        """Read the widget into a RunRequest; raises WidgetError with a readable message."""
+        ct = self._ct()
+        mode = mode or self.mode.value
+        roi = None
+        if mode == "current slice":
+            z_indices: list[int] | None = [self.current_z(ct)]
+        elif mode == "whole volume":
+            z_indices = None
+        else:
+            roi = self.roi_box(ct)
+            z_indices = list(range(roi[0].start, roi[0].stop))
+        return RunRequest(
+            ct_name=ct.name,
+            volume=np.asarray(ct.data),
+            spacing=tuple(float(abs(s)) for s in ct.scale),
+            z_indices=z_indices,
+            roi=roi,
+            weights=self._weights(),
+            device=str(self.device.value),
+            threshold=float(self.threshold.value),
+            maps=self._maps(),
+            overwrite=bool(self.overwrite.value),
+            variant=variant,
+        )
+
+    # -- running ----------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._worker is not None
+
+    def run(self, *_: Any, mode: str | None = None) -> None:
+        """Start a model run in the background; problems become a notification."""
+        if self.running:
+            show_info("A run is already in progress; cancel it or wait for it to finish.")
+            return
+        try:
+            request = self.make_request(mode)
+        except WidgetError as exc:
+            self._fail(str(exc))
+            return
+        self._start(request)
+
+    def run_variants(self, *_: Any) -> None:
+        """Run the current slice once per chosen ablation variant and show them side by side."""
+        if self.running:
+            show_info("A run is already in progress; cancel it or wait for it to finish.")
+            return
+        self._pending_variants = [n for n, box in self.variant_boxes.items() if box.value]
+        if not self._pending_variants:
+            self._fail("Tick at least one ablation variant to run.")
+            return
+        self._next_variant()
+
+    def _next_variant(self) -> None:
+        if not self._pending_variants:
+            self._show_grid()
+            return
+        variant = self._pending_variants.pop(0)
+        try:
+            request = self.make_request("current slice", variant=variant)
+        except WidgetError as exc:
+            self._pending_variants = []
+            self._fail(str(exc))
+            return
+        # Variants are compared on the mask; intermediate maps would triple the layer list.
+        request.maps = MapsToShow(coarse=False, stages=False)
+        request.overwrite = True
+        self._start(request)
+
+    def _show_grid(self) -> None:
+        """Grid mode with one cell per variant: CT underneath its mask, full model first.
+
+        napari groups ``stride`` consecutive layers into one cell and drops cells without a
+        visible layer, so each (CT view, mask) pair goes to the bottom of the list in order and
+        everything else is hidden. The CT views share the CT's array (no copy).
+        """
+        ct = self._layer(self.ct_layer.value)
+        if ct is None:
+            return
+        pairs = []
+        if self.mask_layer() is not None:
+            pairs.append((ct, self.mask_layer()))
+        for variant in VARIANTS:
+            mask = self.mask_layer(variant)
+            if mask is not None:
+                pairs.append((self._ct_view(ct, variant), mask))
+        keep = {id(layer) for pair in pairs for layer in pair}
+        for layer in self.viewer.layers:
+            layer.visible = id(layer) in keep
+        for index, layer in enumerate(layer for pair in pairs for layer in pair):
+            self.viewer.layers.move(self.viewer.layers.index(layer), index)
+        grid = viewer_grid(self.viewer)
+        grid.stride = 2
+        grid.enabled = True
+
+    def _ct_view(self, ct: Any, variant: str) -> Any:
+        name = f"{ct.name}{_suffix(variant)}"
+        layer = self._layer(name)
+        if layer is None:
+            layer = self.viewer.add_image(
+                ct.data,
+                name=name,
+                contrast_limits=ct.contrast_limits,
+                scale=ct.scale,
+                translate=ct.translate,
+                metadata={"nstseg_generated": True},
+            )
+        return layer
+
+    def _segmenter(self, request: RunRequest) -> Any:
+        """The loaded engine for the request's weights and device (cached; the file's mtime is
+        part of the key so a re-saved checkpoint is re-read)."""
+        from .runner import load_segmenter
+
+        stamp = Path(request.weights).stat().st_mtime_ns if request.weights else 0
+        key = (request.weights or "", stamp, request.device)
+        if key not in self._segmenters:
+            self._segmenters[key] = load_segmenter(request.weights, request.device)
+        return self._segmenters[key]
+
+    def _variant(self, request: RunRequest, base: Any) -> Any:
+        from .runner import variant_segmenter
+
+        key = (id(base), request.variant)
+        if key not in self._segmenters:
+            self._segmenters[key] = variant_segmenter(base, request.variant)
+        return self._segmenters[key]
+
+    def _start(self, request: RunRequest) -> None:
+        self._request = request
+        self.run_button.enabled = False
+        self.ablation_button.enabled = False
+        self.cancel_button.enabled = True
+        self.progress.setRange(0, 0)
+        self.status.value = "loading model..." if request.variant == "" else request.variant
+        worker = _predict(self, request)
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(self._on_returned)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        worker.start()
+
+    def cancel(self, *_: Any) -> None:
+        """Stop after the batch in progress; finished slices are kept."""
+        self._pending_variants = []
+        if self._request is not None:
+            self._request.cancel.set()
+            self.status.value = "cancelling after this batch..."
+
+    def _on_progress(self, progress: tuple[int, int] | str) -> None:
+        if isinstance(progress, str):
+            self.status.value = progress
+            show_info(progress)
+            return
+        done, total = progress
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(done)
+        self.status.value = f"{done} / {total} slices"
+
+    def _on_returned(self, outcome: RunOutcome) -> None:
+        self.last_outcome = outcome
+        if outcome.request.variant:
+            self.variant_outcomes[outcome.request.variant] = outcome
+        if outcome.error:
+            self._fail(outcome.error)
+            if outcome.prediction is None:
+                return
+        request = outcome.request
+        ct = self._layer(request.ct_name)
+        if ct is None or outcome.prediction is None:
+            return
+        try:
+            show_prediction(
+                self.viewer,
+                ct,
+                outcome.prediction,
+                maps=request.maps,
+                threshold=request.threshold,
+                overwrite=request.overwrite,
+                suffix=_suffix(request.variant),
+            )
+        except Exception as exc:  # a layer problem must not take the viewer down
+            self._fail(f"Could not show the prediction on {request.ct_name!r}: {exc}")
+            return
+        self._track_mask_layer()
+        done = int(np.count_nonzero(outcome.prediction.done))
+        if outcome.error:
+            return
+        self.status.value = (
+            f"cancelled: {done} slice(s) finished and kept"
+            if outcome.cancelled
+            else f"done: {done} slice(s)"
+        )
+        if not request.variant:
+            self.update_measurements()
+            self.update_metrics()
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self._request = None
+        self.run_button.enabled = True
+        self.ablation_button.enabled = True
+        self.cancel_button.enabled = False
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1)
+        if self._pending_variants:
+            self._next_variant()
+        elif self.last_outcome is not None and self.last_outcome.request.variant:
+            self._show_grid()
+
+    # -- edits and autosave -----------------------------------------------------------------
+    def _track_mask_layer(self) -> None:
+        layer = self.mask_layer()
+        if layer is None or layer in self._tracked:
+            return
+        tracker = edit_tracker(layer)
+        tracker.on_edit.append(self._schedule_autosave)
+        self._tracked.add(layer)
+
+    def _schedule_autosave(self) -> None:
+        self._volume_metrics = None
+        self._autosave_timer.start()
+
+    def autosave_now(self) -> Path | None:
+        """Write the tumor mask to the recovery file (atomically, via io.write_mask)."""
+        from napari_nstseg.io.writers import write_mask
+
+        mask, ct = self.mask_layer(), self._layer(self.ct_layer.value)
+        if mask is None or ct is None:
+            return None
+        geometry = ct_geometry(ct)
+        path = autosave_path(_source_key(ct), ct.data.shape)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_mask(path, np.asarray(mask.data), geometry)
+        except Exception as exc:
+            show_warning(f"Autosave of {mask.name!r} to {path} failed: {exc}")
+            return None
+        return path
+
+    def _offer_autosave(self) -> None:
+        ct = self._layer(self.ct_layer.value)
+        available = False
+        if ct is not None and ct._type_string == "image" and ct.data.ndim == 3:
+            available = autosave_path(_source_key(ct), ct.data.shape).exists()
+        self.restore_button.setVisible(available)
+        if available:
+            show_info(
+                f"An autosaved tumor mask exists for {ct.name!r}; use 'Restore autosaved mask' "
+                "in the NSTSEG panel to get it back."
+            )
+
+    def restore_autosave(self) -> None:
+        """Load the recovery file into the tumor mask (undoable)."""
+        from napari_nstseg.io.readers import read_mask
+
+        from .layers import Region, layer_kwargs, write_mask
+
+        try:
+            ct = self._ct()
+            geometry = ct_geometry(ct)
+            path = autosave_path(_source_key(ct), ct.data.shape)
+            data = read_mask(path, like=geometry)
+        except Exception as exc:
+            self._fail(f"Could not restore the autosaved mask: {exc}")
+            return
+        layer = self.mask_layer()
+        if layer is None:
+            layer = self.viewer.add_labels(
+                np.zeros(ct.data.shape, np.uint8),
+                name=LayerNames(ct.name).tumor_mask,
+                **layer_kwargs(ct),
+            )
+            self._track_mask_layer()
+        region = Region(np.arange(ct.data.shape[0]), slice(None), slice(None))
+        write_mask(layer, region, data, edit_tracker(layer), overwrite=True)
+        self.status.value = f"restored the autosaved mask from {path}"
+
+    # -- metrics and measurements -----------------------------------------------------------
+    def update_metrics(self, *_: Any, volume: bool = True) -> dict[str, tuple[float, float]]:
+        """Fill the metrics table (current slice, volume) against the ground-truth layer.
+
+        ``volume=False`` (scrolling through slices) reuses the volume column unless an edit
+        or a run made it stale, so stepping stays quick on big scans.
+        """
+        from .measurements import slice_metrics, volume_metrics
+
+        gt, pred = self._layer(self.gt_layer.value), self.mask_layer()
+        self.metrics_table.clearContents()
+        if gt is None or pred is None:
+            return {}
+        if gt.data.shape != pred.data.shape:
+            self._fail(
+                f"Ground truth {gt.name!r} has shape {tuple(gt.data.shape)}, not the tumor "
+                f"mask's {tuple(pred.data.shape)}."
+            )
+            return {}
+        z = self.current_z(pred)
+        on_slice = slice_metrics(np.asarray(pred.data[z]) > 0, np.asarray(gt.data[z]) > 0)
+        if volume or self._volume_metrics is None:
+            self._volume_metrics = volume_metrics(
+                np.asarray(pred.data) > 0, np.asarray(gt.data) > 0
+            )
+        values = {name: (on_slice[name], self._volume_metrics[name]) for name in METRIC_NAMES}
+        for row, name in enumerate(METRIC_NAMES):
+            for col, value in enumerate(values[name]):
+                self.metrics_table.setItem(row, col, QTableWidgetItem(_fmt(value)))
+        return values
+
+    def update_measurements(self, *_: Any) -> list[dict[str, Any]]:
+        """Fill the lesion table from the tumor mask's connected components."""
+        from .measurements import lesion_rows
+
+        layer = self.mask_layer()
+        rows = [] if layer is None else lesion_rows(np.asarray(layer.data), tuple(layer.scale))
+        self.lesion_table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            for c, key in enumerate(("id", "volume_ml", "longest_axial_diameter_mm", "slices")):
+                self.lesion_table.setItem(r, c, QTableWidgetItem(_fmt(row[key])))
+        self._lesion_rows = rows
+        return rows
+
+    def _export_clicked(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export lesions", "lesions.csv", "CSV (*.csv)")
+        if path:
+            self.export_csv(path)
+
+    def export_csv(self, path: str | Path) -> Path | None:
+        """Write the lesion table to ``path`` as CSV."""
+        rows = self.update_measurements()
+        path = Path(path)
+        try:
+            with open(path, "w", newline="", encoding="utf-8") as f:
+                writer = csv.writer(f)
+                writer.writerow(
+                    ["id", "volume_ml", "longest_axial_diameter_mm", "first_slice", "last_slice"]
+                )
+                for row in rows:
+                    first, last = row["slice_range"]
+                    writer.writerow(
+                        [
+                            row["id"],
+                            f"{row['volume_ml']:.4f}",
+                            f"{row['longest_axial_diameter_mm']:.2f}",
+                            first,
+                            last,
+                        ]
+                    )
+        except OSError as exc:
+            self._fail(f"Could not write {path}: {exc.strerror or exc}")
+            return None
+        return path
+
+
+def _predict(widget: NSTSegWidget, request: RunRequest) -> Any:
+    """The worker: load (cached), estimate a whole-volume run, then predict batch by batch.
+
+    It yields (done, total) progress or a status string and returns a RunOutcome; every failure
+    is caught here and becomes one sentence, so nothing raises out of the widget.
+    """
+    from .runner import describe_estimate, predict_steps
+
+    @thread_worker(start_thread=False)
+    def work():
+        try:
+            segmenter = widget._segmenter(request)
+        except Exception as exc:
+            return RunOutcome(request, error=_weights_error(request.weights, exc))
+        steps = None
+        try:
+            if request.variant:
+                segmenter = widget._variant(request, segmenter)
+            if request.z_indices is None and request.roi is None:
+                text, fits = describe_estimate(segmenter, request)
+                if not fits:
+                    return RunOutcome(request, error=text)
+                yield text
+            steps = predict_steps(segmenter, request)
+            if steps.skipped_residual:
+                yield "these weights name no masked autoencoder: no SSL residual map"
+            while True:
+                if request.cancel.is_set():
+                    return RunOutcome(request, prediction=steps.stop(), cancelled=True)
+                try:
+                    progress = next(steps)
+                except StopIteration:
+                    return RunOutcome(request, prediction=steps.prediction)
+                yield progress
+        except Exception as exc:
+            # Slices finished before the failure stay valid and are shown.
+            partial = steps.prediction if steps is not None else None
+            return RunOutcome(
+                request,
+                prediction=partial,
+                error=f"The model run on {request.ct_name!r} failed: {exc}",
+            )
+
+    return work()
+
+
+def _weights_error(weights: str | None, exc: Exception) -> str:
+    from napari_nstseg.inference import WeightsMissingError
+
+    if isinstance(exc, WeightsMissingError):
+        return (
+            "No bundled weights are installed with napari-nstseg; choose 'file...' under "
+            "weights and pick a checkpoint (.json)."
+        )
+    where = "the bundled weights" if weights is None else f"weights file {weights!r}"
+    text = str(exc).strip() or type(exc).__name__
+    return f"Could not load {where}: {text}"
+
+
+def viewer_grid(viewer: Any) -> Any:
+    """Grid settings: ``viewer.canvas.grid`` since napari 0.9, ``viewer.grid`` before it."""
+    canvas = getattr(viewer, "canvas", None)
+    return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid
+
+
+def _source_key(ct: Any) -> str:
+    """What identifies a scan across sessions: its file, else (made in napari) its layer name."""
+    geometry = ct_geometry(ct)
+    return geometry.source_path or f"layer:{ct.name}"
+
+
+def _generated(layer: Any) -> bool:
+    return bool(layer.metadata.get("nstseg_generated"))
+
+
+def _suffix(variant: str) -> str:
+    return f" [{variant}]" if variant else ""
+
+
+def _set_choices(combo: ComboBox, names: list[str], keep_first: bool = True) -> None:
+    current = combo.value
+    combo.choices = names
+    if current in names:
+        combo.value = current
+    elif names and (keep_first or current is None):
+        combo.value = names[0]
+
+
+def _fit_table(table: QTableWidget, rows: int) -> None:
+    """Columns share the width; tall enough for ``rows`` rows without scrolling."""
+    table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+    height = table.horizontalHeader().sizeHint().height() + 2 * table.frameWidth()
+    height += rows * table.verticalHeader().defaultSectionSize()
+    table.setMinimumHeight(height)
+    table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "n/a" if np.isnan(value) else f"{value:.3f}"
+    if isinstance(value, tuple):
+        return f"{value[0]}-{value[1]}"
+    return str(value)

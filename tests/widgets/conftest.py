@@ -1,0 +1,44 @@
+"""Fixtures for the widget tests: a tiny untrained checkpoint and a small synthetic CT layer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from widget_helpers import CT_SCALE, CT_TRANSLATE, make_ct
+
+from napari_nstseg.models import ModelConfig, build_model
+from napari_nstseg.models.checkpoint import save_checkpoint
+from napari_nstseg.preprocessing import PreprocessConfig, window_normalize
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> str:
+    """An untrained CDI-NSTSEG of the smallest width, saved as a real checkpoint.
+
+    Its BatchNorm statistics are measured on the synthetic CT: with the default ones the
+    untrained activations fade layer by layer and every map is a constant 0.5, which would let
+    tests of "this map differs from that one" pass or fail for no reason.
+    """
+    torch.manual_seed(0)
+    config = ModelConfig(base_width=8, fused_channels=8, lfm_stages=3)
+    model = build_model(config)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # a plain average over the calibration pass
+    slices = window_normalize(torch.from_numpy(make_ct()), PreprocessConfig())[:, None]
+    model.train()
+    with torch.no_grad():
+        model(slices)
+    model.eval()
+    stem = tmp_path_factory.mktemp("weights") / "tiny"
+    preprocessing = PreprocessConfig().to_dict()
+    save_checkpoint(stem, model, config.to_dict(), preprocessing, {"note": "untrained, tests"})
+    return str(stem) + ".json"
+
+
+@pytest.fixture
+def viewer_with_ct(make_napari_viewer):
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(make_ct(), name="CT", scale=CT_SCALE, translate=CT_TRANSLATE)
+    return viewer, layer

@@ -1,0 +1,100 @@
+"""Prediction -> layers without Qt: names, grid, finished-slices-only writes, edit tracking."""
+
+from __future__ import annotations
+
+import numpy as np
+from napari.components import ViewerModel
+
+from napari_nstseg.inference import Prediction
+from napari_nstseg.io.volume import METADATA_KEY, Geometry
+from napari_nstseg.widgets.layers import (
+    LayerNames,
+    MapsToShow,
+    edit_tracker,
+    show_prediction,
+)
+
+SHAPE = (4, 16, 20)
+SCALE = (2.5, 0.7, 0.7)
+
+
+def ct_viewer():
+    viewer = ViewerModel()
+    geometry = Geometry.from_spacing(SHAPE, SCALE, (5.0, -3.0, 7.0))
+    ct = viewer.add_image(
+        np.full(SHAPE, 40.0, np.float32),
+        name="scan",
+        scale=geometry.spacing,
+        translate=geometry.translate,
+        metadata={METADATA_KEY: geometry.to_dict()},
+    )
+    return viewer, ct, geometry
+
+
+def partial_prediction() -> Prediction:
+    """Slices 1 and 2 finished inside the box y 4:12, x 5:15; slices 0 and 3 never ran."""
+    pred = Prediction(SHAPE)
+    ramp = np.linspace(0, 255, 10 * 8).reshape(1, 8, 10).repeat(2, axis=0).astype(np.uint8)
+    pred.store(
+        np.array([1, 2]),
+        (slice(4, 12), slice(5, 15)),
+        final=ramp,
+        mask=(ramp >= 128).astype(np.uint8),
+        coarse=255 - ramp,
+        stages=[ramp // 2, ramp],
+        scale_weights=np.stack([ramp // 3, ramp // 3, 255 - 2 * (ramp // 3)], axis=1),
+        residual=(ramp / 100.0).astype(np.float16),  # reconstruction error, up to 2.55
+    )
+    pred.cover((1, 3, 4, 12, 5, 15))
+    return pred
+
+
+def test_layers_share_the_ct_grid_and_hold_only_finished_slices_in_the_roi():
+    viewer, ct, geometry = ct_viewer()
+    pred = partial_prediction()
+    maps = MapsToShow(stage_probabilities=True, scale_weights=True, residual=True)
+    layers = show_prediction(viewer, ct, pred, maps=maps, threshold=0.25)
+    names = LayerNames("scan")
+    assert set(layers) == {
+        names.coarse,
+        names.coarse_mask,
+        names.stage(1),
+        names.stage(2),
+        names.stage_probability(1),
+        names.stage_probability(2),
+        *(names.scale_weight(i) for i in range(3)),
+        names.residual,
+        names.tumor_mask,
+    }
+    for layer in layers.values():
+        assert layer.data.shape == SHAPE
+        np.testing.assert_allclose(layer.scale, ct.scale)
+        np.testing.assert_allclose(layer.translate, ct.translate)
+        assert Geometry.from_dict(layer.metadata[METADATA_KEY]) == geometry
+        outside = np.ones(SHAPE, bool)
+        outside[1:3, 4:12, 5:15] = False
+        assert not np.asarray(layer.data)[outside].any(), layer.name
+    # The mask follows the threshold asked for, not the engine's 0.5.
+    np.testing.assert_array_equal(layers[names.tumor_mask].data, pred.mask_at(0.25))
+    stage1 = pred.stages[0] >= round(0.25 * 255)
+    np.testing.assert_array_equal(layers[names.stage(1)].data, stage1.astype(np.uint8))
+    np.testing.assert_array_equal(layers[names.coarse].data, pred.coarse)
+    # The residual is no probability: kept as float, not clipped at 1.
+    residual = layers[names.residual]
+    np.testing.assert_allclose(residual.data, pred.residual.astype(np.float32))
+    assert residual.contrast_limits[1] > 2.0
+
+
+def test_variant_suffix_and_edit_tracking():
+    viewer, ct, _ = ct_viewer()
+    pred = partial_prediction()
+    layers = show_prediction(
+        viewer, ct, pred, MapsToShow(coarse=False, stages=False), 0.5, False, " [no GLM]"
+    )
+    assert list(layers) == ["scan tumor mask [no GLM]"]
+    mask = layers["scan tumor mask [no GLM]"]
+    tracker = edit_tracker(mask)
+    assert tracker.edited == set()  # the model's own write is no user edit
+    mask.data_setitem((np.array([3, 3]), np.array([0, 1]), np.array([0, 0])), 1)
+    assert tracker.edited == {3}
+    assert edit_tracker(mask) is tracker
