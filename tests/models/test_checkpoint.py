@@ -133,6 +133,18 @@ def test_tampered_json_is_rejected(tmp_path):
         load_checkpoint(stem)
 
 
+def test_companion_mae_name_is_kept_and_protected(tmp_path):
+    _, stem = save_tiny_mae(tmp_path, name="seg", mae="mae.json")
+    _, meta = load_checkpoint(stem)
+    assert meta["mae"] == "mae.json"
+    _, json_path = checkpoint_paths(stem)
+    meta = json.loads(json_path.read_text())
+    meta["mae"] = "other.json"
+    json_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"seg\.json was modified after saving"):
+        load_checkpoint(stem)
+
+
 def test_broken_or_missing_files_give_clear_errors(tmp_path):
     _, stem = save_tiny_mae(tmp_path)
     tensor_path, json_path = checkpoint_paths(stem)

@@ -49,6 +49,8 @@ def _sha256(path: Path) -> str:
 
 def _content_sha256(meta: dict[str, Any]) -> str:
     content = {key: meta.get(key) for key in _CONTENT_KEYS}
+    if "mae" in meta:  # optional companion; hashed only when present so older files still verify
+        content["mae"] = meta["mae"]
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
@@ -78,12 +80,15 @@ def save_checkpoint(
     provenance: dict[str, Any],
     dtype: torch.dtype | None = None,
     kind: str | None = None,
+    mae: str | None = None,
 ) -> tuple[Path, Path]:
     """Write ``<stem>.safetensors`` and ``<stem>.json``; returns both paths.
 
     ``dtype`` (e.g. torch.float16) stores floating-point tensors at that precision to halve the
     file; integer buffers are kept as they are. ``kind`` defaults to "mae" for a
-    MaskedAutoencoder and "segmentation" otherwise. Both files are written atomically.
+    MaskedAutoencoder and "segmentation" otherwise. ``mae`` names the MAE checkpoint (a path
+    relative to this one) whose residual maps go with a segmentation model. Both files are
+    written atomically.
     """
     kind = kind or _infer_kind(model)
     if kind not in KINDS:
@@ -100,6 +105,8 @@ def save_checkpoint(
         "preprocessing": preprocessing,
         "provenance": provenance,
     }
+    if mae:
+        meta["mae"] = mae
     try:
         # Round-trip through JSON now so the hash below is of exactly what will be read back.
         meta = json.loads(json.dumps(meta))

@@ -560,16 +560,6 @@ def _remove_checkpoint(stem: Path) -> None:
         stem.with_name(stem.name + suffix).unlink(missing_ok=True)
 
 
-def name_mae(checkpoint: Path, mae_name: str) -> None:
-    """Record the MAE a segmentation checkpoint goes with (the engine's top-level "mae" entry,
-    a path relative to the checkpoint); it is outside the hashed content, so loading still
-    verifies."""
-    _, json_path = checkpoint_paths(checkpoint)
-    meta = json.loads(json_path.read_text())
-    meta["mae"] = mae_name
-    _atomic(json_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
-
-
 # -- unlabeled slices for the MAE -----------------------------------------------------------------
 def find_volumes(data: str | Path) -> list[Path]:
     """CT volumes for MAE pretraining: an MSD folder's training-split images, every volume file
@@ -1153,9 +1143,9 @@ def _run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
         }
 
     def save_model(stem: Path, prov: dict[str, Any]) -> None:
-        save_checkpoint(stem, model, cfg.model.to_dict(), cfg.preprocess.to_dict(), prov)
-        if mae_name:
-            name_mae(stem, mae_name)
+        save_checkpoint(
+            stem, model, cfg.model.to_dict(), cfg.preprocess.to_dict(), prov, mae=mae_name
+        )
 
     lr_total = cfg.epochs * steps
     job = _Job(

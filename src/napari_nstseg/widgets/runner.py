@@ -73,6 +73,7 @@ def variant_segmenter(base: Segmenter, variant: str) -> Segmenter:
         base.config,
         meta=meta,
         weights_path=base.weights_path,
+        mae_path=base.mae_path,
     )
 
 

@@ -1,0 +1,240 @@
+"""Prediction: the engine's result per CDI-NSTSEG stage (GLM, LFM, SSL, SFM), memory-bounded.
+
+Probability maps are kept as uint8 (0..255 = probability 0..1, the default) or float16, never
+as float32 copies, so a dozen full-volume maps of a 512 x 512 x 600 scan stay near 150 MB each.
+``done`` says per axial slice whether the maps hold a result, so a cancelled run is explicit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+PROB_DTYPES = ("uint8", "float16")
+ROI = tuple[int, int, int, int, int, int]  # z0, z1, y0, y1, x0, x1 (stops exclusive)
+
+
+@dataclass(frozen=True)
+class MapRequest:
+    """Which maps the engine keeps besides the final probability and the mask.
+
+    ``residual`` needs the masked autoencoder named by the checkpoint and costs k extra MAE
+    passes per slice; ``scale_weights`` keeps the SFM per-pixel softmax over the three input
+    scales at fused level ``scale_level`` (an index into the model's fused levels, None = the
+    finest one).
+    """
+
+    coarse: bool = True
+    stages: bool = True
+    residual: bool = False
+    scale_weights: bool = False
+    scale_level: int | None = None
+
+    @classmethod
+    def all(cls) -> MapRequest:
+        return cls(coarse=True, stages=True, residual=True, scale_weights=True)
+
+    @classmethod
+    def minimal(cls) -> MapRequest:
+        """Only the final probability and the mask."""
+        return cls(coarse=False, stages=False)
+
+
+def encode_probability(prob: torch.Tensor, dtype: str) -> np.ndarray:
+    """Probabilities in [0, 1] (any float tensor, any device) -> host array of ``dtype``.
+
+    Quantised on the device, so only a quarter (uint8) or half (float16) of the bytes travel.
+    """
+    if dtype == "uint8":
+        out = (prob.float().clamp(0.0, 1.0) * 255.0).round_().to(torch.uint8)
+    elif dtype == "float16":
+        out = prob.float().clamp(0.0, 1.0).to(torch.float16)
+    else:
+        raise ValueError(f"probability dtype must be one of {PROB_DTYPES}, got {dtype!r}")
+    return out.cpu().numpy()
+
+
+def decode_probability(values: np.ndarray) -> np.ndarray:
+    """A stored map (uint8 0..255 or float16 0..1) -> float32 probabilities 0..1."""
+    values = np.asarray(values)
+    if values.dtype == np.uint8:
+        return values.astype(np.float32) * np.float32(1.0 / 255.0)
+    return values.astype(np.float32)
+
+
+def _union(a: ROI | None, b: ROI | None) -> ROI | None:
+    if a is None or b is None:
+        return None
+    return (
+        min(a[0], b[0]),
+        max(a[1], b[1]),
+        min(a[2], b[2]),
+        max(a[3], b[3]),
+        min(a[4], b[4]),
+        max(a[5], b[5]),
+    )
+
+
+@dataclass
+class Prediction:
+    """Stage maps for a (z, y, x) volume; slices not yet ``done`` hold zeros.
+
+    - ``mask``: uint8 tumor mask (1 = tumor) at ``threshold`` on the final probability.
+    - ``final``: final (finest LFM) probability; ``coarse``: GLM coarse localisation
+      probability; ``stages``: each LFM stage probability, coarse to fine. uint8 or float16 as
+      ``prob_dtype`` says (``decode_probability`` turns either into float32 0..1).
+    - ``residual``: SSL residual map |MAE reconstruction - input|, float16, only if asked.
+    - ``scale_weights``: SFM scale weights (3, z, y, x) for the 0.5x / 1.0x / 1.5x inputs at fused
+      level ``scale_level`` (index into the model's fused levels, deepest first), only if asked.
+    - ``done``: bool per axial slice; ``roi``: the (z0, z1, y0, y1, x0, x1) box the results
+      cover, None for whole slices.
+    """
+
+    shape: tuple[int, int, int]
+    prob_dtype: str = "uint8"
+    threshold: float = 0.5
+    mask: np.ndarray = field(init=False)
+    final: np.ndarray = field(init=False)
+    coarse: np.ndarray | None = field(init=False, default=None)
+    stages: list[np.ndarray] = field(init=False, default_factory=list)
+    residual: np.ndarray | None = field(init=False, default=None)
+    scale_weights: np.ndarray | None = field(init=False, default=None)
+    scale_level: int | None = field(init=False, default=None)
+    done: np.ndarray = field(init=False)
+    roi: ROI | None = field(init=False, default=None)
+    timings: dict[str, float] = field(init=False, default_factory=dict)
+    info: dict[str, Any] = field(init=False, default_factory=dict)
+    _covered: bool = field(init=False, default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.shape = tuple(int(s) for s in self.shape)
+        if len(self.shape) != 3 or min(self.shape) < 1:
+            raise ValueError(f"a prediction needs a non-empty (z, y, x) shape, got {self.shape}")
+        if self.prob_dtype not in PROB_DTYPES:
+            raise ValueError(
+                f"probability dtype must be one of {PROB_DTYPES}, got {self.prob_dtype!r}"
+            )
+        self.mask = np.zeros(self.shape, np.uint8)
+        self.final = np.zeros(self.shape, self.prob_dtype)
+        self.done = np.zeros(self.shape[0], bool)
+
+    # -- filling (the engine) -------------------------------------------------------------------
+    def _map(self, current: np.ndarray | None, dtype: str, lead: tuple[int, ...] = ()):
+        if current is None:
+            current = np.zeros(lead + self.shape, dtype)
+        return current
+
+    def store(
+        self,
+        z: np.ndarray,
+        box_yx: tuple[slice, slice],
+        *,
+        final: np.ndarray,
+        mask: np.ndarray,
+        coarse: np.ndarray | None = None,
+        stages: list[np.ndarray] | None = None,
+        residual: np.ndarray | None = None,
+        scale_weights: np.ndarray | None = None,
+    ) -> None:
+        """Write one batch: ``z`` slice indices, maps of shape (len(z), h, w) for ``box_yx``
+        (scale weights (len(z), 3, h, w)), already encoded with ``encode_probability``."""
+        z = np.asarray(z, dtype=np.intp)
+        ys, xs = box_yx
+        self.final[z, ys, xs] = final
+        self.mask[z, ys, xs] = mask
+        if coarse is not None:
+            self.coarse = self._map(self.coarse, self.prob_dtype)
+            self.coarse[z, ys, xs] = coarse
+        if stages:
+            if len(self.stages) != len(stages):
+                self.stages = [np.zeros(self.shape, self.prob_dtype) for _ in stages]
+            for target, values in zip(self.stages, stages, strict=True):
+                target[z, ys, xs] = values
+        if residual is not None:
+            self.residual = self._map(self.residual, "float16")
+            self.residual[z, ys, xs] = residual
+        if scale_weights is not None:
+            n_scales = (scale_weights.shape[1],)
+            self.scale_weights = self._map(self.scale_weights, self.prob_dtype, n_scales)
+            self.scale_weights[:, z, ys, xs] = np.moveaxis(scale_weights, 1, 0)
+        self.done[z] = True
+
+    def cover(self, roi: ROI | None) -> None:
+        """Record that a run covered ``roi`` (None = whole slices); boxes of runs add up."""
+        self.roi = roi if not self._covered else _union(self.roi, roi)
+        self._covered = True
+
+    def add_time(self, stage: str, seconds: float) -> None:
+        self.timings[stage] = self.timings.get(stage, 0.0) + float(seconds)
+
+    # -- reading (layers, writers, reports) -----------------------------------------------------
+    @property
+    def complete(self) -> bool:
+        """True when every axial slice holds a result."""
+        return bool(self.done.all())
+
+    @property
+    def done_slices(self) -> np.ndarray:
+        return np.flatnonzero(self.done)
+
+    def probability(self, which: str = "final") -> np.ndarray:
+        """A map as float32 0..1: "final", "coarse", "stage1".."stageK" (coarse to fine),
+        "scale_weights" or "residual". Makes a float32 copy: use per slice on big volumes."""
+        if which.startswith("stage") and which[5:].isdigit():
+            k = int(which[5:])
+            if not 1 <= k <= len(self.stages):
+                raise KeyError(f"this prediction has {len(self.stages)} LFM stage maps, not {k}")
+            return decode_probability(self.stages[k - 1])
+        values = (
+            getattr(self, which, None)
+            if which in ("final", "coarse", "residual", "scale_weights")
+            else None
+        )
+        if values is None:
+            raise KeyError(f"this prediction holds no {which!r} map")
+        return decode_probability(values)
+
+    def mask_at(self, threshold: float) -> np.ndarray:
+        """The mask at another threshold, from the stored final probability (done slices)."""
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
+        if self.final.dtype == np.uint8:
+            # A stored value v means probability v/255; compare in the integer domain.
+            out = (self.final >= math.ceil(threshold * 255.0 - 1e-6)).astype(np.uint8)
+        else:
+            out = (self.final >= threshold).astype(np.uint8)
+        out[~self.done] = 0
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        """Host memory held by the maps."""
+        arrays = [
+            self.mask,
+            self.final,
+            self.coarse,
+            self.residual,
+            self.scale_weights,
+            *self.stages,
+            self.done,
+        ]
+        return int(sum(a.nbytes for a in arrays if a is not None))
+
+    @staticmethod
+    def bytes_for(
+        shape: tuple[int, int, int], maps: MapRequest, n_stages: int, prob_dtype: str = "uint8"
+    ) -> int:
+        """Host bytes a prediction of ``shape`` keeping ``maps`` will hold."""
+        voxels = int(np.prod(shape))
+        item = np.dtype(prob_dtype).itemsize
+        n_prob = 1 + (1 if maps.coarse else 0) + (n_stages if maps.stages else 0)
+        total = voxels * (1 + n_prob * item)
+        if maps.residual:
+            total += voxels * 2
+        if maps.scale_weights:
+            total += 3 * voxels * item
+        return int(total)
