@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+# CI may run with an ASCII locale; npe2 prints check marks.
+UTF8 = {
+    "encoding": "utf-8",
+    "errors": "replace",
+    "env": {**os.environ, "PYTHONIOENCODING": "utf-8"},
+}
 
 
 def _manifest():
@@ -25,7 +32,7 @@ def _manifest():
 
 def test_npe2_validate_passes():
     out = subprocess.run(
-        [str(BIN / "npe2"), "validate", "napari_nstseg"], capture_output=True, text=True
+        [str(BIN / "npe2"), "validate", "napari_nstseg"], capture_output=True, **UTF8
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "valid" in out.stdout
@@ -55,11 +62,11 @@ def test_napari_lists_reader_writer_sample_and_widget():
 
 def test_cli_help_and_info():
     nstseg = shutil.which("nstseg", path=str(BIN)) or "nstseg"
-    out = subprocess.run([nstseg, "--help"], capture_output=True, text=True)
+    out = subprocess.run([nstseg, "--help"], capture_output=True, **UTF8)
     assert out.returncode == 0, out.stderr
     for sub in ("info", "demo", "predict"):
         assert sub in out.stdout
-    out = subprocess.run([nstseg, "info", "--json"], capture_output=True, text=True)
+    out = subprocess.run([nstseg, "info", "--json"], capture_output=True, **UTF8)
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
     assert info["torch"].startswith("2.")
@@ -69,9 +76,20 @@ def test_cli_help_and_info():
 @pytest.mark.slow
 def test_built_wheel_contains_manifest_and_data(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
-         "-w", str(tmp_path), "-q"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(ROOT),
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            "-q",
+        ],
+        capture_output=True,
+        **UTF8,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     (wheel,) = tmp_path.glob("napari_nstseg-*.whl")

@@ -1,4 +1,4 @@
-"""npe2 sample-data contribution: a real abdominal CT with one small synthetic low-contrast lesion."""
+"""npe2 sample data: a real abdominal CT with one small synthetic low-contrast lesion."""
 
 from __future__ import annotations
 

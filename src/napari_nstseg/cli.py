@@ -32,32 +32,17 @@ def _info(args: argparse.Namespace) -> int:
             info[mod] = importlib.import_module(mod).__version__
         except Exception as exc:  # a broken optional import must not hide the rest
             info[mod] = f"not available ({type(exc).__name__})"
-    try:
-        from napari_nstseg.inference.device import available_devices
+    import torch
 
-        info["devices"] = available_devices()
-    except ImportError:
-        import torch
+    from napari_nstseg.inference.device import available_devices, device_name, select_device
+    from napari_nstseg.inference.engine import default_weights_path
 
-        devices = ["cpu"]
-        if torch.cuda.is_available():
-            devices.insert(0, "cuda")
-        info["devices"] = devices
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            info["cuda_device"] = torch.cuda.get_device_name(0)
-            info["cuda_version"] = torch.version.cuda
-    except Exception:
-        pass
-    try:
-        from napari_nstseg.inference.engine import default_weights_path
-
-        path = default_weights_path()
-        info["default_weights"] = str(path) if path.exists() else f"missing ({path})"
-    except Exception as exc:
-        info["default_weights"] = f"unavailable: {exc}"
+    info["devices"] = available_devices()
+    info["default_device"] = device_name(select_device("auto"))
+    if torch.cuda.is_available():
+        info["cuda_version"] = torch.version.cuda
+    weights = default_weights_path()
+    info["default_weights"] = str(weights) if weights.exists() else f"missing ({weights})"
     if args.json:
         print(json.dumps(info, indent=2))
     else:
@@ -94,17 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="open napari with the sample CT and the widget (headless: predict on the sample)",
     )
     p.add_argument("--headless", action="store_true", help="do not open a window")
-    p.add_argument("--out", default=None, help="folder for headless outputs (default: ./nstseg-demo)")
+    p.add_argument(
+        "--out", default=None, help="folder for headless outputs (default: ./nstseg-demo)"
+    )
     p.set_defaults(func=_demo)
 
     for name in _SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        module.add_parser(sub)
+        importlib.import_module(name).add_parser(sub)
     return parser
 
 

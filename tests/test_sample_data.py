@@ -1,0 +1,44 @@
+"""File > Open Sample gives the real CT and its lesion mask overlaid; the demo docks the widget."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from scipy import ndimage
+
+from napari_nstseg._sample_data import SAMPLE_DIR
+from napari_nstseg.io.volume import geometry_from_metadata
+
+
+def test_sample_opens_as_ct_and_ground_truth(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-nstseg", "sample_ct")
+    ct, gt = viewer.layers["sample CT"], viewer.layers["sample CT ground truth"]
+    assert ct.data.shape == gt.data.shape == (30, 101, 122)
+    assert np.allclose(ct.scale, (3.0, 3.0, 3.0)) and np.allclose(gt.scale, ct.scale)
+    assert np.allclose(gt.translate, ct.translate)
+    g_ct, g_gt = geometry_from_metadata(ct.metadata), geometry_from_metadata(gt.metadata)
+    assert g_ct.source_shape == g_gt.source_shape
+    assert np.allclose(g_ct.affine_lps, g_gt.affine_lps)
+    assert (g_ct.display_axes, g_ct.display_flips) == (g_gt.display_axes, g_gt.display_flips)
+    assert tuple(ct.contrast_limits) == (-160.0, 240.0)  # abdomen window W400/L40
+
+    # One small faint lesion: about as large and as dark as its record says.
+    record = json.loads((SAMPLE_DIR / "sample_ct_lesion.json").read_text())["record"]
+    lesion = np.asarray(gt.data) > 0
+    _, n = ndimage.label(lesion)
+    assert n == 1
+    assert abs(lesion.sum() * 27e-3 - record["volume_ml"]) < 0.05
+    shell = ndimage.binary_dilation(lesion, iterations=2) & ~lesion
+    hu = np.asarray(ct.data, dtype=float)
+    contrast = hu[lesion].mean() - hu[shell].mean()
+    assert -45 < contrast < -20, contrast
+
+
+def test_demo_viewer_docks_the_widget(make_napari_viewer):
+    from napari_nstseg.demo import WIDGET, open_viewer
+
+    viewer = open_viewer(make_napari_viewer())
+    assert "sample CT" in viewer.layers
+    assert any(WIDGET in name for name in viewer.window.dock_widgets)
