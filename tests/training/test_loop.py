@@ -132,6 +132,17 @@ def test_training_lowers_the_loss_and_logs_every_epoch(reference):
     assert terms == pytest.approx(losses[0], rel=1e-4)
 
 
+def test_logged_losses_are_step_means_with_or_without_a_progress_bar(reference, tmp_path):
+    cfg, _ = reference
+    with_bar = replace(cfg, out=str(tmp_path / "bar"), epochs=1, progress=True)
+    run_training(with_bar)
+    quiet, shown = read_log(cfg.out)[0], read_log(with_bar.out)[0]
+    # Same seed, same first epoch: the bar must not change what is logged.
+    # (a sum over the 3 steps instead of their mean would be 3x off)
+    assert float(quiet["train_loss"]) == pytest.approx(float(shown["train_loss"]), rel=0.02)
+    assert float(quiet["samples_per_s"]) > 0
+
+
 def test_best_and_final_checkpoints_load_with_provenance(reference, dataset):
     cfg, result = reference
     assert result.best == Path(cfg.out) / "best.json"

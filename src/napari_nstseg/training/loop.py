@@ -773,6 +773,7 @@ def _run_epochs(job: _Job) -> TrainResult:
             dynamic_ncols=True,
         )
         lr = job.lr_at(global_step)
+        n_steps = 0  # tqdm's own count stays 0 when the bar is disabled (--no-progress)
         for batch in loader:
             lr = job.lr_at(global_step)
             set_lr(job.optimizer, lr)
@@ -788,10 +789,11 @@ def _run_epochs(job: _Job) -> TrainResult:
             loss.backward()
             job.optimizer.step()
             global_step += 1
+            n_steps += 1
             for k, v in {"loss": loss, **terms}.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().float()
             bar.update(1)
-            done = bar.n * batch_size * ctx.world
+            done = n_steps * batch_size * ctx.world
             bar.set_postfix(
                 loss=f"{value:.4f}",
                 samples_s=f"{done / max(1e-9, time.perf_counter() - t0):.1f}",
@@ -800,7 +802,7 @@ def _run_epochs(job: _Job) -> TrainResult:
         bar.close()
         train_time = time.perf_counter() - t0
         names = sorted(sums)
-        stacked = torch.stack([sums[k] for k in names]).to(ctx.device) / max(1, bar.n)
+        stacked = torch.stack([sums[k] for k in names]).to(ctx.device) / max(1, n_steps)
         stacked = ctx.all_sum(stacked) / ctx.world
         row: dict[str, Any] = {
             "epoch": epoch,
