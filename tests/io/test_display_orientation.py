@@ -67,9 +67,8 @@ def test_lps_and_ras_files_of_one_anatomy_display_identically(tmp_path, ras_form
 
 
 def test_real_ras_and_lps_copies_of_a_scan_display_identically(tmp_path):
-    path = Path("/work/shared/data/totalsegmentator/example_ct_sm.nii.gz")
-    if not path.exists():
-        pytest.skip("shared data missing")
+    # The bundled sample keeps TotalSegmentator's example_ct_sm header unchanged.
+    path = Path(__file__).parents[2] / "sample_data" / "sample_ct.nii.gz"
     # SimpleITK re-stores the real RAS scan in L-P-S voxel order (a different array on disk).
     lps_copy = sitk.DICOMOrient(sitk.ReadImage(str(path)), "LPS")
     sitk.WriteImage(lps_copy, str(tmp_path / "lps.mha"))

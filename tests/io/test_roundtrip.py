@@ -157,9 +157,8 @@ def test_float_map_round_trips_with_write_volume(tmp_path):
 
 def test_real_ras_scan_mask_overlays_in_nibabel_and_sitk(tmp_path):
     """A real TotalSegmentator header (RAS, sform code 2, qform code 0) round-trips."""
-    path = "/work/shared/data/totalsegmentator/example_ct_sm.nii.gz"
-    if not Path(path).exists():
-        pytest.skip("shared data missing")
+    # The bundled sample keeps TotalSegmentator's example_ct_sm header unchanged.
+    path = str(Path(__file__).parents[2] / "sample_data" / "sample_ct.nii.gz")
     volume = read_ct(path)
     painted = (volume.hu > 100).astype(np.uint8)
     out = write_mask(tmp_path / "mask.nii.gz", painted, volume.geometry)
