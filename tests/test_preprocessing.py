@@ -36,7 +36,7 @@ def test_window_normalize_torch_matches_numpy():
 def test_config_round_trips_and_rejects_bad_values():
     cfg = PreprocessConfig(hu_window=(350, 50), working_spacing_mm=0.8, pad_multiple=16)
     assert PreprocessConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(ValueError, match="unknown preprocessing setting"):
+    with pytest.raises(ValueError, match="PreprocessConfig got unknown key.*'window'"):
         PreprocessConfig.from_dict({"window": [1, 2]})
     with pytest.raises(ValueError, match="positive width"):
         PreprocessConfig(hu_window=(-5, 40))

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from napari_nstseg._config import known_keys_only
 from napari_nstseg.windows import DEFAULT_WINDOW, WINDOWS
 
 # Air in HU: what a CT slice is padded with, so padding looks like the space around the patient.
@@ -75,14 +76,7 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown preprocessing setting(s) {', '.join(unknown)}; "
-                f"expected some of {', '.join(sorted(known))}"
-            )
-        kwargs = dict(d)
+        kwargs = known_keys_only(cls, d)
         if "hu_window" in kwargs:
             kwargs["hu_window"] = tuple(kwargs["hu_window"])
         return cls(**kwargs)

@@ -42,6 +42,17 @@ def test_results_do_not_depend_on_batch_size(tiny_model, make_ct):
     assert np.array_equal(one.mask[clear], four.mask[clear])
 
 
+def test_a_whole_float_batch_size_runs_like_the_integer(bright, make_ct):
+    """A batch size read from JSON may arrive as 2.0; the config accepts it, so must the run."""
+    vol = make_ct((5, 16, 16))
+    pred = segmenter(bright(), batch_size=2.0).predict(vol, SPACING)
+    assert pred.complete and pred.info["batch_size"] == 2
+    reference = segmenter(bright(), batch_size=2).predict(vol, SPACING)
+    np.testing.assert_array_equal(pred.final, reference.final)
+    with pytest.raises(ValueError, match="batch size must be a positive integer"):
+        EngineConfig(batch_size=2.5)
+
+
 def test_slice_mode_matches_volume_mode(tiny_model, make_ct):
     vol = make_ct((5, 32, 40))
     seg = segmenter(tiny_model, batch_size=2, prob_dtype="float16")

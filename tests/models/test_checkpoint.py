@@ -6,6 +6,7 @@ import struct
 
 import pytest
 import torch
+from model_helpers import tiny_mae_config
 
 from napari_nstseg.models.checkpoint import (
     CheckpointError,
@@ -17,22 +18,6 @@ from napari_nstseg.models.mae import MAEConfig, MaskedAutoencoder
 
 PREPROCESSING = {"hu_window": [-160, 240], "spacing_mm": [0.8, 0.8], "size": 64}
 PROVENANCE = {"data": "synthetic test slices", "date": "2026-11-23", "metrics": {"dice": 0.5}}
-
-
-def tiny_mae_config(**overrides) -> MAEConfig:
-    base = dict(
-        img_size=32,
-        patch_size=8,
-        embed_dim=16,
-        depth=1,
-        heads=2,
-        decoder_embed_dim=16,
-        decoder_depth=1,
-        decoder_heads=2,
-        mlp_ratio=2.0,
-    )
-    base.update(overrides)
-    return MAEConfig(**base)
 
 
 @pytest.fixture(autouse=True)

@@ -4,6 +4,7 @@ import time
 
 import pytest
 import torch
+from model_helpers import tiny_mae_config
 
 from napari_nstseg.models.mae import (
     MAEConfig,
@@ -18,19 +19,9 @@ from napari_nstseg.models.mae import (
 
 
 def tiny_config(**overrides) -> MAEConfig:
-    base = dict(
-        img_size=64,
-        patch_size=8,
-        embed_dim=32,
-        depth=1,
-        heads=2,
-        decoder_embed_dim=32,
-        decoder_depth=1,
-        decoder_heads=2,
-        mlp_ratio=2.0,
-    )
-    base.update(overrides)
-    return MAEConfig(**base)
+    """The shared tiny MAE on 64 px slices with 32-wide embeddings, enough to learn faint discs."""
+    wider = {"img_size": 64, "embed_dim": 32, "decoder_embed_dim": 32}
+    return tiny_mae_config(**{**wider, **overrides})
 
 
 @pytest.mark.parametrize("shape,p", [((2, 1, 64, 64), 8), ((1, 3, 32, 48), 16), ((3, 2, 6, 9), 3)])
@@ -168,7 +159,7 @@ def test_config_round_trips_and_rejects_bad_sizes():
     assert MAEConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="divisible by 4"):
         MAEConfig(embed_dim=30, heads=3)
-    with pytest.raises(ValueError, match="Unknown MAEConfig field"):
+    with pytest.raises(ValueError, match="MAEConfig got unknown key.*'embed_dims'"):
         MAEConfig.from_dict({"embed_dims": 32})
 
 

@@ -309,3 +309,39 @@ def test_evaluate_writes_every_metric_and_group(reference, dataset, tmp_path):
     assert {r["group"] for r in rows if r["section"] == "slices area"} == set(groups)
     with open(tmp_path / "lesions.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 2
+
+
+def test_evaluate_without_trained_labels_never_scores_the_organ_as_tumor(tmp_path):
+    """A checkpoint that does not record its label values is scored on dataset.json's highest
+    label, even on a test scan whose label map holds only the organ (label 1)."""
+    from napari_nstseg.models import build_model
+    from napari_nstseg.models.checkpoint import save_checkpoint
+
+    root = tmp_path / "organ"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    affine = np.diag([-1.0, -1.0, 2.0, 1.0])
+    labels = np.zeros(SHAPE_ZYX, np.uint8)
+    labels[1:5, 8:24, 8:24] = 1  # organ only: this scan has no tumor (label 2)
+    for cid in ("case0", "case1"):
+        hu = np.full(SHAPE_ZYX, 40, np.int16)
+        nib.save(
+            nib.Nifti1Image(hu.transpose(2, 1, 0), affine), root / "imagesTr" / f"{cid}_0000.nii.gz"
+        )
+        nib.save(
+            nib.Nifti1Image(labels.transpose(2, 1, 0), affine), root / "labelsTr" / f"{cid}.nii.gz"
+        )
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "labels": {"0": "background", "1": "organ", "2": "tumour"},
+                "split": {"train": ["case0"], "test": ["case1"]},
+            }
+        )
+    )
+    torch.manual_seed(0)
+    stem = tmp_path / "weights" / "untrained"
+    save_checkpoint(stem, build_model(TINY), TINY.to_dict(), {}, {"data": "none"})
+    res = evaluate(stem, root, "test", out=tmp_path / "eval", config=EvalConfig(device="cpu"),
+                   verbose=False)  # fmt: skip
+    assert res["detection"]["lesions"] == 0

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
 import platform
 import sys
 import time
@@ -111,14 +109,6 @@ def _stem(path: Path) -> str:
     return name
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _peak_host_bytes() -> int | None:
     try:
         import resource
@@ -162,6 +152,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from napari_nstseg.inference.engine import EngineConfig, Segmenter, default_weights_path
     from napari_nstseg.inference.prediction import MapRequest
     from napari_nstseg.io import read_ct, write_mask, write_volume
+    from napari_nstseg.io.atomic import atomic_write, file_sha256
     from napari_nstseg.metrics import measure_lesions
     from napari_nstseg.models.checkpoint import checkpoint_paths
 
@@ -275,7 +266,7 @@ def run_predict(args: argparse.Namespace) -> int:
             "weights": {
                 "path": str(json_path.resolve()),
                 "tensors": str(tensor_path.resolve()),
-                "sha256": _sha256(tensor_path),
+                "sha256": file_sha256(tensor_path),
                 "arch": seg.arch,
                 "model_config": seg.meta.get("model_config"),
                 "preprocessing": seg.preprocessing.to_dict(),
@@ -304,9 +295,9 @@ def run_predict(args: argparse.Namespace) -> int:
         }
         report_path = Path(args.report)
         report_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = report_path.with_name(f".{report_path.name}.tmp")
-        tmp.write_text(json.dumps(report, indent=2, default=_jsonable) + "\n", encoding="utf-8")
-        os.replace(tmp, report_path)  # never a half-written report
+        text = json.dumps(report, indent=2, default=_jsonable) + "\n"
+        # never a half-written report
+        atomic_write(report_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
         print(f"report: {report_path}")
     return 0
 

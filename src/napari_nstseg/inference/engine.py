@@ -106,6 +106,9 @@ class EngineConfig:
             or self.batch_size < 1
         ):
             raise ValueError(f"batch size must be a positive integer, got {self.batch_size!r}")
+        if self.batch_size is not None:
+            # 2.0 (from JSON) passes the check above; slicing batches needs a real int.
+            object.__setattr__(self, "batch_size", int(self.batch_size))
         if not 0.0 <= float(self.threshold) <= 1.0:
             raise ValueError(f"threshold must be between 0 and 1, got {self.threshold!r}")
         if self.prob_dtype not in PROB_DTYPES:

@@ -166,8 +166,12 @@ class Geometry:
         )
 
     @classmethod
-    def from_spacing(cls, shape_zyx: tuple[int, int, int], spacing_zyx=(1.0, 1.0, 1.0),
-                     translate_zyx=(0.0, 0.0, 0.0)) -> Geometry:
+    def from_spacing(
+        cls,
+        shape_zyx: tuple[int, int, int],
+        spacing_zyx=(1.0, 1.0, 1.0),
+        translate_zyx=(0.0, 0.0, 0.0),
+    ) -> Geometry:
         """Geometry for an array with no source file: axis-aligned LPS, display order = index order
         reversed (i = x towards L, j = y towards P, k = z towards S), as ITK stores it."""
         sz, sy, sx = (float(s) for s in spacing_zyx)

@@ -9,21 +9,19 @@ half-written file and never touches an existing one.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write
 from .errors import MaskWriteError
 from .volume import Geometry
 
 WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
 _DETACHED_SUFFIXES = (".mhd", ".nhdr")
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
-_NEW_FILE_MODE = 0o644
 
 
 def write_mask(path: str | os.PathLike, mask_zyx: np.ndarray, geometry: Geometry) -> Path:
@@ -146,7 +144,7 @@ def _write_itk(tmp: str, source: np.ndarray, geometry: Geometry) -> None:
 
 # -- atomic replace ------------------------------------------------------------------------------
 def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
-    """Run ``write`` on a temporary file beside ``path`` and move it into place only on success."""
+    """``atomic_write`` with every failure turned into one readable MaskWriteError."""
     target = path.expanduser().absolute()
     folder = target.parent
     if not folder.exists():
@@ -157,45 +155,26 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
         raise MaskWriteError(path, f"{folder} is a file, not a folder", "choose another folder")
     if target.is_dir():
         raise MaskWriteError(path, "a folder of that name exists", "choose another file name")
-    suffix = _check_suffix(target)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=folder)
-    except OSError as e:
-        raise MaskWriteError(
-            path,
-            f"the folder {folder} is not writable ({e.strerror or e})",
-            "choose another folder or fix its permissions",
-        ) from e
-    os.close(fd)
-    try:
+    started = False
+
+    def run(tmp: str) -> None:
+        nonlocal started
+        started = True
         write(tmp)
-        _fsync(tmp)
-        mode = target.stat().st_mode & 0o7777 if target.exists() else _NEW_FILE_MODE
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, MaskWriteError) or not isinstance(e, Exception):
+
+    try:
+        return atomic_write(target, run, tmp_suffix=_check_suffix(target))
+    except Exception as e:
+        if isinstance(e, MaskWriteError):
             raise
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        lines = str(e).splitlines() or [type(e).__name__]
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else lines[0]
+        if not started:  # the temporary file could not even be created
+            raise MaskWriteError(
+                path,
+                f"the folder {folder} is not writable ({reason})",
+                "choose another folder or fix its permissions",
+            ) from e
         raise MaskWriteError(
             path, f"writing failed ({reason})", "the previous file, if any, is unchanged"
         ) from e
-    _fsync_folder(folder)
-    return target
-
-
-def _fsync(file: str) -> None:
-    with open(file, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_folder(folder: Path) -> None:
-    # Makes the rename itself durable on POSIX; folders cannot be opened this way on Windows.
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

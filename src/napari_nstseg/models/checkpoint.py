@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
+
+from napari_nstseg.io.atomic import atomic_write, file_sha256
 
 FORMAT_VERSION = 1
 KINDS = ("segmentation", "mae")
@@ -39,31 +40,12 @@ def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _content_sha256(meta: dict[str, Any]) -> str:
     content = {key: meta.get(key) for key in _CONTENT_KEYS}
     if "mae" in meta:  # optional companion; hashed only when present so older files still verify
         content["mae"] = meta["mae"]
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-def _atomic_write(target: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _infer_kind(model: nn.Module) -> str:
@@ -121,11 +103,11 @@ def save_checkpoint(
         # Clones so tensors sharing storage are saved as independent entries.
         tensors[name] = t.contiguous().clone()
     header = {"format": "pt", "nstseg_json_sha256": _content_sha256(meta)}
-    _atomic_write(tensor_path, lambda tmp: save_file(tensors, tmp, metadata=header))
+    atomic_write(tensor_path, lambda tmp: save_file(tensors, tmp, metadata=header))
 
     meta["tensors"] = {
         "file": tensor_path.name,
-        "sha256": _sha256(tensor_path),
+        "sha256": file_sha256(tensor_path),
         "dtype": str(dtype).removeprefix("torch.") if dtype is not None else "native",
         "count": len(tensors),
     }
@@ -135,7 +117,7 @@ def save_checkpoint(
             json.dump(meta, f, indent=2, sort_keys=False)
             f.write("\n")
 
-    _atomic_write(json_path, write_json)
+    atomic_write(json_path, write_json)
     return tensor_path, json_path
 
 
@@ -165,7 +147,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     if meta["kind"] not in KINDS:
         raise CheckpointError(f"Checkpoint {json_path} has unknown kind {meta['kind']!r}.")
     expected = meta["tensors"].get("sha256") if isinstance(meta["tensors"], dict) else None
-    if _sha256(tensor_path) != expected:
+    if file_sha256(tensor_path) != expected:
         raise CheckpointError(
             f"Checkpoint tensor file {tensor_path} does not match the sha256 recorded in "
             f"{json_path.name}; it is corrupted or was modified after saving."

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from fractions import Fraction
 from typing import Any
+
+from napari_nstseg._config import known_keys_only
 
 SCALE_FUSIONS = ("attention", "mean")
 GLMS = ("nonlocal", "none")
@@ -108,16 +110,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """Build from a dictionary such as to_dict() wrote; unknown keys raise ValueError."""
-        if not isinstance(data, dict):
-            raise ValueError(f"ModelConfig data must be a dictionary, got {type(data).__name__}.")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"ModelConfig got unknown key(s) {', '.join(map(repr, unknown))}; "
-                f"known keys are {', '.join(sorted(known))}."
-            )
-        return cls(**data)
+        return cls(**known_keys_only(cls, data))
 
 
 def _validated_scales(scales: Any) -> tuple[float, ...]:

@@ -7,12 +7,14 @@ GRCSF RCU input: |reconstruction - input| where every patch is reconstructed whi
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from napari_nstseg._config import known_keys_only
 
 
 @dataclass
@@ -57,11 +59,7 @@ class MAEConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MAEConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"Unknown MAEConfig field(s): {', '.join(unknown)}")
-        return cls(**d)
+        return cls(**known_keys_only(cls, d))
 
 
 def sincos_pos_embed_2d(

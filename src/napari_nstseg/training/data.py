@@ -295,6 +295,19 @@ def load_case(case: Case) -> tuple[np.ndarray, np.ndarray, tuple[float, float, f
     return ct.hu, labels, ct.spacing
 
 
+def default_label_values(cases: Sequence[Case]) -> tuple[int, ...]:
+    """The lesion label when none is given: the highest one dataset.json declares, else the
+    highest found in the cases' label maps (1 when they are all empty)."""
+    # dataset.json's label list first: a set whose cases happen to lack the tumour label must
+    # not fall back to the organ.
+    declared = [c.highest_label for c in cases if c.highest_label is not None]
+    if declared:
+        highest = max(declared)
+    else:  # label maps only, so no two scans are in memory as float32 at once
+        highest = max(int(read_mask(c.label).max()) for c in cases)
+    return (highest,) if highest > 0 else (1,)
+
+
 def foreground(labels: np.ndarray, label_values: Sequence[int]) -> np.ndarray:
     """Boolean lesion mask: voxels whose label is one of ``label_values``."""
     return np.isin(labels, np.asarray(label_values, dtype=labels.dtype))
@@ -325,14 +338,7 @@ class SliceDataset(Dataset):
         self.epoch = 0
         values = self.sampling.label_values
         if values is None:
-            # dataset.json's label list first: a validation set whose cases happen to lack
-            # the tumour label must not fall back to the organ.
-            declared = [c.highest_label for c in cases if c.highest_label is not None]
-            if declared:
-                highest = max(declared)
-            else:  # label maps only, so no two scans are in memory as float32 at once
-                highest = max(int(read_mask(c.label).max()) for c in cases)
-            values = (highest,) if highest > 0 else (1,)
+            values = default_label_values(cases)
         self.label_values = tuple(int(v) for v in values)
         self.cases = [self._cache(case, *load_case(case)) for case in cases]
         self.index = [(k, z) for k, c in enumerate(self.cases) for z in range(c.hu.shape[0])]

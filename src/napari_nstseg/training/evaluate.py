@@ -24,7 +24,7 @@ from napari_nstseg.metrics import (
     mae,
     summarize_detection,
 )
-from napari_nstseg.training.data import foreground, load_case
+from napari_nstseg.training.data import default_label_values, foreground, load_case
 
 # Lesions a reader should not miss (the brief's target): at least this large and contrasted.
 TARGET_DIAMETER_MM = 10.0
@@ -180,6 +180,8 @@ def evaluate(
         ),
     )
     trained_labels = (engine.meta.get("provenance") or {}).get("label_values")
+    # The same label for every scan: a scan without tumour must not have its organ scored.
+    label_values = trained_labels or default_label_values(cases)
     table = read_lesion_table(data_folder)
     slices = SliceEvaluator(
         threshold=cfg.threshold,
@@ -189,8 +191,7 @@ def evaluate(
     case_rows, detections, lesion_rows = [], [], []
     for case in cases:
         hu, labels, spacing = load_case(case)
-        values = trained_labels or [max(int(labels.max()), 1)]
-        gt = foreground(labels, values)
+        gt = foreground(labels, label_values)
         prob = engine.predict(hu, spacing).probability("final")
         for z in range(gt.shape[0]):
             slices.add(prob[z], gt[z], spacing[1:])

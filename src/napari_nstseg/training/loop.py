@@ -21,7 +21,7 @@ import subprocess
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from napari_nstseg._config import nested_from_dict, nested_to_dict
+from napari_nstseg.io.atomic import atomic_write
 from napari_nstseg.models import DeepSupervisionLoss, LossConfig, ModelConfig, build_model
 from napari_nstseg.models.checkpoint import (
     checkpoint_paths,
@@ -224,28 +226,18 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dictionary (nested configs as dictionaries)."""
-        d = asdict(self)
-        d["model"] = self.model.to_dict()
-        d["preprocess"] = self.preprocess.to_dict()
-        return json.loads(json.dumps(d))
+        return nested_to_dict(self, ("model", "preprocess"))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """Inverse of to_dict(); unknown keys raise ValueError."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"Unknown training setting(s) {', '.join(unknown)}.")
-        d = dict(d)
-        if isinstance(d.get("model"), dict):
-            d["model"] = ModelConfig.from_dict(d["model"])
-        if isinstance(d.get("preprocess"), dict):
-            d["preprocess"] = PreprocessConfig.from_dict(d["preprocess"])
-        if isinstance(d.get("sampling"), dict):
-            d["sampling"] = _sampling_from_dict(d["sampling"])
-        if isinstance(d.get("loss"), dict):
-            d["loss"] = _loss_from_dict(d["loss"])
-        return cls(**d)
+        parsers = {
+            "model": ModelConfig.from_dict,
+            "preprocess": PreprocessConfig.from_dict,
+            "sampling": _sampling_from_dict,
+            "loss": _loss_from_dict,
+        }
+        return nested_from_dict(cls, d, parsers)
 
 
 @dataclass
@@ -285,23 +277,14 @@ class MAEPretrainConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["mae"] = self.mae.to_dict()
-        d["preprocess"] = self.preprocess.to_dict()
-        return json.loads(json.dumps(d))
+        """JSON-safe dictionary (nested configs as dictionaries)."""
+        return nested_to_dict(self, ("mae", "preprocess"))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MAEPretrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"Unknown MAE pretraining setting(s) {', '.join(unknown)}.")
-        d = dict(d)
-        if isinstance(d.get("mae"), dict):
-            d["mae"] = MAEConfig.from_dict(d["mae"])
-        if isinstance(d.get("preprocess"), dict):
-            d["preprocess"] = PreprocessConfig.from_dict(d["preprocess"])
-        return cls(**d)
+        """Inverse of to_dict(); unknown keys raise ValueError."""
+        parsers = {"mae": MAEConfig.from_dict, "preprocess": PreprocessConfig.from_dict}
+        return nested_from_dict(cls, d, parsers)
 
 
 # -- distributed ----------------------------------------------------------------------------------
@@ -418,9 +401,9 @@ def optimizer_state_to_files(
                 scalars.setdefault(str(pid), {})[key] = value
     tensor_path = stem.with_name(stem.name + ".safetensors")
     json_path = stem.with_name(stem.name + ".json")
-    _atomic(tensor_path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    atomic_write(tensor_path, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     meta = {"param_groups": sd["param_groups"], "scalars": scalars, **extra}
-    _atomic(json_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1) + "\n"))
+    atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1) + "\n"))
 
 
 def optimizer_state_from_files(optimizer: torch.optim.Optimizer, stem: Path) -> dict[str, Any]:
@@ -444,15 +427,6 @@ def optimizer_state_from_files(optimizer: torch.optim.Optimizer, stem: Path) -> 
         )
     optimizer.load_state_dict({"state": state, "param_groups": groups})
     return {k: v for k, v in meta.items() if k not in ("param_groups", "scalars")}
-
-
-def _atomic(target: Path, write: Callable[[str], Any]) -> None:
-    tmp = target.with_name(f".{target.name}.tmp")
-    try:
-        write(str(tmp))
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # -- provenance, log and checkpoint files ---------------------------------------------------------
@@ -519,7 +493,7 @@ class CsvLog:
                 writer.writeheader()
                 writer.writerows(rows)
 
-        _atomic(self.path, write)
+        atomic_write(self.path, write)
 
     def append(self, row: dict[str, Any]) -> None:
         formatted = {k: _fmt(v) for k, v in row.items()}
@@ -890,7 +864,7 @@ def _prepare_out(cfg: Any, ctx: DistContext, kind: str) -> Path:
             )
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
-        _atomic(saved, lambda tmp: Path(tmp).write_text(json.dumps(mine, indent=1) + "\n"))
+        atomic_write(saved, lambda tmp: Path(tmp).write_text(json.dumps(mine, indent=1) + "\n"))
     ctx.barrier()
     return out
 

@@ -1,0 +1,22 @@
+"""Small model configurations shared by the model tests."""
+
+from __future__ import annotations
+
+from napari_nstseg.models.mae import MAEConfig
+
+
+def tiny_mae_config(**overrides) -> MAEConfig:
+    """A one-block MAE on 32 px slices (8 px patches); ``overrides`` replace any field."""
+    base = dict(
+        img_size=32,
+        patch_size=8,
+        embed_dim=16,
+        depth=1,
+        heads=2,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_heads=2,
+        mlp_ratio=2.0,
+    )
+    base.update(overrides)
+    return MAEConfig(**base)
