@@ -7,5 +7,6 @@ bash scripts/setup.sh testing
 # shellcheck disable=SC1091
 . .venv/bin/activate
 ruff check src tests benchmarks scripts docs
+ruff format --check src tests benchmarks scripts docs
 # pytest-xvfb starts a virtual display for the napari viewer tests.
 python -m pytest "$@"
