@@ -311,6 +311,20 @@ def test_evaluate_writes_every_metric_and_group(reference, dataset, tmp_path):
         assert len(list(csv.DictReader(f))) == 2
 
 
+def test_evaluate_command_takes_weights_and_data(reference, dataset, tmp_path, capsys):
+    from napari_nstseg.cli import main
+
+    _, result = reference
+    out = tmp_path / "eval"
+    code = main(["evaluate", "--weights", str(result.best), "--data", str(dataset),
+                 "--out", str(out), "--device", "cpu", "--no-structure"])  # fmt: skip
+    assert code == 0
+    assert (out / "evaluation.json").exists() and (out / "evaluation.csv").exists()
+    printed = capsys.readouterr().out
+    assert "dice" in printed.lower() and "fp" in printed.lower(), printed
+    assert main(["evaluate", "--data", str(dataset)]) == 2  # no weights: one clear line
+
+
 def test_evaluate_without_trained_labels_never_scores_the_organ_as_tumor(tmp_path):
     """A checkpoint that does not record its label values is scored on dataset.json's highest
     label, even on a test scan whose label map holds only the organ (label 1)."""

@@ -102,7 +102,10 @@ def add_parser(subparsers) -> None:
             "scan (per size and contrast when the folder has lesions.csv)."
         ),
     )
-    p.add_argument("weights", help="segmentation checkpoint (.json or .safetensors)")
+    p.add_argument(
+        "weights_pos", nargs="?", metavar="WEIGHTS", help="the checkpoint (or use --weights)"
+    )
+    p.add_argument("--weights", metavar="W", help="segmentation checkpoint (.json or .safetensors)")
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--out", help="results folder (default: <checkpoint folder>/eval_<split>)")
@@ -228,6 +231,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         structure=not args.no_structure,
         min_dice=args.min_dice,
     )
-    result = evaluate(args.weights, args.data, args.split, args.out, cfg)
+    weights = args.weights or args.weights_pos
+    if not weights:
+        raise ValueError("name the checkpoint to evaluate with --weights W")
+    result = evaluate(weights, args.data, args.split, args.out, cfg)
     print(f"wrote {result['files']['evaluation.json']} and evaluation.csv")
     return 0
