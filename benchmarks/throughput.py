@@ -11,8 +11,10 @@ Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` during the run; on the 
 of the process's resident memory over its level before the run, sampled every 5 ms by a
 background thread (psutil), so short spikes between samples can be missed.
 
-    python benchmarks/throughput.py                      # 512 x 512, 8 slices
+    python benchmarks/throughput.py                      # 512 x 512 at 0.75 mm, 8 slices
     python benchmarks/throughput.py --slices 2 --size 256 --skip-default   # quick, 2 cores
+
+The bundled rows take their configuration from the bundled weights' JSON.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import platform
 import statistics
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import psutil
@@ -32,10 +34,10 @@ import torch
 
 from napari_nstseg.inference import EngineConfig, MapRequest, Segmenter
 from napari_nstseg.inference.device import cpu_name
+from napari_nstseg.inference.engine import default_weights_path
 from napari_nstseg.models import ModelConfig, build_model
+from napari_nstseg.models.checkpoint import read_metadata
 from napari_nstseg.preprocessing import PreprocessConfig
-
-SPACING = (1.0, 1.0, 1.0)  # at the working spacing: a 512 x 512 slice stays 512 x 512
 
 
 @dataclass
@@ -93,26 +95,31 @@ def synthetic_ct(slices: int, size: int, seed: int = 0) -> np.ndarray:
     return vol
 
 
-def make_segmenter(config: ModelConfig, device: str, batch: int) -> Segmenter:
+def make_segmenter(
+    config: ModelConfig, prep: PreprocessConfig, device: str, batch: int
+) -> Segmenter:
     torch.manual_seed(0)
     return Segmenter(
         build_model(config),
-        PreprocessConfig(working_spacing_mm=1.0),
+        prep,
         device,
         EngineConfig(batch_size=batch, maps=MapRequest()),
     )
 
 
-def throughput(name: str, config: ModelConfig, device: str, vol: np.ndarray, batch: int) -> Row:
-    seg = make_segmenter(config, device, batch)
-    est = seg.estimate(vol.shape, SPACING)
-    seg.predict(vol[:1], SPACING)  # warm-up: lazy initialisation, kernel selection
+def throughput(
+    name: str, config: ModelConfig, prep: PreprocessConfig, device: str, vol: np.ndarray,
+    spacing: tuple[float, float, float], batch: int,
+) -> Row:  # fmt: skip
+    seg = make_segmenter(config, prep, device, batch)
+    est = seg.estimate(vol.shape, spacing)
+    seg.predict(vol[:1], spacing)  # warm-up: lazy initialisation, kernel selection
     if seg.device.type == "cuda":
         torch.cuda.synchronize(seg.device)
         torch.cuda.reset_peak_memory_stats(seg.device)
     with RssPeak() as rss:
         t0 = time.perf_counter()
-        pred = seg.predict(vol, SPACING)
+        pred = seg.predict(vol, spacing)
         seconds = time.perf_counter() - t0
     peak = (
         torch.cuda.max_memory_allocated(seg.device) if seg.device.type == "cuda" else rss.increase
@@ -131,13 +138,13 @@ def throughput(name: str, config: ModelConfig, device: str, vol: np.ndarray, bat
     )
 
 
-def latency(seg: Segmenter, vol: np.ndarray, roi, repeats: int) -> float:
+def latency(seg: Segmenter, vol: np.ndarray, spacing, roi, repeats: int) -> float:
     """Median seconds for one slice (or one ROI on it), after a warm-up call."""
-    seg.predict(vol, SPACING, z_indices=[0], roi=roi)
+    seg.predict(vol, spacing, z_indices=[0], roi=roi)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        seg.predict(vol, SPACING, z_indices=[0], roi=roi)
+        seg.predict(vol, spacing, z_indices=[0], roi=roi)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -168,7 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slices", type=int, default=8, help="slices per volume (default 8)")
     p.add_argument("--size", type=int, default=512, help="slice side in pixels (default 512)")
     p.add_argument("--roi", type=int, default=256, help="ROI side for the latency (default 256)")
-    p.add_argument("--bundled-width", type=int, default=32, help="base width we bundle (32)")
+    p.add_argument(
+        "--spacing", type=float, default=0.75,
+        help="in-plane pixel size of the test volume in mm (default 0.75: a 384 mm field of view)",
+    )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=4, help="slices per batch (default 4)")
     p.add_argument("--repeats", type=int, default=3, help="latency repeats (median)")
     p.add_argument("--devices", default="cpu,cuda", help="comma list among cpu, cuda")
@@ -176,18 +186,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
 
-    configs = [] if args.skip_default else [("CDI-NSTSEG", ModelConfig())]
+    # The paper's network at 1 mm, then the bundled weights' configuration and an equally wide
+    # U-Net at the bundled working spacing (random weights: speed does not depend on them).
+    paper = PreprocessConfig(working_spacing_mm=1.0)
+    configs = [] if args.skip_default else [("CDI-NSTSEG (paper width)", ModelConfig(), paper)]
+    meta = read_metadata(default_weights_path())
+    bundled = ModelConfig.from_dict(meta["model_config"])
+    prep = PreprocessConfig.from_dict(meta["preprocessing"])
     configs += [
-        ("CDI-NSTSEG", ModelConfig(base_width=args.bundled_width)),
-        ("U-Net", ModelConfig(base_width=args.bundled_width, arch="unet")),
+        ("CDI-NSTSEG (bundled)", bundled, prep),
+        ("U-Net (bundled width)", replace(bundled, arch="unet"), prep),
     ]
     devices = [d for d in args.devices.split(",") if d == "cpu" or torch.cuda.is_available()]
     vol = synthetic_ct(args.slices, args.size)
+    spacing = (3.0, args.spacing, args.spacing)
 
     rows: list[Row] = []
     for device in devices:
-        for name, config in configs:
-            rows.append(throughput(name, config, device, vol, args.batch_size))
+        for name, config, pre in configs:
+            rows.append(throughput(name, config, pre, device, vol, spacing, args.batch_size))
             r = rows[-1]
             print(
                 f"  {r.model} b={r.width} on {r.device}: {r.slices_per_s:.2f} slices/s", flush=True
@@ -197,24 +214,26 @@ def main(argv: list[str] | None = None) -> int:
     half = args.roi // 2
     c = args.size // 2
     roi = (0, 1, c - half, c - half + args.roi, c - half, c - half + args.roi)
-    for name, config in configs:
+    for name, config, pre in configs:
         if config.arch != "cdi_nstseg":
             continue
-        seg = make_segmenter(config, "cpu", 1)
+        seg = make_segmenter(config, pre, "cpu", 1)
         lat.append(
             (
                 name,
                 config.base_width,
-                latency(seg, vol, None, args.repeats),
-                latency(seg, vol, roi, args.repeats),
+                latency(seg, vol, spacing, None, args.repeats),
+                latency(seg, vol, spacing, roi, args.repeats),
             )
         )
 
     print("\n## Inference throughput (napari-nstseg engine, untrained weights)\n")
     print("\n".join(hardware()))
     print(
-        f"\nWhole volume: {args.slices} slices of {args.size} x {args.size} at the working "
-        "spacing, maps kept: final, GLM coarse, LFM stages (uint8).\n"
+        f"\nWhole volume: {args.slices} slices of {args.size} x {args.size} pixels of "
+        f"{args.spacing} mm, each resampled to its model's working spacing (paper width: 1 mm; "
+        f"bundled: {prep.working_spacing_mm} mm) and back; maps kept: final, GLM coarse, LFM "
+        "stages (uint8).\n"
     )
     print(
         "| model | base width | device | slices/s | s/slice | estimated s/slice | batch "
