@@ -26,10 +26,28 @@ import subprocess
 import sys
 from pathlib import Path
 
-DATA = Path("/work/shared/data/totalsegmentator")
-# example_ct_sm repeats slices of example_ct, so only the two distinct scans are used.
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalsegmentator"
+# example_ct_sm repeats slices of example_ct, so only the two distinct scans are used; its organ
+# labels (example_seg) are padded onto example_ct's grid, where they are slices 82-111.
 SCANS = ("example_ct.nii.gz", "ct_cropped.nii.gz")
+ORGANS_OFFSET = 82
 VARIANTS = ("default", "no-sfm", "no-glm", "no-lfm", "single-scale", "unet")
+
+
+def pad_organ_labels(data: Path, out: Path) -> Path:
+    """example_seg.nii.gz (on example_ct_sm's 30 slices) placed into example_ct's grid."""
+    import nibabel as nib
+    import numpy as np
+
+    ct = nib.load(data / "example_ct.nii.gz")
+    seg = np.asarray(nib.load(data / "example_seg.nii.gz").dataobj).astype(np.uint8)
+    labels = np.zeros(ct.shape, np.uint8)
+    labels[:, :, ORGANS_OFFSET : ORGANS_OFFSET + seg.shape[2]] = seg
+    img = nib.Nifti1Image(labels, ct.affine, ct.header)
+    img.set_data_dtype(np.uint8)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, out)
+    return out
 
 
 def run(cmd: list[str], dry: bool) -> None:
@@ -50,7 +68,9 @@ def budget(args: argparse.Namespace) -> list[str]:
     out = ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
            "--base-width", str(args.base_width), "--crop-size", str(args.crop_size),
            "--working-spacing-mm", str(args.working_spacing_mm), "--seed", str(args.seed),
-           "--lr", str(args.lr), "--device", args.device]  # fmt: skip
+           "--lr", str(args.lr), "--device", args.device,
+           "--dice-weight", str(args.dice_weight),
+           "--positive-fraction", str(args.positive_fraction)]  # fmt: skip
     if args.steps_per_epoch:
         out += ["--steps-per-epoch", str(args.steps_per_epoch)]
     if args.val_max_slices:
@@ -101,19 +121,28 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--work", type=Path, default=Path("runs/bundled"), help="working folder")
     p.add_argument("--data", type=Path, default=DATA, help="folder with the source CT scans")
-    p.add_argument("--copies", type=int, default=8, help="lesion copies per source region")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--steps-per-epoch", type=int, default=50)
+    # Defaults = the budget of the bundled weights (a 2-core CPU, no GPU).
+    p.add_argument("--copies", type=int, default=16, help="lesion copies per source region")
+    p.add_argument("--lesions-per-scan", nargs=2, type=int, default=(3, 8))
+    p.add_argument("--split", nargs=3, type=float, default=(0.55, 0.15, 0.30))
+    p.add_argument("--lesion-seed", type=int, default=7)
+    p.add_argument("--epochs", type=int, default=36)
+    p.add_argument("--steps-per-epoch", type=int, default=150)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--base-width", type=int, default=16)
-    p.add_argument("--crop-size", type=int, default=128)
+    p.add_argument("--crop-size", type=int, default=96)
     p.add_argument("--working-spacing-mm", type=float, default=1.5)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-max-slices", type=int, default=96)
-    p.add_argument("--set", action="append", default=[], help="ModelConfig override for all")
-    p.add_argument("--mae-epochs", type=int, default=20)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--dice-weight", type=float, default=1.0)
+    p.add_argument("--positive-fraction", type=float, default=0.9)
+    p.add_argument("--seed", type=int, default=2024)
+    p.add_argument("--val-max-slices", type=int, default=40)
+    p.add_argument("--set", action="append", default=["fused_channels=32"],
+                   help="ModelConfig override for all")  # fmt: skip
+    p.add_argument("--mae-epochs", type=int, default=12)
     p.add_argument("--mae-steps", type=int, default=100)
+    p.add_argument("--mae-batch-size", type=int, default=16)
+    p.add_argument("--mae-crop-size", type=int, default=128)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--device", default="auto")
     p.add_argument("--nproc", type=int, default=1, help="processes per node under torchrun")
@@ -124,13 +153,20 @@ def main(argv: list[str] | None = None) -> int:
     lesions = work / "lesions"
     if not (lesions / "dataset.json").is_file():
         scans = [str(args.data / s) for s in SCANS]
+        organs = work / "example_ct_organs.nii.gz"
+        if not args.dry_run:
+            pad_organ_labels(args.data, organs)
         run(nstseg(args, "make-lesions", *scans, "-o", str(lesions), "--copies",
-                   str(args.copies), "--seed", str(args.seed)), args.dry_run)  # fmt: skip
+                   str(args.copies), "--seed", str(args.lesion_seed),
+                   "--organ-labels", f"{scans[0]}={organs}",
+                   "--lesions-per-scan", *map(str, args.lesions_per_scan),
+                   "--split", *map(str, args.split)), args.dry_run)  # fmt: skip
 
     mae = work / "runs" / "mae"
     mae_cmd = nstseg(
         args, "pretrain-mae", "--data", str(lesions), "--out", str(mae), "--resume",
         "--epochs", str(args.mae_epochs), "--steps-per-epoch", str(args.mae_steps),
+        "--batch-size", str(args.mae_batch_size), "--crop-size", str(args.mae_crop_size),
         "--working-spacing-mm", str(args.working_spacing_mm), "--seed", str(args.seed),
         "--device", args.device, "--no-progress", distributed=True,
     )  # fmt: skip
