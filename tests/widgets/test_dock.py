@@ -353,6 +353,11 @@ def test_edited_mask_is_autosaved_and_offered_back_when_the_scan_reopens(
     assert not widget.restore_button.isHidden()
     widget.restore_autosave()
     np.testing.assert_array_equal(viewer.layers["CT tumor mask"].data, edited)
+    # A model run after the restore must not overwrite the recovered work.
+    run_and_wait(qtbot, widget, "whole volume")
+    for z in np.flatnonzero(edited.reshape(edited.shape[0], -1).any(axis=1)):
+        np.testing.assert_array_equal(viewer.layers["CT tumor mask"].data[z], edited[z])
+    viewer.layers["CT tumor mask"].undo()
     viewer.layers["CT tumor mask"].undo()
     assert not viewer.layers["CT tumor mask"].data.any()
     assert errors == []

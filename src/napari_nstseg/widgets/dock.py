@@ -659,7 +659,11 @@ class NSTSegWidget(QWidget):
             )
             self._track_mask_layer()
         region = Region(np.arange(ct.data.shape[0]), slice(None), slice(None))
-        write_mask(layer, region, data, edit_tracker(layer), overwrite=True)
+        tracker = edit_tracker(layer)
+        write_mask(layer, region, data, tracker, overwrite=True)
+        # The recovery file holds the user's work; which slices were hand-edited is not stored,
+        # so every slice with a label is protected from model re-runs like a fresh edit.
+        tracker.mark_edited(np.flatnonzero(data.reshape(data.shape[0], -1).any(axis=1)))
         self.status.value = f"restored the autosaved mask from {path}"
 
     # -- metrics and measurements -----------------------------------------------------------
