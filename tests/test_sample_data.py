@@ -42,3 +42,31 @@ def test_demo_viewer_docks_the_widget(make_napari_viewer):
     viewer = open_viewer(make_napari_viewer())
     assert "sample CT" in viewer.layers
     assert any(WIDGET in name for name in viewer.window.dock_widgets)
+
+
+def test_bundled_weights_segment_the_sample_in_the_widget(make_napari_viewer, qtbot):
+    """The plugin as a user meets it: sample CT, bundled weights, slice then volume mode."""
+    from napari_nstseg.widgets.dock import BUNDLED, NSTSegWidget
+    from napari_nstseg.widgets.layers import LayerNames
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-nstseg", "sample_ct")
+    ct = viewer.layers["sample CT"]
+    widget = NSTSegWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="NSTSEG")
+    assert widget.weights_source.value == BUNDLED
+    widget.device.value = "cpu"
+    widget.show_residual.value = True  # the bundled weights name their MAE
+    lesion_z = int(np.argmax((viewer.layers["sample CT ground truth"].data > 0).sum(axis=(1, 2))))
+    viewer.dims.set_point(0, ct.translate[0] + lesion_z * ct.scale[0])
+    for mode in ("current slice", "whole volume"):
+        widget.mode.value = mode
+        widget.run()
+        qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    names = LayerNames("sample CT")
+    for name in (names.coarse, names.stage(1), names.stage(3), names.residual, names.tumor_mask):
+        layer = viewer.layers[name]
+        assert layer.data.shape == ct.data.shape, name
+        np.testing.assert_allclose(layer.scale, ct.scale)
+        np.testing.assert_allclose(layer.translate, ct.translate)
+    assert widget.last_outcome.prediction.done.all()

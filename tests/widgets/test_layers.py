@@ -98,3 +98,14 @@ def test_variant_suffix_and_edit_tracking():
     mask.data_setitem((np.array([3, 3]), np.array([0, 1]), np.array([0, 0])), 1)
     assert tracker.edited == {3}
     assert edit_tracker(mask) is tracker
+
+
+def test_layers_follow_a_ct_layer_with_rotation_in_its_affine():
+    viewer = ViewerModel()
+    ct = viewer.add_image(np.full(SHAPE, 40.0, np.float32), name="scan", scale=SCALE,
+                          rotate=((1, 0, 0), (0, 0.8, -0.6), (0, 0.6, 0.8)))  # fmt: skip
+    layers = show_prediction(viewer, ct, partial_prediction(), maps=MapsToShow())
+    for layer in layers.values():
+        np.testing.assert_allclose(layer.rotate, ct.rotate)
+        point = (1, 5, 7)
+        np.testing.assert_allclose(layer.data_to_world(point), ct.data_to_world(point))

@@ -158,10 +158,14 @@ def ct_geometry(ct_layer: Any) -> Geometry:
 
 
 def layer_kwargs(ct_layer: Any) -> dict[str, Any]:
-    """Scale, translate and geometry metadata shared by every layer drawn on this CT."""
+    """Scale, translate, any extra affine and the geometry shared by every layer on this CT."""
     return {
         "scale": tuple(ct_layer.scale),
         "translate": tuple(ct_layer.translate),
+        # CT layers from other readers may carry rotation, shear or a further affine
+        "rotate": np.array(ct_layer.rotate),
+        "shear": np.array(ct_layer.shear),
+        "affine": np.array(ct_layer.affine.affine_matrix),
         "metadata": {METADATA_KEY: ct_geometry(ct_layer).to_dict()},
     }
 
