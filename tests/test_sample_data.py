@@ -70,3 +70,26 @@ def test_bundled_weights_segment_the_sample_in_the_widget(make_napari_viewer, qt
         np.testing.assert_allclose(layer.scale, ct.scale)
         np.testing.assert_allclose(layer.translate, ct.translate)
     assert widget.last_outcome.prediction.done.all()
+
+
+def test_file_open_and_save_selected_layer_through_napari(make_napari_viewer, tmp_path):
+    """File > Open with our reader, paint, File > Save Selected Layer: the scan's own grid."""
+    import nibabel as nib
+
+    from napari_nstseg._sample_data import SAMPLE_CT
+
+    viewer = make_napari_viewer()
+    (ct,) = viewer.open(str(SAMPLE_CT), plugin="napari-nstseg")
+    mask = viewer.add_labels(np.zeros(ct.data.shape, np.uint8), name="mask", scale=ct.scale,
+                             translate=ct.translate, metadata=dict(ct.metadata))  # fmt: skip
+    mask.data_setitem((np.array([4]), np.array([10]), np.array([20])), 1)
+    viewer.layers.selection = {mask}
+    out = tmp_path / "mask.nii.gz"
+    written = viewer.layers.save(str(out), selected=True, plugin="napari-nstseg")
+    assert [str(p) for p in written] == [str(out)]
+    src, saved = nib.load(SAMPLE_CT), nib.load(out)
+    assert saved.shape == src.shape
+    np.testing.assert_array_equal(saved.affine, src.affine)
+    (i, j, k) = np.argwhere(np.asarray(saved.dataobj) > 0)[0]
+    # display (z=4, y=10, x=20) of this RAS file is voxel (i, j, k) = (121-20, 100-10, 4)
+    assert (i, j, k) == (src.shape[0] - 1 - 20, src.shape[1] - 1 - 10, 4)
