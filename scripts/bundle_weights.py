@@ -105,7 +105,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seg", required=True)
     ap.add_argument("--mae", required=True)
     ap.add_argument("--data", required=True)
-    ap.add_argument("--compare", action="append", default=[], metavar="NAME=CHECKPOINT")
+    ap.add_argument(
+        "--compare", action="append", default=[], metavar="NAME=CHECKPOINT",
+        help="another checkpoint to evaluate, or its test-split evaluation.json",
+    )  # fmt: skip
     ap.add_argument("--out", default=str(ROOT / "runs" / "bundle_eval"))
     ap.add_argument("--weights-dir", default=str(WEIGHTS), help="where the bundle goes")
     ap.add_argument("--docs-dir", default=str(ROOT / "docs"))
@@ -122,7 +125,10 @@ def main(argv=None) -> int:
         weights / "default.json", args.data, "test", out=out / "default", config=cfg)}  # fmt: skip
     for item in args.compare:
         name, _, path = item.partition("=")
-        results[name] = evaluate(path, args.data, "test", out=out / name, config=cfg)
+        if Path(path).name == "evaluation.json":  # already evaluated on this split
+            results[name] = json.loads(Path(path).read_text())
+        else:
+            results[name] = evaluate(path, args.data, "test", out=out / name, config=cfg)
     sample = sample_check(weights / "default.json")
     (out / "sample_check.json").write_text(json.dumps(sample, indent=2, default=float))
 

@@ -155,8 +155,9 @@ def test_best_and_final_checkpoints_load_with_provenance(reference, dataset):
     assert prov["training_data"]["cases"] == {"train": 3, "val": 1, "test": 1}
     assert prov["budget"]["epochs"] == 3 and prov["budget"]["samples"] == 36
     assert "val_dice" in prov["metrics"] and prov["date"] and "git" in prov
-    best_dice = max(float(r["val_dice"]) for r in read_log(cfg.out))
-    assert prov["metrics"]["val_dice"] == pytest.approx(best_dice, rel=1e-4)
+    best_dice = max(float(r["val_dice_pooled"]) for r in read_log(cfg.out))
+    assert prov["metrics"]["val_dice_pooled"] == pytest.approx(best_dice, rel=1e-4)
+    assert prov["selected_by"] == "val_dice_pooled"
     final, _ = load_checkpoint(result.final)
     trained = result.model.state_dict()
     assert all(torch.equal(v, trained[k]) for k, v in final.state_dict().items())

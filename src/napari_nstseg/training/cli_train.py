@@ -48,8 +48,8 @@ def add_parser(subparsers) -> None:
         description=(
             "Train a segmentation model on 2-D axial slices with deep supervision and poly "
             "learning-rate decay. Every epoch is checkpointed (resume with --resume); the best "
-            "validation Dice is kept as <out>/best.json. Under `torchrun --nproc_per_node N` "
-            "it runs DistributedDataParallel."
+            "pooled validation Dice is kept as <out>/best.json, the last epoch as final.json. "
+            "Under `torchrun --nproc_per_node N` it runs DistributedDataParallel."
         ),
     )
     _common(p)

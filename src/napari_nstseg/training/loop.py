@@ -1142,7 +1142,9 @@ def _run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
         lr_at=lambda t: poly_lr(cfg.lr, t, lr_total, cfg.poly_power),
         step=step,
         validate=validate,
-        best_key="dice" if val_cases else "loss",
+        # Pooled Dice over all validation voxels: per-case Dice scores a lesion-free prediction
+        # 1 on every case whose sampled slices hold no lesion, and picked an untrained epoch.
+        best_key="dice_pooled" if val_cases else "loss",
         best_higher=bool(val_cases),
         save_model=save_model,
         provenance=provenance,
