@@ -197,7 +197,9 @@ no anatomy is shared; the sample CT's lesion lies in a test block. Split and cou
 `{json.dumps(budget)}`, AdamW with poly decay, deep supervision (BCE+IoU on the GLM map, the
 weighted structure loss 1/2/4 on the LFM maps) plus a soft-Dice term, seed
 {prov.get("seed")}. Trained on {prov.get("device", "cpu")} in
-{minutes:.0f} minutes. The exact commands are in
+{minutes:.0f} minutes. Every model in the tables is its last epoch (`final.json`): on these
+validation blocks, which hold only small lesions, selecting by validation Dice picked early,
+barely trained epochs. The exact commands are in
 `scripts/train_bundled.py`; `docs/comparison.md` compares with the equally trained U-Net.
 
 ## Held-out results (test split, measured on the bundled float16 files)

@@ -175,9 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     for variant in args.variants:
         out = work / "runs" / variant
         run(nstseg(args, "train", "--data", str(lesions), "--out", str(out), "--resume",
-                   "--variant", variant, "--mae", str(mae / "best.json"), *budget(args),
+                   "--variant", variant, "--mae", str(mae / "final.json"), *budget(args),
                    "--no-progress", distributed=True), args.dry_run)  # fmt: skip
-        run(nstseg(args, "evaluate", str(out / "best.json"), "--data", str(lesions),
+        run(nstseg(args, "evaluate", str(out / "final.json"), "--data", str(lesions),
                    "--split", "test", "--out", str(out / "eval_test"), "--device",
                    args.device), args.dry_run)  # fmt: skip
 
