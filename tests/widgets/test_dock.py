@@ -422,3 +422,145 @@ def test_window_preset_sets_the_ct_contrast_and_missing_mae_skips_the_residual(
     assert errors == []
     assert "CT SSL residual" not in viewer.layers
     assert "CT tumor mask" in viewer.layers
+
+
+def press(viewer, layer, action: str) -> None:
+    """Ctrl+Z ("undo") or Ctrl+Shift+Z ("redo") on the canvas with ``layer`` active: the path
+    a user's key takes through napari's key bindings to the layer."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtTest import QTest
+
+    viewer.layers.selection.active = layer
+    modifiers = Qt.KeyboardModifier.ControlModifier
+    if action == "redo":
+        modifiers |= Qt.KeyboardModifier.ShiftModifier
+    QTest.keyClick(viewer.window._qt_viewer.canvas.native, Qt.Key.Key_Z, modifiers)
+
+
+def wait_for_threshold(qtbot, widget: NSTSegWidget, value: float) -> None:
+    """Move the slider like a drag (several values in a row) and wait for the debounced re-cut."""
+    start = float(widget.threshold.value)
+    for step in np.linspace(start, value, 4)[1:]:
+        widget.threshold.value = float(step)
+    assert widget._threshold_timer.isActive()
+    qtbot.waitUntil(lambda: not widget._threshold_timer.isActive(), timeout=5000)
+
+
+def cut(probability: np.ndarray, threshold: float) -> np.ndarray:
+    """Prediction.mask_at's rule for uint8 maps: stored value v means probability v / 255."""
+    return (probability >= np.ceil(threshold * 255.0 - 1e-6)).astype(np.uint8)
+
+
+def test_moving_the_threshold_recuts_the_last_run_at_once_as_one_undo_step(
+    qtbot, viewer_with_ct, tiny_weights, errors
+):
+    from napari_nstseg.widgets.measurements import lesion_rows
+
+    viewer, _ = viewer_with_ct
+    widget = make_widget(viewer, tiny_weights, coarse=True, stages=True)
+    run_and_wait(qtbot, widget, "current slice", z=3)
+    names = LayerNames("CT")
+    mask = viewer.layers[names.tumor_mask]
+    prediction = widget.last_outcome.prediction
+    at_half = np.array(mask.data)
+    np.testing.assert_array_equal(at_half[3], prediction.mask_at(0.5)[3])
+    low, high = prediction.mask_at(0.01)[3], prediction.mask_at(0.99)[3]
+    # Otherwise the test could not tell a re-cut from no re-cut.
+    assert np.count_nonzero(low) > np.count_nonzero(high)
+
+    wait_for_threshold(qtbot, widget, 0.99)
+    assert np.count_nonzero(mask.data) == np.count_nonzero(high) <= np.count_nonzero(at_half)
+    np.testing.assert_array_equal(mask.data[3], high)
+    assert not np.delete(np.asarray(mask.data), 3, axis=0).any()  # only the run's slice
+    # The thresholded stage layers follow; the probability map does not change.
+    np.testing.assert_array_equal(
+        viewer.layers[names.coarse_mask].data[3], cut(prediction.coarse[3], 0.99)
+    )
+    for k, stage in enumerate(prediction.stages, start=1):
+        np.testing.assert_array_equal(viewer.layers[names.stage(k)].data[3], cut(stage[3], 0.99))
+    np.testing.assert_array_equal(viewer.layers[names.coarse].data[3], prediction.coarse[3])
+    # The lesion table follows the re-cut mask.
+    lesions = lesion_rows(np.asarray(mask.data), tuple(mask.scale))
+    assert widget.lesion_table.rowCount() == len(lesions)
+    for r, row in enumerate(lesions):
+        assert widget.lesion_table.item(r, 1).text() == f"{row['volume_ml']:.3f}"
+
+    at_high = np.array(mask.data)
+    wait_for_threshold(qtbot, widget, 0.01)
+    assert np.count_nonzero(mask.data) == np.count_nonzero(low) >= np.count_nonzero(at_high)
+    np.testing.assert_array_equal(mask.data[3], low)
+    assert "0.01" in widget.status.value
+
+    # The drag from 0.99 to 0.01 was one step: one Ctrl+Z goes back to the 0.99 mask, the next
+    # to the run's own 0.5 mask.
+    press(viewer, mask, "undo")
+    np.testing.assert_array_equal(mask.data, at_high)
+    press(viewer, mask, "undo")
+    np.testing.assert_array_equal(mask.data, at_half)
+    assert errors == []
+
+
+def test_threshold_change_spares_edited_slices(qtbot, viewer_with_ct, tiny_weights, errors):
+    viewer, _ = viewer_with_ct
+    widget = make_widget(viewer, tiny_weights, coarse=False, stages=False)
+    run_and_wait(qtbot, widget, "whole volume")
+    prediction = widget.last_outcome.prediction
+    mask = viewer.layers[LayerNames("CT").tumor_mask]
+    paint_like_a_brush(mask, 2, (10, 10), 1)
+    mask.data_setitem((np.array([5, 5]), np.array([40, 41]), np.array([40, 40])), 0)
+    mask.data_setitem((np.array([5]), np.array([3]), np.array([3])), 1)
+    edited = {z: np.array(mask.data[z]) for z in (2, 5)}
+
+    low = prediction.mask_at(0.01)
+    others = [z for z in range(CT_SHAPE[0]) if z not in edited]
+    assert (low[others] != prediction.mask_at(0.5)[others]).any()
+    wait_for_threshold(qtbot, widget, 0.01)
+    np.testing.assert_array_equal(mask.data[others], low[others])
+    for z, labels in edited.items():
+        np.testing.assert_array_equal(mask.data[z], labels)
+    assert errors == []
+
+
+def test_threshold_moved_during_a_run_is_applied_when_it_ends(
+    qtbot, viewer_with_ct, tiny_weights, errors
+):
+    viewer, _ = viewer_with_ct
+    widget = make_widget(viewer, tiny_weights, coarse=False, stages=False)
+    run_and_wait(qtbot, widget, "current slice", z=4)
+    widget.mode.value = "whole volume"
+    widget.run()
+    widget.threshold.value = 0.01
+    qtbot.waitUntil(lambda: not widget.running, timeout=RUN_TIMEOUT_MS)
+    mask = viewer.layers[LayerNames("CT").tumor_mask]
+    prediction = widget.last_outcome.prediction
+    assert prediction.threshold == pytest.approx(0.5)  # the run used the value it started with
+    qtbot.waitUntil(lambda: np.array_equal(mask.data, prediction.mask_at(0.01)), timeout=5000)
+    assert errors == []
+
+
+def test_undo_and_redo_reach_the_autosave(qtbot, viewer_with_ct, tmp_path, monkeypatch):
+    from napari_nstseg.io.readers import read_mask
+    from napari_nstseg.widgets.dock import autosave_path
+    from napari_nstseg.widgets.layers import ct_geometry
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    viewer, ct = viewer_with_ct
+    widget = docked(viewer)
+    widget._autosave_timer.setInterval(50)
+    mask = add_mask_layer(viewer)
+    path = autosave_path("layer:CT", CT_SHAPE)
+    geometry = ct_geometry(ct)
+
+    def saved_stroke() -> bool:
+        return path.exists() and bool(read_mask(path, like=geometry)[5].any())
+
+    paint_like_a_brush(mask, 5, (12, 12), 1)
+    qtbot.waitUntil(saved_stroke, timeout=5000)
+
+    press(viewer, mask, "undo")
+    assert not mask.data.any()
+    qtbot.waitUntil(lambda: not saved_stroke(), timeout=5000)
+
+    press(viewer, mask, "redo")
+    assert mask.data[5].any()
+    qtbot.waitUntil(saved_stroke, timeout=5000)

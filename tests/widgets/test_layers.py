@@ -100,6 +100,42 @@ def test_variant_suffix_and_edit_tracking():
     assert edit_tracker(mask) is tracker
 
 
+def test_undo_and_redo_tell_the_tracker_without_marking_slices():
+    viewer, ct, _ = ct_viewer()
+    mask = show_prediction(viewer, ct, partial_prediction(), MapsToShow(False, False))[
+        LayerNames("scan").tumor_mask
+    ]
+    tracker = edit_tracker(mask)
+    heard: list[int] = []
+    tracker.on_edit.append(lambda: heard.append(1))
+    written = np.array(mask.data)
+    mask.undo()  # undoes the model's write
+    assert not mask.data.any() and len(heard) == 1 and tracker.edited == set()
+    mask.redo()
+    np.testing.assert_array_equal(mask.data, written)
+    assert len(heard) == 2 and tracker.edited == set()
+    with tracker.model_writing():
+        mask.undo()
+    assert len(heard) == 2
+
+
+def test_rethreshold_recuts_masks_only_and_brings_no_closed_layer_back():
+    viewer, ct, _ = ct_viewer()
+    pred = partial_prediction()
+    names = LayerNames("scan")
+    maps = MapsToShow(stage_probabilities=True)
+    show_prediction(viewer, ct, pred, maps=maps, threshold=0.5)
+    viewer.layers.remove(names.stage(2))
+    probability = viewer.layers[names.coarse]
+    probability.data[:] = 0  # would be rewritten if the maps were copied again
+    show_prediction(viewer, ct, pred, maps=maps, threshold=0.25, rethreshold=True)
+    assert names.stage(2) not in viewer.layers
+    assert not probability.data.any()
+    np.testing.assert_array_equal(viewer.layers[names.tumor_mask].data, pred.mask_at(0.25))
+    stage1 = (pred.stages[0] >= round(0.25 * 255)).astype(np.uint8)
+    np.testing.assert_array_equal(viewer.layers[names.stage(1)].data, stage1)
+
+
 def test_layers_follow_a_ct_layer_with_rotation_in_its_affine():
     viewer = ViewerModel()
     ct = viewer.add_image(np.full(SHAPE, 40.0, np.float32), name="scan", scale=SCALE,

@@ -59,6 +59,9 @@ BUNDLED = "bundled default"
 FROM_FILE = "file..."
 NO_LAYER = "(none)"
 AUTOSAVE_DELAY_MS = 3000
+# Long enough that dragging the threshold slider re-cuts the mask once (one undo step), short
+# enough to feel immediate.
+THRESHOLD_DELAY_MS = 250
 METRIC_NAMES = ("Dice", "IoU", "precision", "recall", "specificity", "S-measure", "E-measure")
 
 
@@ -140,6 +143,10 @@ class NSTSegWidget(QWidget):
         self._worker: Any = None
         self._request: RunRequest | None = None
         self.last_outcome: RunOutcome | None = None
+        # The last full-model run shown and its CT layer (weakly: closing the CT frees it); what
+        # a threshold change re-cuts. Variant runs do not replace it.
+        self._shown: tuple[RunOutcome, weakref.ref] | None = None
+        self._threshold_pending = False
         self.variant_outcomes: dict[str, RunOutcome] = {}
         self.last_error: str = ""
         self._pending_variants: list[str] = []
@@ -148,6 +155,10 @@ class NSTSegWidget(QWidget):
         self._autosave_timer.setSingleShot(True)
         self._autosave_timer.setInterval(AUTOSAVE_DELAY_MS)
         self._autosave_timer.timeout.connect(self.autosave_now)
+        self._threshold_timer = QTimer(self)
+        self._threshold_timer.setSingleShot(True)
+        self._threshold_timer.setInterval(THRESHOLD_DELAY_MS)
+        self._threshold_timer.timeout.connect(self.apply_threshold)
         self._tracked: weakref.WeakSet = weakref.WeakSet()
         self._build_ui()
         self._connect_viewer()
@@ -254,6 +265,7 @@ class NSTSegWidget(QWidget):
 
         self.weights_source.changed.connect(self._on_weights_source)
         self.window.changed.connect(self.apply_window)
+        self.threshold.changed.connect(self._on_threshold_changed)
         self.ct_layer.changed.connect(self._on_ct_changed)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
@@ -292,6 +304,10 @@ class NSTSegWidget(QWidget):
             self.apply_window()
             self._offer_autosave()
         self._track_mask_layer()
+
+    def _on_threshold_changed(self, *_: Any) -> None:
+        # Not QTimer.start directly: it would take the slider value as its interval.
+        self._threshold_timer.start()
 
     def _on_step(self, event: Any = None) -> None:
         if self.gt_layer.value not in (None, NO_LAYER):
@@ -424,6 +440,9 @@ class NSTSegWidget(QWidget):
         except WidgetError as exc:
             self._fail(str(exc))
             return
+        # This run reads the slider now, so an earlier threshold change needs no re-cut.
+        self._threshold_timer.stop()
+        self._threshold_pending = False
         self._start(request)
 
     def run_variants(self, *_: Any) -> None:
@@ -568,6 +587,8 @@ class NSTSegWidget(QWidget):
         except Exception as exc:  # a layer problem must not take the viewer down
             self._fail(f"Could not show the prediction on {request.ct_name!r}: {exc}")
             return
+        if not request.variant:
+            self._shown = (outcome, weakref.ref(ct))
         self._track_mask_layer()
         done = int(np.count_nonzero(outcome.prediction.done))
         if outcome.error:
@@ -593,6 +614,49 @@ class NSTSegWidget(QWidget):
             self._next_variant()
         elif self.last_outcome is not None and self.last_outcome.request.variant:
             self._show_grid()
+        if self._threshold_pending and not self.running:
+            self._threshold_pending = False
+            self._threshold_timer.start()
+
+    # -- live threshold ---------------------------------------------------------------------
+    def apply_threshold(self, *_: Any) -> bool:
+        """Re-cut the last run's masks at the slider's threshold, as one undoable step.
+
+        The tumor mask (except slices the user edited) and the GLM coarse and LFM stage masks
+        of the last full-model run on the chosen CT layer are re-thresholded from its stored
+        probabilities; no model runs. Returns whether anything was re-cut. Called by the
+        slider's debounce timer; during a run it waits for the run to finish.
+        """
+        self._threshold_timer.stop()
+        if self.running:
+            self._threshold_pending = True
+            return False
+        if self._shown is None:
+            return False
+        outcome, ct_ref = self._shown
+        ct = ct_ref()
+        if ct is None or ct not in self.viewer.layers or ct.name != self.ct_layer.value:
+            return False
+        threshold = float(self.threshold.value)
+        try:
+            show_prediction(
+                self.viewer,
+                ct,
+                outcome.prediction,
+                maps=outcome.request.maps,
+                threshold=threshold,
+                overwrite=False,
+                rethreshold=True,
+            )
+        except Exception as exc:  # a layer problem must not take the viewer down
+            self._fail(f"Could not apply threshold {threshold:.2f} on {ct.name!r}: {exc}")
+            return False
+        self._track_mask_layer()
+        done = int(np.count_nonzero(outcome.prediction.done))
+        self.status.value = f"threshold {threshold:.2f} applied to the last run ({done} slice(s))"
+        self.update_measurements()
+        self.update_metrics()
+        return True
 
     # -- edits and autosave -----------------------------------------------------------------
     def _track_mask_layer(self) -> None:

@@ -85,7 +85,8 @@ class EditTracker:
 
     napari emits ``Labels.events.paint`` for every committed brush stroke, fill, polygon and
     ``data_setitem``; the model's own writes happen inside :meth:`model_writing` and are not
-    counted as user edits.
+    counted as user edits. ``on_edit`` callbacks run after every change of the mask that is not
+    the model's own write, undo and redo included.
     """
 
     def __init__(self, layer: Any) -> None:
@@ -94,6 +95,11 @@ class EditTracker:
         self._model_writing = False
         self._n_slices = int(layer.data.shape[0])
         layer.events.paint.connect(self._on_paint)
+        # napari's Labels.undo/redo write layer.data and refresh without emitting events.paint,
+        # so without this an autosave would keep the mask as it was before Ctrl+Z. The Ctrl+Z
+        # and Ctrl+Shift+Z key bindings call layer.undo()/layer.redo(), which find these first.
+        for name in ("undo", "redo"):
+            setattr(layer, name, self._notifying(layer, name))
 
     @contextmanager
     def model_writing(self) -> Iterator[None]:
@@ -105,8 +111,32 @@ class EditTracker:
 
     def mark_edited(self, z_indices: Sequence[int]) -> None:
         self.edited.update(int(z) for z in z_indices)
+        self._notify()
+
+    def _notify(self) -> None:
         for callback in list(self.on_edit):
             callback()
+
+    def _notifying(self, layer: Any, name: str) -> Callable[[], None]:
+        """``layer.<name>`` that tells ``on_edit`` afterwards; marks no slice as edited, since an
+        undo can as well bring back what the model wrote."""
+        original = getattr(layer, name)
+        try:
+            # The wrapper lives on the layer: a strong bound method would be a reference cycle.
+            ref: Callable[[], Any] = weakref.WeakMethod(original)
+        except TypeError:  # already a plain function on this instance
+            ref = lambda: original  # noqa: E731
+
+        def wrapped() -> None:
+            method = ref()
+            if method is None:
+                return
+            method()
+            if not self._model_writing:
+                self._notify()
+
+        wrapped.__doc__ = original.__doc__
+        return wrapped
 
     def _on_paint(self, event: Any) -> None:
         if self._model_writing:
@@ -305,11 +335,16 @@ def show_prediction(
     threshold: float = 0.5,
     overwrite: bool = False,
     suffix: str = "",
+    rethreshold: bool = False,
 ) -> dict[str, Any]:
     """Add or update the layers for ``prediction`` on ``ct_layer``; returns them by name.
 
     Only the slices the prediction finished (its ``done`` flags) and its in-plane ROI are
     written, so a cancelled run leaves the rest of every layer as it was.
+
+    ``rethreshold`` re-cuts only what the threshold decides: the tumor mask, and the GLM coarse
+    and LFM stage masks still in the viewer. Probability maps do not depend on the threshold,
+    and a layer the user closed should not come back because a slider moved.
     """
     view = PredictionView(prediction, tuple(ct_layer.data.shape))
     names = LayerNames(ct_layer.name, suffix)
@@ -322,11 +357,15 @@ def show_prediction(
     cut = math.ceil(threshold * 255.0 - 1e-6)
 
     def labels_from(prob: np.ndarray, name: str, color: str) -> None:
+        if rethreshold and name not in viewer.layers:
+            return
         layer = _get_labels(viewer, name, shape, ct_layer, color, opacity=0.5, visible=False)
         _put_map(layer, region, prob, lambda p: (as_probability_uint8(p) >= cut).astype(np.uint8))
         out[name] = layer
 
     def image_from(array: np.ndarray, name: str, colormap: str, **style: Any) -> None:
+        if rethreshold:
+            return
         layer = _get_image(
             viewer,
             name,
@@ -348,7 +387,7 @@ def show_prediction(
             labels_from(prob, names.stage(k), "cyan")
         if maps.stage_probabilities:
             image_from(prob, names.stage_probability(k), "viridis", opacity=0.6, visible=False)
-    if maps.residual and view.residual is not None:
+    if maps.residual and view.residual is not None and not rethreshold:
         # Reconstruction error is not a probability: kept as float, contrast from its range.
         layer = _get_image(
             viewer,
@@ -365,7 +404,7 @@ def show_prediction(
         high = float(np.percentile(layer.data[region.z, region.y, region.x], 99.5))
         layer.contrast_limits = (0.0, max(high, 1e-3))
         out[names.residual] = layer
-    if maps.scale_weights and view.scale_weights is not None:
+    if maps.scale_weights and view.scale_weights is not None and not rethreshold:
         for i, weights in enumerate(view.scale_weights):
             image_from(
                 weights, names.scale_weight(i), _SCALE_COLORMAPS[i], opacity=0.5, visible=False
