@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 
 import nibabel as nib
 import numpy as np
@@ -15,6 +16,7 @@ from napari_nstseg.training.lesions import (
     LesionConfig,
     SplitConfig,
     case_image_path,
+    dense_mask,
     insert_lesions,
     make_lesion_dataset,
 )
@@ -75,9 +77,49 @@ def test_lesions_sit_in_soft_tissue_with_sizes_in_mm():
     assert np.array_equal(np.unique(mask), [0, 1, 2, 3])
 
 
+def vertebra_phantom(noise=NOISE_HU):
+    """Soft tissue with a cortical ring around marrow at soft-tissue HU, a contrast-filled vessel,
+    and a ring of "ribs" enclosing the whole belly (a hole far too large to count as bone)."""
+    hu, classes = phantom(shape=(24, 128, 128), noise=noise)
+    ny, nx = hu.shape[1:]
+    yy, xx = np.mgrid[:ny, :nx].astype(float)
+    r_vert = np.hypot((yy - 84) * 0.8, (xx - 64) * 0.8)
+    cortex = (r_vert >= 16) & (r_vert <= 18)
+    marrow = r_vert < 16  # 150 HU: passes every soft-tissue test, but is bone
+    vessel = np.hypot((yy - 40) * 0.8, (xx - 40) * 0.8) <= 5  # opacified, 350 HU
+    ribs = np.abs(np.hypot((yy - ny / 2) / 0.4, (xx - nx / 2) / 0.42) / ny - 1) < 0.02
+    hu[:, cortex | ribs] = 700.0
+    hu[:, marrow] = 150.0 + np.random.default_rng(1).normal(0, NOISE_HU, hu[:, marrow].shape)
+    hu[:, vessel] = 350.0
+    return hu, marrow, vessel
+
+
+def test_no_lesion_in_marrow_or_opacified_vessels():
+    hu, marrow, vessel = vertebra_phantom()
+    dense = dense_mask(hu, SPACING, threshold_hu=250.0, max_hole_mm2=2500.0, margin_mm=3.0)
+    assert dense[:, marrow].all() and dense[:, vessel].all()
+    # The belly the ribs enclose is soft tissue, not "bone" (a 3 mm margin aside).
+    assert not dense[:, 30, 90].any() and not dense[:, 50, 80].any()
+    cfg = small_config(diameter_mm=(6.0, 9.0), lesions_per_scan=(6, 6), max_attempts=2000)
+    _, mask, records = insert_lesions(hu, SPACING, config=cfg)
+    assert records
+    assert not (mask > 0)[:, marrow].any() and not (mask > 0)[:, vessel].any()
+    # Without the exclusion marrow at 150 HU is fair game, which is what the guard is for.
+    loose = small_config(
+        diameter_mm=(6.0, 9.0), lesions_per_scan=(6, 6), max_attempts=2000, dense_hu=None, seed=4
+    )
+    hits = 0
+    for seed in range(6):
+        _, m, _ = insert_lesions(hu, SPACING, config=replace(loose, seed=seed))
+        hits += int((m > 0)[:, marrow].any())
+    assert hits > 0
+
+
 def test_measured_contrast_near_requested_and_noise_kept():
     hu, classes = phantom()
-    cfg = small_config(diameter_mm=(9.0, 12.0), contrast_hu=(-30.0, -30.0), hypodense_fraction=1)
+    cfg = small_config(
+        diameter_mm=(9.0, 12.0), contrast_hu=(-30.0, -30.0), hypodense_fraction=1, max_attempts=2000
+    )
     new, mask, records = insert_lesions(hu, SPACING, config=cfg)
     assert len(records) == 3
     for rec in records:

@@ -274,9 +274,11 @@ def test_mae_pretraining_then_ssl_guided_training_via_the_cli(dataset, tmp_path)
         "train", "--data", str(dataset), "--out", str(out), "--variant", "ssl",
         "--base-width", "8", "--set", "fused_channels=8", "--epochs", "1",
         "--steps-per-epoch", "1", "--batch-size", "4", "--crop-size", "32",
-        "--mae", str(mae_best), "--no-progress",
+        "--mae", str(mae_best), "--no-progress", "--noise-hu", "3", "--positive-fraction", "0.6",
     ])  # fmt: skip
     assert code == 0
+    sampling = json.loads((out / "train_config.json").read_text())["sampling"]
+    assert sampling["augment"]["noise_std_hu"] == 3.0 and sampling["positive_fraction"] == 0.6
     meta = read_metadata(out / "best.json")
     assert meta["model_config"]["ssl_guidance"] is True and meta["mae"] == "mae.json"
     segmenter = Segmenter.from_checkpoint(out / "best.json", device="cpu")

@@ -66,6 +66,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--crop-size", type=int, help="square training crop in working pixels")
     p.add_argument("--positive-fraction", type=float, help="share of crops with lesion")
     p.add_argument("--dice-weight", type=float, help="extra soft-Dice term on the final map")
+    p.add_argument(
+        "--noise-hu", type=float, help="sigma (HU) of the Gaussian noise added to training crops"
+    )
     p.add_argument("--val-max-slices", type=int, help="cap on validation slices per epoch")
     p.add_argument("--mae", help="pretrained MAE checkpoint (SSL guidance, residual maps)")
     p.add_argument(
@@ -172,6 +175,8 @@ def build_train_config(args: argparse.Namespace):
         sampling["crop_size"] = [args.crop_size, args.crop_size]
     if args.positive_fraction is not None:
         sampling["positive_fraction"] = args.positive_fraction
+    if args.noise_hu is not None:
+        sampling["augment"] = {**(sampling.get("augment") or {}), "noise_std_hu": args.noise_hu}
     d["sampling"] = sampling
     if args.dice_weight is not None:
         d["loss"] = {**(d.get("loss") or {}), "dice_weight": args.dice_weight}

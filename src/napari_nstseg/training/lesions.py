@@ -15,10 +15,12 @@ difference a reader measures with an ROI on the label.
 
 Placement: only in soft tissue inside the body (support median HU within ``median_hu``; at
 least ``min_soft_fraction`` of its voxels in ``soft_tissue_hu`` and none outside ``never_hu``,
-so no air, fat or bone), wholly inside the volume, over tissue whose mean matches its
-surrounding shell within ``max_background_step_hu`` (else "contrast to the local tissue" is
-undefined), and, where organ labels exist, a share ``organ_fraction`` inside one of the target
-organs (chosen uniformly among those present, so the small pancreas gets as many as the liver).
+so no air, fat or bone), away from bone and opacified vessels (``dense_mask``: marrow and the
+saturated window there would hide a lesion), wholly inside the volume, over tissue whose mean
+matches its surrounding shell within ``max_background_step_hu`` (else "contrast to the local
+tissue" is undefined), and, where organ labels exist, a share ``organ_fraction`` inside one of
+the target organs (chosen uniformly among those present, so the small pancreas gets as many as
+the liver).
 Each lesion keeps a reserved zone (its support plus the measuring shell), and zones never
 overlap, so lesions neither touch nor disturb each other's contrast measurement.
 
@@ -124,6 +126,13 @@ class LesionConfig:
     min_soft_fraction: float = 0.85
     # No voxel of a lesion may be air or bone (or an opacified artery), whatever the fractions.
     never_hu: tuple[float, float] = (-300.0, 400.0)
+    # Bone and opacified blood (and what they enclose: marrow, a vessel's partial-volumed rim)
+    # are no place for a soft-tissue tumour, and a W400/L40 window saturates there, so a lesion
+    # would be invisible: voxels above dense_hu, enclosed holes up to dense_hole_mm2 filled per
+    # slice, grown by dense_margin_mm, are excluded.
+    dense_hu: float | None = 250.0
+    dense_hole_mm2: float = 2500.0
+    dense_margin_mm: float = 3.0
     body_hu: float = -500.0
     shell_mm: float = 5.0  # thickness of the ring where the surrounding tissue is measured
     # Largest |mean HU under the lesion - mean HU of its shell| before insertion.
@@ -293,6 +302,35 @@ def body_mask(hu_zyx: np.ndarray, threshold_hu: float = -500.0) -> np.ndarray:
     return body
 
 
+def dense_mask(
+    hu_zyx: np.ndarray,
+    spacing_zyx,
+    threshold_hu: float = 250.0,
+    max_hole_mm2: float = 2500.0,
+    margin_mm: float = 3.0,
+) -> np.ndarray:
+    """Bone and opacified vessels: voxels above ``threshold_hu`` with small enclosed holes filled.
+
+    Holes are filled per axial slice only up to ``max_hole_mm2`` so a vertebral body's marrow
+    counts as bone while a ring of ribs or pelvis never swallows the soft tissue it encloses.
+    """
+    dense = hu_zyx > threshold_hu
+    pixel_mm2 = float(spacing_zyx[1]) * float(spacing_zyx[2])
+    for z in range(dense.shape[0]):
+        holes = ndimage.binary_fill_holes(dense[z]) & ~dense[z]
+        if not holes.any():
+            continue
+        labels, n = ndimage.label(holes)
+        areas = np.bincount(labels.ravel(), minlength=n + 1) * pixel_mm2
+        small = areas <= max_hole_mm2
+        small[0] = False
+        dense[z] |= small[labels]
+    if margin_mm > 0 and dense.any():
+        outside = ndimage.distance_transform_edt(~dense, sampling=spacing_zyx)
+        dense = outside <= margin_mm
+    return dense
+
+
 def equivalent_diameter_mm(n_voxels: int, spacing_zyx) -> float:
     volume = n_voxels * float(np.prod(spacing_zyx))
     return float((6.0 * volume / np.pi) ** (1.0 / 3.0))
@@ -353,6 +391,10 @@ def insert_lesions(
 
     body = body_mask(hu, config.body_hu)
     soft = body & (hu >= config.soft_tissue_hu[0]) & (hu <= config.soft_tissue_hu[1])
+    if config.dense_hu is not None:
+        soft &= ~dense_mask(
+            hu, spacing, config.dense_hu, config.dense_hole_mm2, config.dense_margin_mm
+        )
     organ_candidates: dict[int, np.ndarray] = {}
     tissue_candidates = soft
     if organ_labels is not None:
