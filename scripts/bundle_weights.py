@@ -2,13 +2,17 @@
 
     python scripts/bundle_weights.py --seg runs/bundled/default/best.json \
         --mae runs/bundled/mae/best.json --data runs/data/lesions2 \
-        --compare unet=runs/bundled/unet/best.json
+        --compare unet=runs/bundled/unet/best.json \
+        --postprocess runs/bundled/default/tune_val/tune.json
 
 Stores the segmentation model and the MAE as float16 safetensors + JSON in
 src/napari_nstseg/weights/ (default.*, mae.*), evaluates the *bundled* files (what users get)
 and every comparison checkpoint on the held-out test split with `nstseg evaluate`'s code, runs
 the bundled model on the sample CT, and writes weights/MODEL_CARD.md and docs/comparison.md
-from those measurements. Nothing in the card is typed by hand.
+from those measurements. Nothing in the card is typed by hand. ``--postprocess tune.json`` (from
+`nstseg tune-postprocess` on the validation split) or ``--threshold/--min-lesion-mm`` writes the
+recommended operating point into default.json before its hashes are computed, so the bundle
+still verifies; the evaluation then scores the bundle at that point, as users get it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch
 from napari_nstseg.io import read_ct, read_mask
 from napari_nstseg.metrics import measure_lesions
 from napari_nstseg.models.checkpoint import load_checkpoint, save_checkpoint
+from napari_nstseg.postprocess import PostprocessConfig
 from napari_nstseg.training.evaluate import EvalConfig, evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,19 +40,46 @@ SAMPLE = ROOT / "sample_data"
 MAX_BYTES = 15_000_000
 
 
-def package(src: str, stem: Path, **extra) -> dict:
+def package(src: str, stem: Path, postprocess: dict | None = None, **extra) -> dict:
+    """Store ``src`` as float16 at ``stem``; ``postprocess`` (else the source's own entry) is
+    the operating point written into the JSON, and hashed with it."""
     model, meta = load_checkpoint(src)
     prov = {**meta["provenance"], "packaged_from": str(Path(src).name), "stored_as": "float16"}
+    postprocess = postprocess if postprocess is not None else meta.get("postprocess")
     tensors, _ = save_checkpoint(
         stem, model, meta["model_config"], meta["preprocessing"], prov, dtype=torch.float16,
-        kind=meta["kind"], **extra,
+        kind=meta["kind"], postprocess=postprocess, **extra,
     )  # fmt: skip
+    meta["postprocess"] = postprocess
     size = tensors.stat().st_size
     if size > MAX_BYTES:
         raise SystemExit(f"{tensors} is {size / 1e6:.1f} MB, over the 15 MB limit")
     meta["n_params"] = sum(p.numel() for p in model.parameters())
     meta["megabytes"] = round(size / 1e6, 1)
     return meta
+
+
+def operating_point(
+    tune_json: str | None, threshold: float | None, min_lesion_mm: float | None
+) -> dict | None:
+    """The operating point to bundle: tune.json's choice, with --threshold / --min-lesion-mm
+    replacing its values; None when none of them is given."""
+    values: dict = {}
+    if tune_json:
+        tuned = json.loads(Path(tune_json).read_text())
+        if not isinstance(tuned, dict) or "postprocess" not in tuned:
+            raise SystemExit(f"{tune_json} has no 'postprocess' entry; is it a tune.json?")
+        values.update(tuned["postprocess"])
+    if threshold is not None:
+        values["threshold"] = threshold
+    if min_lesion_mm is not None:
+        values["min_lesion_mm"] = min_lesion_mm
+    if not values:
+        return None
+    try:
+        return PostprocessConfig.from_dict(values).to_dict()
+    except (TypeError, ValueError) as exc:
+        raise SystemExit(f"unusable operating point {values}: {exc}") from None
 
 
 def sample_check(weights: Path) -> dict:
@@ -109,6 +141,14 @@ def main(argv=None) -> int:
         "--compare", action="append", default=[], metavar="NAME=CHECKPOINT",
         help="another checkpoint to evaluate, or its test-split evaluation.json",
     )  # fmt: skip
+    ap.add_argument(
+        "--postprocess", metavar="TUNE_JSON",
+        help="tune.json of `nstseg tune-postprocess`: its chosen operating point is bundled",
+    )  # fmt: skip
+    ap.add_argument("--threshold", type=float, help="bundled threshold (overrides tune.json)")
+    ap.add_argument(
+        "--min-lesion-mm", type=float, help="bundled minimum lesion size (overrides tune.json)"
+    )
     ap.add_argument("--out", default=str(ROOT / "runs" / "bundle_eval"))
     ap.add_argument("--weights-dir", default=str(WEIGHTS), help="where the bundle goes")
     ap.add_argument("--docs-dir", default=str(ROOT / "docs"))
@@ -117,7 +157,9 @@ def main(argv=None) -> int:
 
     weights.mkdir(parents=True, exist_ok=True)
     mae_meta = package(args.mae, weights / "mae")
-    seg_meta = package(args.seg, weights / "default", mae="mae.json")
+    point = operating_point(args.postprocess, args.threshold, args.min_lesion_mm)
+    seg_meta = package(args.seg, weights / "default", postprocess=point, mae="mae.json")
+    load_checkpoint(weights / "default.json")  # the bundle verifies, operating point included
     out = Path(args.out)
     cfg = EvalConfig(device="cpu")
     arch = "U-Net" if seg_meta["model_config"].get("arch") == "unet" else "CDI-NSTSEG"
@@ -165,6 +207,15 @@ counts as detected when the predicted components touching it reach Dice 0.1.
             ("mae", "masked autoencoder behind the SSL residual map layer", mae_meta),
         )
     )
+    bundled_point = seg_meta.get("postprocess")
+    if args.postprocess:
+        point_origin = "chosen on the validation split with `nstseg tune-postprocess`"
+    elif point:
+        point_origin = "set when packaging"
+    elif bundled_point:
+        point_origin = "as recorded in the trained checkpoint"
+    else:
+        point_origin = "none recommended: threshold 0.5, no minimum lesion size"
     card = f"""# Bundled weights: model card
 
 **Demonstration weights for research. Not for diagnosis, not a medical device.** They were
@@ -183,6 +234,8 @@ tumor.
   scans because these weights were trained on a 2-core CPU (no GPU was available): lesions
   under about 5 mm are only a few pixels at this spacing.
 - MAE (`mae.json`): `{json.dumps(mae_meta["model_config"])}`.
+- Operating point (`postprocess`, what `nstseg predict`, `evaluate` and the widget use unless
+  told otherwise): `{json.dumps(bundled_point or PostprocessConfig().to_dict())}` ({point_origin}).
 
 ## Training data
 Lesion-insertion data made by `nstseg make-lesions` from TotalSegmentator's `example_ct.nii.gz`

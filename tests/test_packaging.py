@@ -107,3 +107,47 @@ def test_built_wheel_contains_manifest_and_data(tmp_path):
     if (ROOT / "src/napari_nstseg/weights/default.json").exists():
         assert "napari_nstseg/weights/default.json" in bundled
         assert "napari_nstseg/weights/default.safetensors" in bundled
+
+
+def _bundle_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bundle_weights", ROOT / "scripts" / "bundle_weights.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bundled_weights_carry_the_tuned_operating_point_and_still_verify(tmp_path):
+    import torch
+
+    from napari_nstseg.inference import Segmenter
+    from napari_nstseg.models import ModelConfig, build_model
+    from napari_nstseg.models.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+
+    bundle = _bundle_script()
+    config = ModelConfig(base_width=8, fused_channels=8)
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "trained", build_model(config), config.to_dict(), {}, {"seed": 0})
+    tune_json = tmp_path / "tune.json"
+    tune_json.write_text(json.dumps({"postprocess": {"threshold": 0.4, "min_lesion_mm": 5.0}}))
+
+    point = bundle.operating_point(str(tune_json), None, None)
+    assert point == {"threshold": 0.4, "min_lesion_mm": 5.0}
+    assert bundle.operating_point(str(tune_json), None, 3.0)["min_lesion_mm"] == 3.0
+    assert bundle.operating_point(None, None, None) is None
+    with pytest.raises(SystemExit, match="unusable operating point"):
+        bundle.operating_point(None, 1.5, None)
+
+    meta = bundle.package(str(tmp_path / "trained.json"), tmp_path / "default", postprocess=point)
+    assert meta["postprocess"] == point
+    _, loaded = load_checkpoint(tmp_path / "default.json")  # sha256 both ways, entry included
+    assert loaded["postprocess"] == point and loaded["tensors"]["dtype"] == "float16"
+    seg = Segmenter.from_checkpoint(tmp_path / "default.json", device="cpu")
+    assert seg.postprocess.to_dict() == point
+    assert seg.postprocess_sources == {"threshold": "weights", "min_lesion_mm": "weights"}
+    # Re-packaging keeps the recommendation unless a new one is given.
+    bundle.package(str(tmp_path / "default.json"), tmp_path / "again")
+    assert read_metadata(tmp_path / "again.json")["postprocess"] == point

@@ -1,4 +1,5 @@
-"""The `nstseg` command: info, demo, predict, make-lesions, train, pretrain-mae, evaluate."""
+"""The `nstseg` command: info, demo, predict, make-lesions, train, pretrain-mae, evaluate,
+tune-postprocess."""
 
 from __future__ import annotations
 

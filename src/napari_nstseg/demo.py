@@ -41,7 +41,8 @@ def run_headless(out_dir: Path) -> int:
         weights=None,
         device="auto",
         batch_size=4,
-        threshold=0.5,
+        threshold=None,  # the bundled weights' operating point
+        min_lesion_mm=None,
         slices=None,
         maps=str(out_dir / "maps"),
         report=str(out_dir / "report.json"),

@@ -99,6 +99,17 @@ def _binarize(pred: np.ndarray, threshold: float) -> np.ndarray:
     return pred >= threshold
 
 
+def _counted(pred: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """What the pixel counts are taken on: ``mask`` (> 0) when given, else ``pred`` itself."""
+    if mask is None:
+        return pred
+    if np.shape(mask) != np.shape(pred):
+        raise ValueError(
+            f"mask of shape {np.shape(mask)} does not match the prediction's {np.shape(pred)}"
+        )
+    return np.asarray(mask) > 0
+
+
 def _check_pair(pred: np.ndarray, gt: np.ndarray) -> None:
     if np.shape(pred) != np.shape(gt):
         raise ValueError(
@@ -167,11 +178,19 @@ def structure_measures(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
 
 
 def image_metrics(
-    pred: np.ndarray, gt: np.ndarray, threshold: float = 0.5, structure: bool = True
+    pred: np.ndarray,
+    gt: np.ndarray,
+    threshold: float = 0.5,
+    structure: bool = True,
+    mask: np.ndarray | None = None,
 ) -> dict[str, float]:
     """All per-image metrics: Dice, IoU, precision, recall, specificity, accuracy, F1, F2, MAE,
-    and (2-D, ``structure=True``) S-measure and E-measure."""
-    out = confusion(pred, gt, threshold).metrics()
+    and (2-D, ``structure=True``) S-measure and E-measure.
+
+    ``mask``: the binary mask to count pixels on (e.g. after removing small lesions) instead of
+    ``pred >= threshold``; MAE, S- and E-measure still use the probabilities ``pred``.
+    """
+    out = confusion(_counted(pred, mask), gt, threshold).metrics()
     out["mae"] = mae(pred, gt)
     if structure:
         out.update(structure_measures(pred, gt))
@@ -220,6 +239,20 @@ def feret_diameter_mm(region_yx: np.ndarray, spacing_yx: Sequence[float]) -> flo
     return float(np.sqrt((d * d).sum(-1)).max())
 
 
+def longest_axial_diameter_mm(
+    region_zyx: np.ndarray, spacing_yx: Sequence[float]
+) -> tuple[float, int]:
+    """RECIST-style size of a 3-D region: the largest :func:`feret_diameter_mm` over its axial
+    slices, and the index (into ``region_zyx``) of the slice where it is reached."""
+    region = np.asarray(region_zyx)
+    diam, best = 0.0, 0
+    for dz in range(region.shape[0]):
+        d = feret_diameter_mm(region[dz], spacing_yx)
+        if d > diam:
+            diam, best = d, dz
+    return diam, best
+
+
 def label_lesions(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """3-D connected components (26-connectivity) of ``mask > 0``; labels 1..n."""
     m = np.asarray(mask) > 0
@@ -241,11 +274,8 @@ def _measure_components(labels: np.ndarray, n: int, sp: tuple[float, ...]) -> li
             float(yy.mean() + box[1].start),
             float(xx.mean() + box[2].start),
         )
-        diam, best_z = 0.0, box[0].start
-        for dz in range(region.shape[0]):
-            d = feret_diameter_mm(region[dz], sp[1:])
-            if d > diam:
-                diam, best_z = d, box[0].start + dz
+        diam, dz = longest_axial_diameter_mm(region, sp[1:])
+        best_z = box[0].start + dz
         found.append(
             {
                 "component": i,
@@ -401,10 +431,12 @@ def summarize_detection(
 class SliceEvaluator:
     """Accumulates per-image metrics over 2-D slices and reports them by lesion-size group.
 
-    ``add(pred, gt, spacing_yx=None)``: with a pixel spacing the slice also goes into a
-    diameter group (longest diameter of its largest lesion). ``results()`` gives, per group,
-    the number of images and the mean of every metric; ``pooled`` sums pixel counts over all
-    images, and ``empty_gt`` reports slices without lesion (share with any false-positive pixel).
+    ``add(pred, gt, spacing_yx=None, mask=None)``: with a pixel spacing the slice also goes into
+    a diameter group (longest diameter of its largest lesion); with a ``mask`` the pixel counts
+    are taken on it rather than on ``pred >= threshold`` (see :func:`image_metrics`).
+    ``results()`` gives, per group, the number of images and the mean of every metric;
+    ``pooled`` sums pixel counts over all images, and ``empty_gt`` reports slices without
+    lesion (share with any false-positive pixel).
     """
 
     threshold: float = 0.5
@@ -414,15 +446,21 @@ class SliceEvaluator:
     pooled: Confusion = field(default_factory=Confusion)
 
     def add(
-        self, pred: np.ndarray, gt: np.ndarray, spacing_yx: Sequence[float] | None = None
+        self,
+        pred: np.ndarray,
+        gt: np.ndarray,
+        spacing_yx: Sequence[float] | None = None,
+        mask: np.ndarray | None = None,
     ) -> dict[str, float]:
         pred = np.squeeze(np.asarray(pred))
         gt = np.squeeze(np.asarray(gt))
+        if mask is not None:
+            mask = np.squeeze(np.asarray(mask))
         if gt.ndim != 2:
             raise ValueError(f"SliceEvaluator scores 2-D slices, got shape {gt.shape}")
-        c = confusion(pred, gt, self.threshold)
+        c = confusion(_counted(pred, mask), gt, self.threshold)
         self.pooled = self.pooled + c
-        row = image_metrics(pred, gt, self.threshold, self.structure)
+        row = image_metrics(pred, gt, self.threshold, self.structure, mask=mask)
         g = gt > 0
         row["_area_fraction"] = float(g.mean())
         row["_has_lesion"] = bool(g.any())

@@ -77,3 +77,61 @@ def test_an_mae_checkpoint_is_not_a_segmenter(checkpoint_dir):
 def test_missing_checkpoint_names_the_file(tmp_path):
     with pytest.raises(CheckpointError, match="nothing.json does not exist"):
         Segmenter.from_checkpoint(tmp_path / "nothing.json", device="cpu")
+
+
+def test_the_weights_recommended_operating_point_is_the_default(tiny_model, tmp_path, make_ct):
+    import json
+
+    from napari_nstseg.models.checkpoint import load_checkpoint
+
+    save_checkpoint(
+        tmp_path / "tuned",
+        tiny_model,
+        TINY.to_dict(),
+        PreprocessConfig().to_dict(),
+        {},
+        postprocess={"threshold": 0.35, "min_lesion_mm": 4},
+    )
+    meta = json.loads((tmp_path / "tuned.json").read_text())
+    assert meta["postprocess"] == {"threshold": 0.35, "min_lesion_mm": 4.0}
+    load_checkpoint(tmp_path / "tuned.json")  # hashes verify with the entry in them
+
+    seg = Segmenter.from_checkpoint(tmp_path / "tuned.json", device="cpu")
+    assert (seg.postprocess.threshold, seg.postprocess.min_lesion_mm) == (0.35, 4.0)
+    assert seg.postprocess_sources == {"threshold": "weights", "min_lesion_mm": "weights"}
+    pred = seg.predict(make_ct((1, 32, 32)), (2.0, 1.0, 1.0))
+    assert (pred.threshold, pred.min_lesion_mm) == (0.35, 4.0)
+
+    # What the caller sets wins, field by field.
+    mine = Segmenter.from_checkpoint(
+        tmp_path / "tuned.json", device="cpu", config=EngineConfig(threshold=0.6)
+    )
+    assert (mine.postprocess.threshold, mine.postprocess.min_lesion_mm) == (0.6, 4.0)
+    assert mine.postprocess_sources == {"threshold": "explicit", "min_lesion_mm": "weights"}
+    none = mine.with_config(min_lesion_mm=0.0)
+    assert (none.postprocess.threshold, none.postprocess.min_lesion_mm) == (0.6, 0.0)
+    assert mine.postprocess.min_lesion_mm == 4.0  # with_config leaves the original alone
+
+    # Weights without a recommendation: 0.5 and no minimum size, as before.
+    save_checkpoint(tmp_path / "plain", tiny_model, TINY.to_dict(), {}, {})
+    plain = Segmenter.from_checkpoint(tmp_path / "plain.json", device="cpu")
+    assert (plain.postprocess.threshold, plain.postprocess.min_lesion_mm) == (0.5, 0.0)
+    assert plain.postprocess_sources == {"threshold": "default", "min_lesion_mm": "default"}
+
+
+def test_an_edited_or_unusable_recommendation_is_refused(tiny_model, tmp_path):
+    import json
+
+    save_checkpoint(
+        tmp_path / "tuned", tiny_model, TINY.to_dict(), {}, {}, postprocess={"threshold": 0.4}
+    )
+    path = tmp_path / "tuned.json"
+    meta = json.loads(path.read_text())
+    meta["postprocess"]["threshold"] = 0.1  # changed by hand after saving
+    path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="modified after saving"):
+        Segmenter.from_checkpoint(path, device="cpu")
+    with pytest.raises(CheckpointError, match="operating point"):
+        save_checkpoint(
+            tmp_path / "bad", tiny_model, TINY.to_dict(), {}, {}, postprocess={"threshold": 2}
+        )

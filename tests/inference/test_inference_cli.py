@@ -144,3 +144,38 @@ def test_parse_slices():
     for bad in ("a:b", "1:2:3", "9"):
         with pytest.raises(ValueError, match="--slices"):
             parse_slices(bad, 5)
+
+
+def test_predict_uses_the_weights_operating_point_unless_told_otherwise(
+    ct_file, tmp_path, tiny_model, capsys
+):
+    from napari_nstseg.models import ModelConfig
+    from napari_nstseg.models.checkpoint import save_checkpoint
+    from napari_nstseg.preprocessing import PreprocessConfig
+
+    tiny = ModelConfig(base_width=8, fused_channels=8)
+    save_checkpoint(
+        tmp_path / "tuned",
+        tiny_model,
+        tiny.to_dict(),
+        PreprocessConfig(working_spacing_mm=1.0).to_dict(),
+        {},
+        postprocess={"threshold": 0.45, "min_lesion_mm": 6.0},
+    )
+    common = ["predict", str(ct_file), str(tmp_path / "m.nii.gz"), "--device", "cpu",
+              "--weights", str(tmp_path / "tuned.json"), "--slices", "1:2"]  # fmt: skip
+
+    assert run([*common, "--report", str(tmp_path / "a.json")]) == 0
+    rep = json.loads((tmp_path / "a.json").read_text())["run"]
+    assert (rep["threshold"], rep["min_lesion_mm"]) == (0.45, 6.0)
+    assert rep["operating_point_source"] == {"threshold": "weights", "min_lesion_mm": "weights"}
+    assert "threshold 0.45 (weights), min lesion 6 mm (weights)" in capsys.readouterr().err
+
+    argv = [*common, "--min-lesion-mm", "0", "--report", str(tmp_path / "b.json")]
+    assert run(argv) == 0
+    rep = json.loads((tmp_path / "b.json").read_text())["run"]
+    assert (rep["threshold"], rep["min_lesion_mm"]) == (0.45, 0.0)
+    assert rep["operating_point_source"] == {
+        "threshold": "weights",
+        "min_lesion_mm": "command line",
+    }

@@ -268,3 +268,66 @@ def test_auto_batch_size_comes_from_the_estimate(bright, make_ct, monkeypatch):
     monkeypatch.setattr(engine_mod, "MAX_AUTO_BATCH", 3)
     pred = segmenter(bright(), batch_size=None).predict(make_ct((7, 16, 16)), SPACING)
     assert pred.complete and pred.info["batch_size"] == 3
+
+
+# -- operating point: threshold + minimum lesion size -------------------------------------------
+def lesion_and_speck(shape=(4, 32, 32)) -> np.ndarray:
+    """40 HU with a bright 12 x 12 px lesion on slices 1-2 and a bright 2 x 2 px speck on 3."""
+    vol = np.full(shape, 40.0, np.float32)
+    vol[1:3, 4:16, 4:16] = 200.0
+    vol[3, 24:26, 24:26] = 200.0
+    return vol
+
+
+def test_small_lesions_leave_the_mask_and_the_prediction_says_so(bright):
+    vol = lesion_and_speck()
+    seg = segmenter(bright(), batch_size=1, min_lesion_mm=5.0)
+    assert seg.postprocess.min_lesion_mm == 5.0 and seg.postprocess.threshold == 0.5
+    pred = seg.predict(vol, SPACING)
+    lesion = blob_mask(vol)
+    lesion[3] = 0
+    # Batches of one slice: the lesion spans two batches and is judged as one 3-D lesion.
+    np.testing.assert_array_equal(pred.mask, lesion)
+    assert (pred.threshold, pred.min_lesion_mm, pred.spacing) == (0.5, 5.0, SPACING)
+    np.testing.assert_array_equal(pred.mask_at(0.5, 5.0), pred.mask)
+    np.testing.assert_array_equal(pred.mask_at(0.5), blob_mask(vol))  # the speck is still there
+    # The SSL/stage maps and the probability are not filtered.
+    assert pred.final[3, 24, 24] > 200 and pred.stages[-1][3, 24, 24] > 200
+    plain = segmenter(bright(), batch_size=1).predict(vol, SPACING)
+    assert plain.min_lesion_mm == 0.0
+    np.testing.assert_array_equal(plain.mask, blob_mask(vol))
+
+
+def test_a_cancelled_run_filters_the_slices_it_finished(bright):
+    vol = lesion_and_speck()
+    vol[0, 20:22, 4:6] = 200.0  # a second speck, on the first slice
+    seg = segmenter(bright(), batch_size=2, min_lesion_mm=5.0)
+    events = seg.iter_predict(vol, SPACING)
+    first = next(events)
+    assert first.prediction.mask[0, 20, 4] == 1  # mid-run: the plain cut
+    events.close()  # what the widget's Cancel does
+    pred = first.prediction
+    assert pred.done.tolist() == [True, True, False, False]
+    assert not pred.mask[0].any() and pred.mask[1, 4:16, 4:16].all()
+    assert pred.min_lesion_mm == 5.0
+
+
+def test_runs_into_one_prediction_are_filtered_over_all_their_slices(bright):
+    vol = lesion_and_speck()
+    seg = segmenter(bright(), min_lesion_mm=5.0)
+    pred = seg.predict(vol, SPACING, z_indices=[3])
+    assert not pred.mask.any()  # the speck alone
+    seg.predict(vol, SPACING, z_indices=[1, 2], into=pred)
+    expected = blob_mask(vol)
+    expected[[0, 3]] = 0
+    np.testing.assert_array_equal(pred.mask, expected)
+    # At another operating point the earlier run's slice is re-cut from its probability.
+    segmenter(bright(), min_lesion_mm=0.0).predict(vol, SPACING, z_indices=[0], into=pred)
+    np.testing.assert_array_equal(pred.mask, blob_mask(vol))
+
+
+def test_bad_operating_points_are_refused_when_configured():
+    with pytest.raises(ValueError, match="threshold must be between 0 and 1"):
+        EngineConfig(threshold=1.2)
+    with pytest.raises(ValueError, match="min_lesion_mm"):
+        EngineConfig(min_lesion_mm=-2)

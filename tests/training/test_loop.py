@@ -362,3 +362,62 @@ def test_evaluate_without_trained_labels_never_scores_the_organ_as_tumor(tmp_pat
     res = evaluate(stem, root, "test", out=tmp_path / "eval", config=EvalConfig(device="cpu"),
                    verbose=False)  # fmt: skip
     assert res["detection"]["lesions"] == 0
+
+
+def test_evaluate_scores_and_records_the_operating_point(reference, dataset, tmp_path):
+    from napari_nstseg.cli import main
+
+    _, result = reference
+    default = evaluate(result.best, dataset, "test", out=tmp_path / "a",
+                       config=EvalConfig(device="cpu", structure=False), verbose=False)  # fmt: skip
+    assert default["postprocess"] == {
+        "threshold": 0.5,
+        "min_lesion_mm": 0.0,
+        "source": {"threshold": "default", "min_lesion_mm": "default"},
+    }
+    out = tmp_path / "b"
+    code = main(["evaluate", str(result.best), "--data", str(dataset), "--out", str(out),
+                 "--device", "cpu", "--no-structure", "--threshold", "0.3",
+                 "--min-lesion-mm", "50"])  # fmt: skip
+    assert code == 0
+    saved = json.loads((out / "evaluation.json").read_text())
+    assert saved["postprocess"]["threshold"] == 0.3
+    assert saved["postprocess"]["min_lesion_mm"] == 50.0
+    assert saved["postprocess"]["source"]["min_lesion_mm"] == "explicit"
+    # Nothing in these 32 x 32 px scans reaches 50 mm: no lesion, no false positive remains.
+    assert saved["detection"]["false_positives"] == 0 and saved["detection"]["detected"] == 0
+
+
+def test_tune_postprocess_sweeps_the_grid_and_chooses_a_point(reference, dataset, tmp_path, capsys):
+    from napari_nstseg.cli import main
+
+    _, result = reference
+    out = tmp_path / "tune"
+    code = main(["tune-postprocess", "--weights", str(result.best), "--data", str(dataset),
+                 "--split", "val", "--thresholds", "0.3", "0.5", "--min-lesion-mm", "0", "4",
+                 "--max-fp-per-scan", "1000", "--out", str(out), "--device", "cpu"])  # fmt: skip
+    assert code == 0
+    tuned = json.loads((out / "tune.json").read_text())
+    grid = {(r["threshold"], r["min_lesion_mm"]): r for r in tuned["grid"]}
+    assert set(grid) == {(0.3, 0.0), (0.3, 4.0), (0.5, 0.0), (0.5, 4.0)}
+    assert all(r["scans"] == 1 and r["lesions"] == 2 for r in grid.values())
+    # Target lesions (>= 10 mm, >= 20 HU) decide when lesions.csv lists some, else all do.
+    with open(dataset / "lesions.csv", newline="") as f:
+        val = [r for r in csv.DictReader(f) if r["case"] == "case3"]
+    targets = sum(float(r["diameter_axial_max_mm"]) >= 10 for r in val)
+    assert all(r["target_lesions"] == targets for r in grid.values())
+    assert ("all lesions" in tuned["criterion"]) == (targets == 0) and tuned["met_fp_limit"]
+    # A minimum size can only remove components: never more false positives, never more hits.
+    for t in (0.3, 0.5):
+        assert grid[(t, 4.0)]["false_positives"] <= grid[(t, 0.0)]["false_positives"]
+        assert grid[(t, 4.0)]["detected"] <= grid[(t, 0.0)]["detected"]
+    choice = tuned["postprocess"]
+    assert (choice["threshold"], choice["min_lesion_mm"]) in grid
+    assert tuned["choice"] == grid[(choice["threshold"], choice["min_lesion_mm"])]
+    with open(out / "tune.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and sum(int(r["chosen"]) for r in rows) == 1
+    printed = capsys.readouterr().out
+    assert "FP/scan" in printed and "chosen: threshold" in printed
+    # The weights are not modified.
+    assert "postprocess" not in read_metadata(result.best)

@@ -564,3 +564,111 @@ def test_undo_and_redo_reach_the_autosave(qtbot, viewer_with_ct, tmp_path, monke
     press(viewer, mask, "redo")
     assert mask.data[5].any()
     qtbot.waitUntil(saved_stroke, timeout=5000)
+
+
+# -- minimum lesion size ------------------------------------------------------------------------
+class BrightStandIn:
+    """Builds a network that calls tumor whatever is brighter than 150 HU, so the test knows
+    the mask: a large lesion and two specks."""
+
+    @staticmethod
+    def segmenter():
+        import torch
+
+        from napari_nstseg.inference import Segmenter
+        from napari_nstseg.models import SegOutput
+        from napari_nstseg.preprocessing import PreprocessConfig, window_normalize
+
+        prep = PreprocessConfig(working_spacing_mm=None)  # no resampling: crisp edges
+        edge = float(window_normalize(np.array([150.0], np.float32), prep)[0])
+
+        class Bright(torch.nn.Module):
+            def forward(self, x, residual=None, return_scale_weights=False):
+                logits = 50.0 * (x - edge)
+                return SegOutput(coarse=logits, stages=[logits], final=logits)
+
+        return Segmenter(Bright(), prep, "cpu")
+
+    @staticmethod
+    def ct() -> np.ndarray:
+        hu = make_ct()
+        hu[2:6, 14:29, 14:29] = 300.0  # 15 x 15 px at 0.8 mm: 17 mm across
+        hu[4, 44:46, 44:46] = 300.0  # 2 x 2 px: 2.3 mm
+        hu[2, 44:46, 20:22] = 300.0  # another speck, on the slice the user will edit
+        return hu
+
+
+def wait_for_min_lesion(qtbot, widget: NSTSegWidget, value: float) -> None:
+    widget.min_lesion.value = value
+    assert widget._threshold_timer.isActive()
+    qtbot.waitUntil(lambda: not widget._threshold_timer.isActive(), timeout=5000)
+
+
+def test_min_lesion_size_recuts_the_last_run_without_small_lesions_and_spares_edits(
+    qtbot, make_napari_viewer, tiny_weights, errors, monkeypatch
+):
+    from napari_nstseg.widgets import runner
+    from napari_nstseg.widgets.measurements import lesion_rows
+
+    engine = BrightStandIn.segmenter()
+    monkeypatch.setattr(runner, "load_segmenter", lambda weights, device, variant="": engine)
+    viewer = make_napari_viewer()
+    viewer.add_image(BrightStandIn.ct(), name="CT", scale=CT_SCALE, translate=CT_TRANSLATE)
+    widget = make_widget(viewer, tiny_weights, coarse=False, stages=True)
+    run_and_wait(qtbot, widget, "whole volume")
+    mask = viewer.layers[LayerNames("CT").tumor_mask]
+    assert mask.data[4, 44:46, 44:46].all() and mask.data[2, 44:46, 20:22].all()
+    assert mask.data[2:6, 14:29, 14:29].all()
+    assert widget.lesion_table.rowCount() == 3
+    paint_like_a_brush(mask, 2, (52, 8), 1)
+    edited = np.array(mask.data[2])
+    before = np.array(mask.data)
+
+    wait_for_min_lesion(qtbot, widget, 5.0)
+    assert not mask.data[4, 44:46, 44:46].any()  # the speck left the mask...
+    assert mask.data[2:6, 14:29, 14:29].all()  # ...the lesion did not
+    np.testing.assert_array_equal(mask.data[2], edited)  # the edited slice kept its labels
+    stage = viewer.layers[LayerNames("CT").stage(1)]
+    assert stage.data[4, 44:46, 44:46].all()  # the network's stage maps are not filtered
+    assert "min lesion 5 mm" in widget.status.value
+    rows = lesion_rows(np.asarray(mask.data), tuple(mask.scale))
+    assert widget.lesion_table.rowCount() == len(rows) == 3  # lesion, edited speck, painting
+    press(viewer, mask, "undo")  # one step back to the mask before the change
+    np.testing.assert_array_equal(mask.data, before)
+    press(viewer, mask, "redo")
+
+    # The next run uses the spin box too.
+    run_and_wait(qtbot, widget, "current slice", z=4)
+    assert widget.last_outcome.request.min_lesion_mm == 5.0
+    assert widget.last_outcome.prediction.min_lesion_mm == 5.0
+    assert not mask.data[4, 44:46, 44:46].any()
+    assert errors == []
+
+
+def test_controls_start_at_the_weights_recommendation_until_the_user_moves_them(
+    qtbot, viewer_with_ct, tiny_weights, tmp_path, errors
+):
+    from napari_nstseg.models.checkpoint import load_checkpoint, save_checkpoint
+
+    model, meta = load_checkpoint(tiny_weights)
+    save_checkpoint(
+        tmp_path / "tuned", model, meta["model_config"], meta["preprocessing"],
+        meta["provenance"], postprocess={"threshold": 0.3, "min_lesion_mm": 4.0},
+    )  # fmt: skip
+    tuned = str(tmp_path / "tuned.json")
+    viewer, _ = viewer_with_ct
+    widget = make_widget(viewer, tuned)
+    assert widget.threshold.value == pytest.approx(0.3)
+    assert widget.min_lesion.value == pytest.approx(4.0)
+    assert not widget._threshold_timer.isActive()  # choosing weights re-cuts nothing
+    request = widget.make_request("current slice")
+    assert (request.threshold, request.min_lesion_mm) == (pytest.approx(0.3), 4.0)
+
+    widget.threshold.value = 0.6  # the user's choice...
+    widget.weights_file.value = tiny_weights  # ...outlives a change of weights,
+    assert widget.threshold.value == pytest.approx(0.6)
+    assert widget.min_lesion.value == 0.0  # while the untouched control follows the weights
+    widget.weights_file.value = tuned
+    assert widget.threshold.value == pytest.approx(0.6)
+    assert widget.min_lesion.value == pytest.approx(4.0)
+    assert errors == []

@@ -50,8 +50,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--threshold",
         metavar="T",
         type=float,
-        default=0.5,
-        help="probability from which a voxel is tumor (default 0.5)",
+        default=None,
+        help="probability from which a voxel is tumor (default: the weights' recommendation, "
+        "else 0.5)",
+    )
+    p.add_argument(
+        "--min-lesion-mm",
+        metavar="MM",
+        type=float,
+        default=None,
+        help="drop lesions whose longest axial diameter is below MM (default: the weights' "
+        "recommendation, else 0: keep every lesion)",
     )
     p.add_argument(
         "--slices",
@@ -107,6 +116,16 @@ def _stem(path: Path) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
+
+
+def operating_point(seg) -> dict[str, Any]:
+    """The threshold and minimum lesion size a run uses, and where each came from ("command
+    line", "weights": the checkpoint's recommendation, or "default")."""
+    words = {"explicit": "command line", "weights": "weights", "default": "default"}
+    return {
+        **seg.postprocess.to_dict(),
+        "source": {k: words[v] for k, v in seg.postprocess_sources.items()},
+    }
 
 
 def _peak_host_bytes() -> int | None:
@@ -172,8 +191,16 @@ def run_predict(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
 
     t = time.perf_counter()
-    config = EngineConfig(batch_size=args.batch_size, threshold=args.threshold)
+    config = EngineConfig(
+        batch_size=args.batch_size, threshold=args.threshold, min_lesion_mm=args.min_lesion_mm
+    )
     seg = Segmenter.from_checkpoint(args.weights, args.device, config)
+    point = operating_point(seg)
+    print(
+        f"operating point: threshold {point['threshold']:g} ({point['source']['threshold']}), "
+        f"min lesion {point['min_lesion_mm']:g} mm ({point['source']['min_lesion_mm']})",
+        file=sys.stderr,
+    )
     weights = Path(args.weights) if args.weights else default_weights_path()
     timings["load"] = time.perf_counter() - t
 
@@ -273,7 +300,9 @@ def run_predict(args: argparse.Namespace) -> int:
             },
             "run": {
                 "slices": [int(z) for z in pred.done_slices],
-                "threshold": seg.config.threshold,
+                "threshold": point["threshold"],
+                "min_lesion_mm": point["min_lesion_mm"],
+                "operating_point_source": point["source"],
                 "batch_size": pred.info.get("batch_size"),
                 "oom_backoffs": pred.info.get("oom_backoffs", 0),
                 "maps": sorted(map_paths),

@@ -38,6 +38,7 @@ from napari_nstseg.inference.prediction import (
     Prediction,
     encode_probability,
 )
+from napari_nstseg.postprocess import PostprocessConfig
 from napari_nstseg.preprocessing import (
     PreprocessConfig,
     normalized_air,
@@ -83,7 +84,10 @@ class EngineConfig:
 
     - ``batch_size``: axial slices per forward pass (the most it will use; halved on CUDA
       out-of-memory). None: the largest the memory estimate allows, up to 32.
-    - ``threshold``: probability at or above which a pixel is tumor.
+    - ``threshold``: probability at or above which a pixel is tumor; ``min_lesion_mm``: lesions
+      (3-D components) whose longest axial diameter is below this are dropped from the mask.
+      None: the operating point the checkpoint recommends (its "postprocess" entry), else 0.5
+      and 0 mm; :attr:`Segmenter.postprocess` holds the values in use.
     - ``amp``: bf16 autocast on CUDA, fp16 on MPS (the CPU always runs float32).
     - ``maps``: which maps to keep when a call does not say.
     - ``prob_dtype``: "uint8" (0..255) or "float16" storage of probability maps.
@@ -92,7 +96,8 @@ class EngineConfig:
     """
 
     batch_size: int | None = 4
-    threshold: float = 0.5
+    threshold: float | None = None
+    min_lesion_mm: float | None = None
     amp: bool = True
     maps: MapRequest = field(default_factory=MapRequest)
     prob_dtype: str = "uint8"
@@ -109,8 +114,11 @@ class EngineConfig:
         if self.batch_size is not None:
             # 2.0 (from JSON) passes the check above; slicing batches needs a real int.
             object.__setattr__(self, "batch_size", int(self.batch_size))
-        if not 0.0 <= float(self.threshold) <= 1.0:
-            raise ValueError(f"threshold must be between 0 and 1, got {self.threshold!r}")
+        # Checked here, so a bad value fails when the config is made, not at the first run.
+        PostprocessConfig(
+            0.5 if self.threshold is None else self.threshold,
+            0.0 if self.min_lesion_mm is None else self.min_lesion_mm,
+        )
         if self.prob_dtype not in PROB_DTYPES:
             raise ValueError(f"prob_dtype must be one of {PROB_DTYPES}, got {self.prob_dtype!r}")
         if self.residual_masks < 2:
@@ -256,6 +264,30 @@ def _spacing_yx(spacing: Sequence[float]) -> tuple[float, float]:
     return sp[-2:]
 
 
+def _spacing_zyx(spacing: Sequence[float]) -> tuple[float, float, float]:
+    sp_yx = _spacing_yx(spacing)
+    # Lesion sizes are in-plane: a (y, x) spacing needs no slice thickness.
+    return (float(spacing[0]) if len(spacing) == 3 else 1.0, *sp_yx)
+
+
+def _recommended_postprocess(
+    meta: dict[str, Any], weights_path: Path | None
+) -> PostprocessConfig | None:
+    """The operating point a checkpoint recommends (its "postprocess" entry), if any."""
+    entry = meta.get("postprocess")
+    if entry is None:
+        return None
+    try:
+        return PostprocessConfig.from_dict(entry)
+    except (TypeError, ValueError) as exc:
+        from napari_nstseg.models.checkpoint import CheckpointError
+
+        raise CheckpointError(
+            f"The checkpoint {weights_path or ''} recommends an unusable operating point "
+            f"('postprocess' entry): {exc}"
+        ) from None
+
+
 class Segmenter:
     """A loaded CDI-NSTSEG (or U-Net baseline) checkpoint on one device, ready to predict."""
 
@@ -291,6 +323,8 @@ class Segmenter:
         self._mae_preprocessing = mae_preprocessing
         self._costs: dict[tuple, _SliceCost] = {}
         self._stages_seen: int | None = None
+        self.recommended = _recommended_postprocess(self.meta, weights_path)
+        self._resolve_postprocess()
         if self.ssl_guidance and self._mae is None and self._mae_path is None:
             raise ValueError(
                 f"the checkpoint {weights_path or ''} was trained with SSL guidance but names no "
@@ -336,6 +370,22 @@ class Segmenter:
         if segmenter.ssl_guidance:
             segmenter._load_mae()
         return segmenter
+
+    def _resolve_postprocess(self) -> None:
+        """Concrete operating point: the config's values, else the weights', else 0.5 / 0 mm."""
+        values: dict[str, float] = {}
+        sources: dict[str, str] = {}
+        for name, default in PostprocessConfig().to_dict().items():
+            explicit = getattr(self.config, name)
+            if explicit is not None:
+                values[name], sources[name] = explicit, "explicit"
+            elif self.recommended is not None:
+                values[name], sources[name] = getattr(self.recommended, name), "weights"
+            else:
+                values[name], sources[name] = default, "default"
+        self.postprocess = PostprocessConfig(**values)
+        # Per field: "explicit" (the EngineConfig), "weights" (the checkpoint) or "default".
+        self.postprocess_sources = sources
 
     @property
     def has_mae(self) -> bool:
@@ -467,7 +517,7 @@ class Segmenter:
             back = back.reshape(n, k, *back.shape[-2:])
             final = back[:, 0]
             result: dict[str, Any] = {
-                "mask": (final >= self.config.threshold).to(torch.uint8).cpu().numpy(),
+                "mask": (final >= self.postprocess.threshold).to(torch.uint8).cpu().numpy(),
                 "final": encode_probability(final, self.config.prob_dtype),
             }
             c = 1
@@ -517,6 +567,10 @@ class Segmenter:
         only that box is processed and pasted back. ``into``: an earlier Prediction of the same
         volume to add to (slices this run does not touch keep their results). Every event carries
         the Prediction being filled; slices not yet finished have ``done == False``.
+
+        When the run ends, completed or stopped, small lesions are removed from the mask of the
+        done slices (``postprocess.min_lesion_mm``, 3-D components in the volume's spacing); the
+        masks in the events before that are the plain threshold cut.
         """
         vol = np.asarray(volume_hu)
         if vol.ndim != 3:
@@ -547,8 +601,11 @@ class Segmenter:
                     f"makes {self.config.prob_dtype}"
                 )
             pred = into
+            if pred.spacing is None:
+                pred.spacing = _spacing_zyx(spacing)
         else:
-            pred = Prediction(shape, self.config.prob_dtype, self.config.threshold)
+            pred = self._new_prediction(shape, spacing)
+        earlier = pred.done.copy()
         pred.cover(box if roi is not None else None)
         pred.info.update(device=str(self.device), arch=self.arch)
 
@@ -559,6 +616,32 @@ class Segmenter:
                 raise RuntimeError(est.reason)
             batch = est.batch_size
         start = time.perf_counter()
+        try:
+            yield from self._batches(vol, zs, box, sp_yx, maps, batch, pred, start)
+        finally:
+            # Also on cancel (the caller closes this generator): the kept slices get the same
+            # post-processing as a finished run.
+            t0 = time.perf_counter()
+            pred.finish_mask(
+                self.postprocess.threshold, self.postprocess.min_lesion_mm, earlier=earlier
+            )
+            if self.postprocess.min_lesion_mm > 0:
+                pred.add_time("lesion_filter", time.perf_counter() - t0)
+            pred.add_time("total", time.perf_counter() - start)
+
+    def _new_prediction(self, shape: Sequence[int], spacing: Sequence[float]) -> Prediction:
+        pp = self.postprocess
+        return Prediction(
+            tuple(shape),
+            self.config.prob_dtype,
+            pp.threshold,
+            pp.min_lesion_mm,
+            spacing=_spacing_zyx(spacing),
+        )
+
+    def _batches(self, vol, zs, box, sp_yx, maps, batch, pred, start) -> Iterator[ProgressEvent]:
+        """The batch loop of :meth:`iter_predict`, with CUDA out-of-memory back-off."""
+        z0, z1, y0, y1, x0, x1 = box
         i = 0
         while i < len(zs):
             chunk = zs[i : i + batch]
@@ -592,7 +675,6 @@ class Segmenter:
             i += len(chunk)
             elapsed = time.perf_counter() - start
             yield ProgressEvent(i, len(zs), tuple(chunk), batch, elapsed, pred)
-        pred.add_time("total", time.perf_counter() - start)
 
     def predict(
         self,
@@ -608,7 +690,7 @@ class Segmenter:
         for event in self.iter_predict(volume_hu, spacing, z_indices, roi, maps, into):
             pred = event.prediction
         if pred is None:  # no slices asked for
-            pred = Prediction(np.shape(volume_hu), self.config.prob_dtype, self.config.threshold)
+            pred = self._new_prediction(np.shape(volume_hu), spacing)
         return pred
 
     # -- cost -----------------------------------------------------------------------------------
@@ -835,4 +917,5 @@ class Segmenter:
         other = copy.copy(self)
         other.config = replace(self.config, **changes)
         other._costs = {}
+        other._resolve_postprocess()
         return other

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_nstseg.postprocess import PostprocessConfig, remove_small_lesions
+
 PROB_DTYPES = ("uint8", "float16")
 ROI = tuple[int, int, int, int, int, int]  # z0, z1, y0, y1, x0, x1 (stops exclusive)
 
@@ -66,6 +68,15 @@ def decode_probability(values: np.ndarray) -> np.ndarray:
     return values.astype(np.float32)
 
 
+def binarize_probability(values: np.ndarray, threshold: float) -> np.ndarray:
+    """``probability >= threshold`` (bool) for a stored map, uint8 0..255 or float 0..1."""
+    values = np.asarray(values)
+    if values.dtype == np.uint8:
+        # A stored value v means probability v/255; compare in the integer domain.
+        return values >= math.ceil(threshold * 255.0 - 1e-6)
+    return values >= threshold
+
+
 def _union(a: ROI | None, b: ROI | None) -> ROI | None:
     if a is None or b is None:
         return None
@@ -83,7 +94,9 @@ def _union(a: ROI | None, b: ROI | None) -> ROI | None:
 class Prediction:
     """Stage maps for a (z, y, x) volume; slices not yet ``done`` hold zeros.
 
-    - ``mask``: uint8 tumor mask (1 = tumor) at ``threshold`` on the final probability.
+    - ``mask``: uint8 tumor mask (1 = tumor) at ``threshold`` on the final probability, without
+      the lesions whose longest axial diameter is under ``min_lesion_mm`` (3-D components over
+      the done slices, measured with ``spacing``, the volume's (z, y, x) voxel size in mm).
     - ``final``: final (finest LFM) probability; ``coarse``: GLM coarse localisation
       probability; ``stages``: each LFM stage probability, coarse to fine. uint8 or float16 as
       ``prob_dtype`` says (``decode_probability`` turns either into float32 0..1).
@@ -97,6 +110,8 @@ class Prediction:
     shape: tuple[int, int, int]
     prob_dtype: str = "uint8"
     threshold: float = 0.5
+    min_lesion_mm: float = 0.0
+    spacing: tuple[float, float, float] | None = None
     mask: np.ndarray = field(init=False)
     final: np.ndarray = field(init=False)
     coarse: np.ndarray | None = field(init=False, default=None)
@@ -118,6 +133,8 @@ class Prediction:
             raise ValueError(
                 f"probability dtype must be one of {PROB_DTYPES}, got {self.prob_dtype!r}"
             )
+        if self.spacing is not None:
+            self.spacing = tuple(float(v) for v in self.spacing)
         self.mask = np.zeros(self.shape, np.uint8)
         self.final = np.zeros(self.shape, self.prob_dtype)
         self.done = np.zeros(self.shape[0], bool)
@@ -168,6 +185,36 @@ class Prediction:
         self.roi = roi if not self._covered else _union(self.roi, roi)
         self._covered = True
 
+    def finish_mask(
+        self, threshold: float, min_lesion_mm: float, earlier: np.ndarray | None = None
+    ) -> None:
+        """Make ``mask`` the mask of the done slices at this operating point, and record it.
+
+        The engine calls this when a run ends (completed or cancelled): the batches wrote
+        ``mask`` at ``threshold``, so only the small lesions remain to be removed, over all done
+        slices at once (a lesion may span batches). ``earlier``: per slice, True where the mask
+        came from an earlier run into this Prediction; those slices are re-cut from the stored
+        probability when the operating point asks for it (they may hold another cut).
+        """
+        point = PostprocessConfig(threshold, min_lesion_mm)
+        if earlier is not None:
+            stale = np.asarray(earlier, bool) & self.done
+            changed = (point.threshold, point.min_lesion_mm) != (self.threshold, self.min_lesion_mm)
+            if stale.any() and (changed or point.min_lesion_mm > 0 or self.min_lesion_mm > 0):
+                self.mask[stale] = self._cut(point.threshold, stale)
+        self.threshold, self.min_lesion_mm = point.threshold, point.min_lesion_mm
+        if point.min_lesion_mm > 0 and self.done.any():
+            self.mask = remove_small_lesions(
+                self.mask, self._spacing(), point.min_lesion_mm, slices=self.done_slices
+            )
+
+    def _spacing(self) -> tuple[float, float, float]:
+        if self.spacing is None:
+            raise ValueError(
+                "removing small lesions needs the voxel spacing; this prediction records none"
+            )
+        return self.spacing
+
     def add_time(self, stage: str, seconds: float) -> None:
         self.timings[stage] = self.timings.get(stage, 0.0) + float(seconds)
 
@@ -198,16 +245,19 @@ class Prediction:
             raise KeyError(f"this prediction holds no {which!r} map")
         return decode_probability(values)
 
-    def mask_at(self, threshold: float) -> np.ndarray:
-        """The mask at another threshold, from the stored final probability (done slices)."""
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
-        if self.final.dtype == np.uint8:
-            # A stored value v means probability v/255; compare in the integer domain.
-            out = (self.final >= math.ceil(threshold * 255.0 - 1e-6)).astype(np.uint8)
-        else:
-            out = (self.final >= threshold).astype(np.uint8)
+    def _cut(self, threshold: float, z: np.ndarray | slice = slice(None)) -> np.ndarray:
+        return binarize_probability(self.final[z], threshold).astype(np.uint8)
+
+    def mask_at(self, threshold: float, min_lesion_mm: float = 0.0) -> np.ndarray:
+        """The mask at another operating point, from the stored final probability (done
+        slices): ``p >= threshold``, then lesions under ``min_lesion_mm`` removed."""
+        point = PostprocessConfig(threshold, min_lesion_mm)
+        out = self._cut(point.threshold)
         out[~self.done] = 0
+        if point.min_lesion_mm > 0:
+            out = remove_small_lesions(
+                out, self._spacing(), point.min_lesion_mm, slices=self.done_slices
+            )
         return out
 
     @property

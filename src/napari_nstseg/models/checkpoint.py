@@ -1,10 +1,11 @@
 """Checkpoints as safetensors plus a JSON description; nothing is ever unpickled.
 
 One checkpoint is two files sharing a stem: ``<stem>.safetensors`` (the tensors) and
-``<stem>.json`` (what the network is, how its input was preprocessed, where it came from, and
-the sha256 of the tensor file). Any of ``<stem>``, ``<stem>.json`` or ``<stem>.safetensors``
-names the checkpoint. The JSON is bound to the tensors too: the tensor file's header records a
-sha256 of the JSON's content, so editing either file by hand makes loading fail loudly.
+``<stem>.json`` (what the network is, how its input was preprocessed, where it came from, the
+operating point it recommends, if any, and the sha256 of the tensor file). Any of ``<stem>``,
+``<stem>.json`` or ``<stem>.safetensors`` names the checkpoint. The JSON is bound to the
+tensors too: the tensor file's header records a sha256 of the JSON's content, so editing either
+file by hand makes loading fail loudly.
 """
 
 from __future__ import annotations
@@ -42,8 +43,10 @@ def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
 
 def _content_sha256(meta: dict[str, Any]) -> str:
     content = {key: meta.get(key) for key in _CONTENT_KEYS}
-    if "mae" in meta:  # optional companion; hashed only when present so older files still verify
-        content["mae"] = meta["mae"]
+    # Optional entries are hashed only when present, so files written before them still verify.
+    for key in ("mae", "postprocess"):
+        if key in meta:
+            content[key] = meta[key]
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
@@ -63,14 +66,17 @@ def save_checkpoint(
     dtype: torch.dtype | None = None,
     kind: str | None = None,
     mae: str | None = None,
+    postprocess: dict[str, Any] | None = None,
 ) -> tuple[Path, Path]:
     """Write ``<stem>.safetensors`` and ``<stem>.json``; returns both paths.
 
     ``dtype`` (e.g. torch.float16) stores floating-point tensors at that precision to halve the
     file; integer buffers are kept as they are. ``kind`` defaults to "mae" for a
     MaskedAutoencoder and "segmentation" otherwise. ``mae`` names the MAE checkpoint (a path
-    relative to this one) whose residual maps go with a segmentation model. Both files are
-    written atomically.
+    relative to this one) whose residual maps go with a segmentation model. ``postprocess``
+    ({"threshold": t, "min_lesion_mm": m}) is the operating point the engine uses by default
+    (chosen on validation data with `nstseg tune-postprocess`); it is hashed with the rest of
+    the JSON. Both files are written atomically.
     """
     kind = kind or _infer_kind(model)
     if kind not in KINDS:
@@ -89,6 +95,13 @@ def save_checkpoint(
     }
     if mae:
         meta["mae"] = mae
+    if postprocess is not None:
+        from napari_nstseg.postprocess import PostprocessConfig
+
+        try:
+            meta["postprocess"] = PostprocessConfig.from_dict(postprocess).to_dict()
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"Unusable operating point {postprocess!r}: {exc}") from None
     try:
         # Round-trip through JSON now so the hash below is of exactly what will be read back.
         meta = json.loads(json.dumps(meta))

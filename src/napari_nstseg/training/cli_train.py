@@ -1,5 +1,6 @@
-"""`nstseg train`, `nstseg pretrain-mae` and `nstseg evaluate`: the command-line face of loop.py and
-evaluate.py. With --resume, settings not given on the command line come from the run's folder."""
+"""`nstseg train`, `nstseg pretrain-mae`, `nstseg evaluate` and `nstseg tune-postprocess`: the
+command-line face of loop.py, evaluate.py and tune.py. With --resume, settings not given on the
+command line come from the run's folder."""
 
 from __future__ import annotations
 
@@ -105,21 +106,74 @@ def add_parser(subparsers) -> None:
             "scan (per size and contrast when the folder has lesions.csv)."
         ),
     )
+    _checkpoint_on_split_args(p, split="test", out="eval")
+    _operating_point_args(p)
+    p.add_argument("--no-structure", action="store_true", help="skip S- and E-measure (faster)")
+    p.set_defaults(func=_evaluate)
+
+    p = subparsers.add_parser(
+        "tune-postprocess",
+        help="choose the threshold and minimum lesion size on validation data",
+        description=(
+            "Predict every scan of a split once, then sweep probability thresholds x minimum "
+            "lesion sizes (longest axial diameter) and report lesion sensitivity (all lesions, "
+            "and lesions >= 10 mm and >= 20 HU from lesions.csv) and false positives per scan "
+            "at each point. Chooses the most sensitive point within --max-fp-per-scan and "
+            "writes tune.csv and tune.json; the weights are not changed (package the choice "
+            "with scripts/bundle_weights.py --postprocess tune.json)."
+        ),
+    )
+    _checkpoint_on_split_args(p, split="val", out="tune")
+    p.add_argument(
+        "--max-fp-per-scan", type=float, default=2.0, help="false-positive budget per scan (2)"
+    )
+    p.add_argument(
+        "--thresholds", type=float, nargs="+", metavar="T", help="default 0.30, 0.35 ... 0.95"
+    )
+    p.add_argument(
+        "--min-lesion-mm", type=float, nargs="+", metavar="MM", help="default 0 3 5 7 10"
+    )
+    p.set_defaults(func=_tune)
+
+
+def _checkpoint_on_split_args(p: argparse.ArgumentParser, split: str, out: str) -> None:
+    """What `evaluate` and `tune-postprocess` share: a checkpoint, a dataset split, the engine's
+    device and batch, the detection rule and the results folder."""
     p.add_argument(
         "weights_pos", nargs="?", metavar="WEIGHTS", help="the checkpoint (or use --weights)"
     )
     p.add_argument("--weights", metavar="W", help="segmentation checkpoint (.json or .safetensors)")
     p.add_argument("--data", required=True, help="dataset folder")
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
-    p.add_argument("--out", help="results folder (default: <checkpoint folder>/eval_<split>)")
+    p.add_argument("--split", default=split, choices=("train", "val", "test"))
+    p.add_argument("--out", help=f"results folder (default: <checkpoint folder>/{out}_<split>)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument(
         "--min-dice", type=float, default=0.1, help="Dice a detected lesion must reach (0.1)"
     )
-    p.add_argument("--no-structure", action="store_true", help="skip S- and E-measure (faster)")
-    p.set_defaults(func=_evaluate)
+
+
+def _weights(args: argparse.Namespace, what: str) -> str:
+    weights = args.weights or args.weights_pos
+    if not weights:
+        raise ValueError(f"name the checkpoint to {what} with --weights W")
+    return weights
+
+
+def _operating_point_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threshold",
+        type=float,
+        help="probability from which a voxel is tumor (default: the weights' recommendation, "
+        "else 0.5)",
+    )
+    p.add_argument(
+        "--min-lesion-mm",
+        type=float,
+        metavar="MM",
+        help="drop lesions whose longest axial diameter is below MM (default: the weights' "
+        "recommendation, else 0)",
+    )
 
 
 def _apply_common(d: dict[str, Any], args: argparse.Namespace) -> None:
@@ -233,12 +287,30 @@ def _evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         batch_size=args.batch_size,
         threshold=args.threshold,
+        min_lesion_mm=args.min_lesion_mm,
         structure=not args.no_structure,
         min_dice=args.min_dice,
     )
-    weights = args.weights or args.weights_pos
-    if not weights:
-        raise ValueError("name the checkpoint to evaluate with --weights W")
-    result = evaluate(weights, args.data, args.split, args.out, cfg)
+    result = evaluate(_weights(args, "evaluate"), args.data, args.split, args.out, cfg)
     print(f"wrote {result['files']['evaluation.json']} and evaluation.csv")
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from napari_nstseg.training.tune import TuneConfig, tune_postprocess
+
+    grid = {}
+    if args.thresholds:
+        grid["thresholds"] = tuple(args.thresholds)
+    if args.min_lesion_mm:
+        grid["min_lesion_mm"] = tuple(args.min_lesion_mm)
+    cfg = TuneConfig(
+        max_fp_per_scan=args.max_fp_per_scan,
+        min_dice=args.min_dice,
+        device=args.device,
+        batch_size=args.batch_size,
+        **grid,
+    )
+    result = tune_postprocess(_weights(args, "tune"), args.data, args.split, args.out, cfg)
+    print(f"wrote {result['files']['tune.json']} and tune.csv")
     return 0

@@ -1,6 +1,8 @@
 """Held-out evaluation of a checkpoint as users get it (the inference engine on whole scans): the
 papers' pixel metrics per lesion-size group (SoSegFormer 004), volume Dice, and lesion-level
 detection sensitivity and false positives per scan, also per size and contrast from lesions.csv.
+Pixel counts and detection are taken on the post-processed mask (threshold + small lesions
+removed, the operating point users get); MAE, S- and E-measure on the probability.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 from napari_nstseg.metrics import (
     PIXEL_METRICS,
     STRUCTURE_METRICS,
+    DetectionResult,
     SliceEvaluator,
     confusion,
     detect_lesions,
@@ -29,19 +32,23 @@ from napari_nstseg.training.data import default_label_values, foreground, load_c
 # Lesions a reader should not miss (the brief's target): at least this large and contrasted.
 TARGET_DIAMETER_MM = 10.0
 TARGET_CONTRAST_HU = 20.0
+TARGET_NAME = f">={TARGET_DIAMETER_MM:g} mm and >={TARGET_CONTRAST_HU:g} HU"
 METRIC_COLUMNS = PIXEL_METRICS + STRUCTURE_METRICS
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """How to evaluate: the engine's device, batch and threshold; the lesion-size bins (mm,
-    longest axial diameter) and the contrast bins (|HU| against the surrounding tissue).
-    ``min_dice``: a lesion counts as detected when the predicted components touching it reach
-    this Dice with it (0.1 by default, so one huge false region does not "detect" everything)."""
+    """How to evaluate: the engine's device and batch; the operating point (``threshold`` and
+    ``min_lesion_mm``, None: the weights' recommendation, else 0.5 and 0 mm); the lesion-size
+    bins (mm, longest axial diameter) and the contrast bins (|HU| against the surrounding
+    tissue). ``min_dice``: a lesion counts as detected when the predicted components touching
+    it reach this Dice with it (0.1 by default, so one huge false region does not "detect"
+    everything)."""
 
     device: str = "auto"
     batch_size: int = 4
-    threshold: float = 0.5
+    threshold: float | None = None
+    min_lesion_mm: float | None = None
     structure: bool = True
     min_dice: float = 0.1
     diameter_bins_mm: tuple[float, ...] = (10.0, 20.0)
@@ -82,20 +89,43 @@ def read_lesion_table(folder: str | Path) -> dict[str, list[dict[str, Any]]]:
     return by_case
 
 
+def match_table_rows(
+    table_rows: list[dict[str, Any]],
+    centroids_zyx: Sequence[Sequence[float]],
+    spacing: Sequence[float],
+) -> list[int | None]:
+    """For each lesions.csv lesion, the index of the ground-truth component whose centroid
+    (voxel coordinates) is nearest, within the lesion's own diameter; None when none is."""
+    sp = np.asarray(spacing, dtype=float)
+    out: list[int | None] = []
+    for les in table_rows:
+        best, best_d = None, math.inf
+        for k, centroid in enumerate(centroids_zyx):
+            d = float(np.linalg.norm((np.asarray(centroid) - les["centre_zyx"]) * sp))
+            if d < best_d:
+                best, best_d = k, d
+        matched = best is not None and best_d <= max(les["diameter_mm"], 2 * float(sp.max()))
+        out.append(best if matched else None)
+    return out
+
+
+def target_lesion(row: dict[str, Any]) -> bool:
+    """A lesions.csv lesion a reader should not miss (>= 10 mm and >= 20 HU)."""
+    return (
+        row["diameter_mm"] >= TARGET_DIAMETER_MM and abs(row["contrast_hu"]) >= TARGET_CONTRAST_HU
+    )
+
+
 def _match_table(
     table_rows: list[dict[str, Any]], found: list[dict[str, Any]], spacing: Sequence[float]
 ) -> list[dict[str, Any]]:
-    """Pair each lesions.csv lesion with the ground-truth component whose centroid is nearest
-    (within the lesion's own diameter), so its requested contrast joins its detection result."""
-    sp = np.asarray(spacing, dtype=float)
+    """Pair each lesions.csv lesion with its ground-truth component (:func:`match_table_rows`),
+    so its requested contrast joins its detection result."""
     out = []
-    for les in table_rows:
-        best, best_d = None, math.inf
-        for comp in found:
-            d = float(np.linalg.norm((np.asarray(comp["centroid_zyx"]) - les["centre_zyx"]) * sp))
-            if d < best_d:
-                best, best_d = comp, d
-        matched = best is not None and best_d <= max(les["diameter_mm"], 2 * float(sp.max()))
+    nearest = match_table_rows(table_rows, [c["centroid_zyx"] for c in found], spacing)
+    for les, k in zip(table_rows, nearest, strict=True):
+        matched = k is not None
+        best = found[k] if matched else None
         out.append(
             {
                 **les,
@@ -128,14 +158,10 @@ def _lesion_groups(rows: list[dict[str, Any]], cfg: EvalConfig) -> dict[str, Any
         )
         for name in _bin_names(cfg.contrast_bins_hu, "HU")
     }
-    target = [
-        r
-        for r in rows
-        if r["diameter_mm"] >= TARGET_DIAMETER_MM and abs(r["contrast_hu"]) >= TARGET_CONTRAST_HU
-    ]
+    target = [r for r in rows if target_lesion(r)]
     return {
         "all": _sensitivity(rows),
-        f">={TARGET_DIAMETER_MM:g} mm and >={TARGET_CONTRAST_HU:g} HU": _sensitivity(target),
+        TARGET_NAME: _sensitivity(target),
         "by_diameter": by_size,
         "by_contrast": by_contrast,
     }
@@ -153,6 +179,63 @@ def _split_cases(data_folder: str | Path, split: str):
     return cases
 
 
+def engine_for_split(
+    weights: str | Path,
+    data_folder: str | Path,
+    split: str,
+    device: str,
+    batch_size: int,
+    threshold: float | None = None,
+    min_lesion_mm: float | None = None,
+):
+    """(engine, cases of the split, label values scored as lesion) for scoring a checkpoint;
+    the engine keeps only the final probability and the mask."""
+    from napari_nstseg.inference.engine import EngineConfig, Segmenter
+    from napari_nstseg.inference.prediction import MapRequest
+
+    cases = _split_cases(data_folder, split)
+    engine = Segmenter.from_checkpoint(
+        weights,
+        device=device,
+        config=EngineConfig(
+            batch_size=batch_size,
+            threshold=threshold,
+            min_lesion_mm=min_lesion_mm,
+            maps=MapRequest.minimal(),
+        ),
+    )
+    trained_labels = (engine.meta.get("provenance") or {}).get("label_values")
+    # The same label for every scan: a scan without tumour must not have its organ scored.
+    return engine, cases, trained_labels or default_label_values(cases)
+
+
+def score_case(
+    prob: np.ndarray,
+    mask: np.ndarray,
+    gt: np.ndarray,
+    spacing: Sequence[float],
+    cfg: EvalConfig,
+    slices: SliceEvaluator | None = None,
+) -> tuple[dict[str, Any], DetectionResult]:
+    """Score one scan as users get it: pixel counts and lesion detection on the post-processed
+    ``mask``, MAE (and S/E-measure, per slice into ``slices``) on the probability ``prob``."""
+    mask = np.asarray(mask) > 0
+    if slices is not None:
+        for z in range(gt.shape[0]):
+            slices.add(prob[z], gt[z], spacing[1:], mask=mask[z])
+    det = detect_lesions(
+        mask, gt, spacing, min_dice=cfg.min_dice, diameter_bins_mm=tuple(cfg.diameter_bins_mm)
+    )
+    row = {
+        **confusion(mask, gt).metrics(),
+        "mae": mae(prob, gt),
+        "lesions": det.n_lesions,
+        "detected": det.n_detected,
+        "false_positives": det.false_positives,
+    }
+    return row, det
+
+
 def evaluate(
     weights: str | Path,
     data_folder: str | Path,
@@ -167,24 +250,14 @@ def evaluate(
     evaluation.csv (one row per metric group), cases.csv (per scan) and lesions.csv (per
     ground-truth lesion: detected, Dice, size and contrast groups).
     """
-    from napari_nstseg.inference.engine import EngineConfig, Segmenter
-    from napari_nstseg.inference.prediction import MapRequest
-
     cfg = config or EvalConfig()
-    cases = _split_cases(data_folder, split)
-    engine = Segmenter.from_checkpoint(
-        weights,
-        device=cfg.device,
-        config=EngineConfig(
-            batch_size=cfg.batch_size, threshold=cfg.threshold, maps=MapRequest.minimal()
-        ),
+    engine, cases, label_values = engine_for_split(
+        weights, data_folder, split, cfg.device, cfg.batch_size, cfg.threshold, cfg.min_lesion_mm
     )
-    trained_labels = (engine.meta.get("provenance") or {}).get("label_values")
-    # The same label for every scan: a scan without tumour must not have its organ scored.
-    label_values = trained_labels or default_label_values(cases)
+    point = engine.postprocess
     table = read_lesion_table(data_folder)
     slices = SliceEvaluator(
-        threshold=cfg.threshold,
+        threshold=point.threshold,
         structure=cfg.structure,
         diameter_bins_mm=tuple(cfg.diameter_bins_mm),
     )
@@ -192,24 +265,10 @@ def evaluate(
     for case in cases:
         hu, labels, spacing = load_case(case)
         gt = foreground(labels, label_values)
-        prob = engine.predict(hu, spacing).probability("final")
-        for z in range(gt.shape[0]):
-            slices.add(prob[z], gt[z], spacing[1:])
-        c = confusion(prob, gt, cfg.threshold)
-        det = detect_lesions(
-            prob, gt, spacing, cfg.threshold, cfg.min_dice, tuple(cfg.diameter_bins_mm)
-        )
+        pred = engine.predict(hu, spacing)
+        row, det = score_case(pred.probability("final"), pred.mask, gt, spacing, cfg, slices)
         detections.append(det)
-        case_rows.append(
-            {
-                "case": case.case_id,
-                **c.metrics(),
-                "mae": mae(prob, gt),
-                "lesions": det.n_lesions,
-                "detected": det.n_detected,
-                "false_positives": det.false_positives,
-            }
-        )
+        case_rows.append({"case": case.case_id, **row})
         if case.case_id in table:
             for row in _match_table(table[case.case_id], det.lesions, spacing):
                 lesion_rows.append({"case": case.case_id, **row})
@@ -244,6 +303,9 @@ def evaluate(
         "data": str(Path(data_folder).resolve()),
         "split": split,
         "config": {**asdict(cfg)},
+        # What was scored: the operating point in use and where each value came from
+        # ("explicit": the EvalConfig / command line, "weights", or "default").
+        "postprocess": {**point.to_dict(), "source": dict(engine.postprocess_sources)},
         "model": {
             "arch": engine.arch,
             "variant": (engine.meta.get("provenance") or {}).get("variant"),
@@ -406,9 +468,15 @@ def format_table(result: dict[str, Any]) -> str:
         for r in rows
     ]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+    point = result.get("postprocess")
+    at = (
+        f" at threshold {point['threshold']:g}, min lesion {point['min_lesion_mm']:g} mm"
+        if point
+        else ""
+    )
     lines = [
         f"{result['model'].get('variant') or result['model']['arch']} on "
-        f"{Path(result['data']).name} [{result['split']}]",
+        f"{Path(result['data']).name} [{result['split']}]{at}",
         "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)),
         "  ".join("-" * w for w in widths),
     ]

@@ -62,6 +62,7 @@ AUTOSAVE_DELAY_MS = 3000
 # Long enough that dragging the threshold slider re-cuts the mask once (one undo step), short
 # enough to feel immediate.
 THRESHOLD_DELAY_MS = 250
+MAX_MIN_LESION_MM = 100.0
 METRIC_NAMES = ("Dice", "IoU", "precision", "recall", "specificity", "S-measure", "E-measure")
 
 
@@ -84,6 +85,7 @@ class RunRequest:
     maps: MapsToShow
     overwrite: bool
     variant: str = ""
+    min_lesion_mm: float = 0.0
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
@@ -147,6 +149,10 @@ class NSTSegWidget(QWidget):
         # a threshold change re-cuts. Variant runs do not replace it.
         self._shown: tuple[RunOutcome, weakref.ref] | None = None
         self._threshold_pending = False
+        # Operating-point controls the user moved ("threshold", "min_lesion"): weights chosen
+        # later no longer set them.
+        self._moved: set[str] = set()
+        self._recommending = False
         self.variant_outcomes: dict[str, RunOutcome] = {}
         self.last_error: str = ""
         self._pending_variants: list[str] = []
@@ -163,6 +169,7 @@ class NSTSegWidget(QWidget):
         self._build_ui()
         self._connect_viewer()
         self._refresh_layer_choices()
+        self.apply_recommendation()
 
     # -- UI -----------------------------------------------------------------------------------
     def _build_ui(self) -> None:
@@ -180,6 +187,13 @@ class NSTSegWidget(QWidget):
         self.roi_margin = FloatSpinBox(label="ROI margin (mm)", value=10.0, min=0.0, max=200.0)
         self.window = ComboBox(label="HU window", choices=list(WINDOWS), value=DEFAULT_WINDOW)
         self.threshold = FloatSlider(label="threshold", value=0.5, min=0.01, max=0.99, step=0.01)
+        self.min_lesion = FloatSpinBox(
+            label="min lesion (mm)", value=0.0, min=0.0, max=MAX_MIN_LESION_MM, step=0.5
+        )
+        self.min_lesion.tooltip = (
+            "Lesions whose longest axial diameter is below this are left out of the tumor mask "
+            "(0: keep every lesion)."
+        )
         self.show_coarse = CheckBox(text="GLM coarse map", value=True)
         self.show_stages = CheckBox(text="LFM stage masks", value=True)
         self.show_stage_probs = CheckBox(text="LFM stage probabilities", value=False)
@@ -201,6 +215,7 @@ class NSTSegWidget(QWidget):
                 self.roi_margin,
                 self.window,
                 self.threshold,
+                self.min_lesion,
                 self.show_coarse,
                 self.show_stages,
                 self.show_stage_probs,
@@ -264,8 +279,10 @@ class NSTSegWidget(QWidget):
         layout.addStretch(1)
 
         self.weights_source.changed.connect(self._on_weights_source)
+        self.weights_file.changed.connect(self.apply_recommendation)
         self.window.changed.connect(self.apply_window)
         self.threshold.changed.connect(self._on_threshold_changed)
+        self.min_lesion.changed.connect(self._on_min_lesion_changed)
         self.ct_layer.changed.connect(self._on_ct_changed)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
@@ -298,6 +315,37 @@ class NSTSegWidget(QWidget):
 
     def _on_weights_source(self, value: str) -> None:
         self.weights_file.visible = value == FROM_FILE
+        self.apply_recommendation()
+
+    def apply_recommendation(self, *_: Any) -> None:
+        """Set the threshold and min-lesion controls the user has not moved to the operating
+        point the chosen weights recommend (0.5 and 0 mm when they carry none).
+
+        Setting them re-cuts nothing: the mask shown came from the run that made it, and the
+        values are for the next run (moving a control afterwards re-cuts as usual).
+        """
+        point = _recommended_point(self._chosen_weights_path())
+        if point is None:
+            return
+        controls = (
+            ("threshold", self.threshold, point.threshold),
+            ("min_lesion", self.min_lesion, point.min_lesion_mm),
+        )
+        self._recommending = True
+        try:
+            for name, control, value in controls:
+                if name not in self._moved:
+                    control.value = float(np.clip(value, control.min, control.max))
+        finally:
+            self._recommending = False
+
+    def _chosen_weights_path(self) -> Path | None:
+        from napari_nstseg.inference import default_weights_path
+
+        if self.weights_source.value == BUNDLED:
+            return default_weights_path()
+        value = str(self.weights_file.value)
+        return Path(value) if value and value != "." else None
 
     def _on_ct_changed(self, name: str | None) -> None:
         if name:
@@ -306,6 +354,16 @@ class NSTSegWidget(QWidget):
         self._track_mask_layer()
 
     def _on_threshold_changed(self, *_: Any) -> None:
+        self._on_operating_point_changed("threshold")
+
+    def _on_min_lesion_changed(self, *_: Any) -> None:
+        self._on_operating_point_changed("min_lesion")
+
+    def _on_operating_point_changed(self, name: str) -> None:
+        if self._recommending:
+            return
+        # From now on the user's value wins over any weights' recommendation.
+        self._moved.add(name)
         # Not QTimer.start directly: it would take the slider value as its interval.
         self._threshold_timer.start()
 
@@ -423,6 +481,7 @@ class NSTSegWidget(QWidget):
             maps=self._maps(),
             overwrite=bool(self.overwrite.value),
             variant=variant,
+            min_lesion_mm=float(self.min_lesion.value),
         )
 
     # -- running ----------------------------------------------------------------------------
@@ -583,6 +642,7 @@ class NSTSegWidget(QWidget):
                 threshold=request.threshold,
                 overwrite=request.overwrite,
                 suffix=_suffix(request.variant),
+                min_lesion_mm=request.min_lesion_mm,
             )
         except Exception as exc:  # a layer problem must not take the viewer down
             self._fail(f"Could not show the prediction on {request.ct_name!r}: {exc}")
@@ -618,14 +678,16 @@ class NSTSegWidget(QWidget):
             self._threshold_pending = False
             self._threshold_timer.start()
 
-    # -- live threshold ---------------------------------------------------------------------
+    # -- live threshold and minimum lesion size ---------------------------------------------
     def apply_threshold(self, *_: Any) -> bool:
-        """Re-cut the last run's masks at the slider's threshold, as one undoable step.
+        """Re-cut the last run's masks at the slider's threshold and the min-lesion size, as
+        one undoable step.
 
-        The tumor mask (except slices the user edited) and the GLM coarse and LFM stage masks
-        of the last full-model run on the chosen CT layer are re-thresholded from its stored
-        probabilities; no model runs. Returns whether anything was re-cut. Called by the
-        slider's debounce timer; during a run it waits for the run to finish.
+        The tumor mask (except slices the user edited; lesions under the minimum size left
+        out) and the GLM coarse and LFM stage masks of the last full-model run on the chosen
+        CT layer are re-cut from its stored probabilities; no model runs. Returns whether
+        anything was re-cut. Called by the controls' debounce timer; during a run it waits for
+        the run to finish.
         """
         self._threshold_timer.stop()
         if self.running:
@@ -638,6 +700,10 @@ class NSTSegWidget(QWidget):
         if ct is None or ct not in self.viewer.layers or ct.name != self.ct_layer.value:
             return False
         threshold = float(self.threshold.value)
+        min_lesion = float(self.min_lesion.value)
+        point = f"threshold {threshold:.2f}" + (
+            f", min lesion {min_lesion:g} mm" if min_lesion > 0 else ""
+        )
         try:
             show_prediction(
                 self.viewer,
@@ -647,13 +713,14 @@ class NSTSegWidget(QWidget):
                 threshold=threshold,
                 overwrite=False,
                 rethreshold=True,
+                min_lesion_mm=min_lesion,
             )
         except Exception as exc:  # a layer problem must not take the viewer down
-            self._fail(f"Could not apply threshold {threshold:.2f} on {ct.name!r}: {exc}")
+            self._fail(f"Could not apply {point} on {ct.name!r}: {exc}")
             return False
         self._track_mask_layer()
         done = int(np.count_nonzero(outcome.prediction.done))
-        self.status.value = f"threshold {threshold:.2f} applied to the last run ({done} slice(s))"
+        self.status.value = f"{point} applied to the last run ({done} slice(s))"
         self.update_measurements()
         self.update_metrics()
         return True
@@ -850,6 +917,23 @@ def _predict(widget: NSTSegWidget, request: RunRequest) -> Any:
             )
 
     return work()
+
+
+def _recommended_point(path: Path | None) -> Any:
+    """The operating point a checkpoint's JSON recommends (defaults when it names none), or
+    None when the file cannot be read: the run that loads it will say what is wrong."""
+    import json
+
+    from napari_nstseg.models.checkpoint import checkpoint_paths
+    from napari_nstseg.postprocess import PostprocessConfig
+
+    if path is None:
+        return None
+    try:
+        meta = json.loads(checkpoint_paths(path)[1].read_text(encoding="utf-8"))
+        return PostprocessConfig.from_dict(meta.get("postprocess") or {})
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
 
 
 def _weights_error(weights: str | None, exc: Exception) -> str:

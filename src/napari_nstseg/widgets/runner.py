@@ -93,7 +93,9 @@ class PredictionSteps:
     def __init__(self, segmenter: Segmenter, request: Any) -> None:
         self.map_request = map_request(segmenter, request.maps)
         self.skipped_residual = request.maps.residual and not self.map_request.residual
-        self.segmenter = segmenter.with_config(threshold=request.threshold)
+        self.segmenter = segmenter.with_config(
+            threshold=request.threshold, min_lesion_mm=request.min_lesion_mm
+        )
         roi = request.roi
         self._events: Iterator[Any] = self.segmenter.iter_predict(
             request.volume,

@@ -1,0 +1,143 @@
+"""Lesion-level operating point (threshold + smallest reported lesion, as nnU-Net ships its
+postprocessing choice) and the removal of lesions below a RECIST-style size."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from napari_nstseg.metrics import label_lesions, longest_axial_diameter_mm
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """Operating point: tumor at probability >= ``threshold``, lesions under ``min_lesion_mm``
+    (longest axial diameter) dropped."""
+
+    threshold: float = 0.5
+    min_lesion_mm: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("threshold", "min_lesion_mm"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be between 0 and 1, got {self.threshold!r}")
+        if not (math.isfinite(self.min_lesion_mm) and self.min_lesion_mm >= 0.0):
+            raise ValueError(
+                f"min_lesion_mm must be a size in mm, 0 or more, got {self.min_lesion_mm!r}"
+            )
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PostprocessConfig:
+        if not isinstance(d, dict):
+            raise ValueError(f"an operating point is a JSON object, got {d!r}")
+        unknown = sorted(set(d) - {"threshold", "min_lesion_mm"})
+        if unknown:
+            raise ValueError(f"unknown operating-point key(s) {', '.join(unknown)}")
+        return cls(**d)
+
+
+def _spacing_zyx(spacing: Sequence[float], ndim: int) -> tuple[float, float, float]:
+    sp = tuple(float(s) for s in spacing)
+    if ndim == 2 and len(sp) == 2:
+        sp = (1.0, *sp)
+    if len(sp) != 3 or not all(math.isfinite(s) and s > 0 for s in sp):
+        raise ValueError(
+            f"spacing must be the voxel size (z, y, x) in mm, all positive, got {tuple(spacing)!r}"
+        )
+    return sp  # type: ignore[return-value]
+
+
+def component_diameters_mm(
+    labels: np.ndarray,
+    boxes: Sequence[tuple[slice, ...] | None],
+    spacing_yx: Sequence[float],
+    below: float | None = None,
+) -> np.ndarray:
+    """Longest axial diameter (mm) of components 1..n of a (z, y, x) label array.
+
+    ``boxes`` is ``ndimage.find_objects(labels)``. With ``below``, a component whose in-plane
+    bounding-box diagonal (edge to edge, an upper bound of its Feret diameter) is already under
+    ``below`` gets that diagonal instead of the exact diameter: enough to know it is smaller,
+    and what keeps thousands of specks cheap.
+    """
+    sy, sx = (float(s) for s in spacing_yx)
+    out = np.zeros(len(boxes), np.float64)
+    for i, box in enumerate(boxes):
+        if box is None:
+            continue
+        diagonal = math.hypot(
+            (box[-2].stop - box[-2].start) * sy, (box[-1].stop - box[-1].start) * sx
+        )
+        if below is not None and diagonal < below:
+            out[i] = diagonal
+        else:
+            out[i] = longest_axial_diameter_mm(labels[box] == i + 1, (sy, sx))[0]
+    return out
+
+
+def remove_small_lesions(
+    mask_zyx: np.ndarray,
+    spacing_zyx: Sequence[float],
+    min_lesion_mm: float,
+    slices: Sequence[int] | None = None,
+) -> np.ndarray:
+    """``mask_zyx`` without the lesions whose longest axial diameter is below ``min_lesion_mm``.
+
+    A lesion is a 26-connected 3-D component of ``mask > 0``; its size is the largest in-plane
+    Feret diameter over its slices, edge to edge in mm (as the lesion table measures it).
+    ``slices``: only these axial slices are looked at and changed (e.g. the finished slices of
+    a cancelled run); the others neither join components nor lose voxels. Returns a new array
+    of the mask's dtype; ``min_lesion_mm == 0`` returns an unchanged copy. A (y, x) mask with a
+    (y, x) spacing is one slice.
+    """
+    mask = np.asarray(mask_zyx)
+    if mask.ndim not in (2, 3):
+        raise ValueError(f"expected a (z, y, x) mask, got shape {mask.shape}")
+    sp = _spacing_zyx(spacing_zyx, mask.ndim)
+    limit = PostprocessConfig(min_lesion_mm=min_lesion_mm).min_lesion_mm
+    out = mask.copy()
+    if limit == 0.0 or mask.size == 0:
+        return out
+    volume = out[None] if out.ndim == 2 else out
+    if slices is None:
+        zs = np.arange(volume.shape[0])
+    else:
+        zs = np.unique(np.asarray(list(slices), dtype=np.intp))
+        if zs.size and not (0 <= zs[0] and zs[-1] < volume.shape[0]):
+            raise ValueError(f"slices must lie in 0..{volume.shape[0] - 1}, got {zs.tolist()}")
+    if zs.size == 0:
+        return out
+    z0, z1 = int(zs[0]), int(zs[-1]) + 1
+    work = volume[z0:z1] > 0
+    if zs.size != z1 - z0:
+        listed = np.zeros(z1 - z0, bool)
+        listed[zs - z0] = True
+        work[~listed] = False  # a slice in between that is not ours must not bridge two lesions
+    # Labelling is the cost: only the box around the mask's voxels is labelled.
+    crop = []
+    for axis in range(3):
+        present = np.flatnonzero(work.any(axis=tuple(a for a in range(3) if a != axis)))
+        if present.size == 0:
+            return out
+        crop.append(slice(int(present[0]), int(present[-1]) + 1))
+    work = work[tuple(crop)]
+    part = volume[z0:z1][tuple(crop)]
+    labels, n = label_lesions(work)
+    boxes = ndimage.find_objects(labels, max_label=n)
+    diameters = component_diameters_mm(labels, boxes, sp[1:], below=limit)
+    for i in np.flatnonzero(diameters < limit):
+        box = boxes[i]
+        part[box][labels[box] == i + 1] = 0
+    return out

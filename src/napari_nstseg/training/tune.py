@@ -1,0 +1,317 @@
+"""Choose a checkpoint's lesion-level operating point (threshold x minimum lesion size) on
+validation data: lesion sensitivity against false positives per scan over a grid, the way
+nnU-Net picks its postprocessing on validation folds. The weights are not modified; the choice
+goes into tune.json, which `scripts/bundle_weights.py --postprocess` writes into the bundle.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from napari_nstseg.inference.prediction import binarize_probability
+from napari_nstseg.metrics import label_lesions
+from napari_nstseg.postprocess import PostprocessConfig, component_diameters_mm
+from napari_nstseg.training.evaluate import (
+    TARGET_NAME,
+    engine_for_split,
+    match_table_rows,
+    read_lesion_table,
+    target_lesion,
+)
+
+DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(0.30 + 0.05 * k, 2) for k in range(14))
+DEFAULT_MIN_LESION_MM: tuple[float, ...] = (0.0, 3.0, 5.0, 7.0, 10.0)
+GRID_COLUMNS = (
+    "threshold",
+    "min_lesion_mm",
+    "scans",
+    "lesions",
+    "detected",
+    "sensitivity",
+    "target_lesions",
+    "target_detected",
+    "target_sensitivity",
+    "false_positives",
+    "fp_per_scan",
+)
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """The grid (probability thresholds x minimum lesion sizes in mm), the false-positive budget
+    per scan, the detection rule (``min_dice`` as in `nstseg evaluate`) and the engine's device
+    and batch."""
+
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
+    min_lesion_mm: tuple[float, ...] = DEFAULT_MIN_LESION_MM
+    max_fp_per_scan: float = 2.0
+    min_dice: float = 0.1
+    device: str = "auto"
+    batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        if not self.thresholds or not self.min_lesion_mm:
+            raise ValueError("the grid needs at least one threshold and one minimum lesion size")
+        for t in self.thresholds:
+            for m in self.min_lesion_mm:
+                PostprocessConfig(t, m)  # every grid point must be a valid operating point
+        if not self.max_fp_per_scan >= 0:
+            raise ValueError(f"max_fp_per_scan must be 0 or more, got {self.max_fp_per_scan!r}")
+        object.__setattr__(self, "thresholds", tuple(sorted({float(t) for t in self.thresholds})))
+        object.__setattr__(
+            self, "min_lesion_mm", tuple(sorted({float(m) for m in self.min_lesion_mm}))
+        )
+
+
+def sweep_case(
+    final: np.ndarray,
+    gt: np.ndarray,
+    spacing: Sequence[float],
+    thresholds: Sequence[float],
+    sizes_mm: Sequence[float],
+    min_dice: float = 0.1,
+    targets: Sequence[int] = (),
+) -> dict[tuple[float, float], dict[str, int]]:
+    """Detection counts of one scan at every (threshold, minimum size) of the grid.
+
+    ``final``: the stored final probability (uint8 0..255 or float 0..1); ``gt``: the lesion
+    mask; ``targets``: ground-truth component indices (0-based, in ``label_lesions`` order)
+    counted as target lesions, once per entry. The rules are `nstseg evaluate`'s on the mask
+    the engine makes at that operating point: 26-connected components, a lesion is detected
+    when the kept components touching it reach ``min_dice``, a kept component touching no lesion
+    is a false positive. Components are labelled and measured once per threshold; the sizes
+    only filter those measurements.
+    """
+    sp = tuple(float(s) for s in spacing)
+    gt_labels, n_gt = label_lesions(np.asarray(gt) > 0)
+    gt_sizes = np.bincount(gt_labels.ravel(), minlength=n_gt + 1).astype(np.float64)
+    targets = np.asarray(list(targets), dtype=np.intp) + 1
+    positive = [m for m in sizes_mm if m > 0]
+    out: dict[tuple[float, float], dict[str, int]] = {}
+    for t in thresholds:
+        labels, n = label_lesions(binarize_probability(final, t))
+        boxes = ndimage.find_objects(labels, max_label=n)
+        below = min(positive) if positive else None
+        diam = np.concatenate([[0.0], component_diameters_mm(labels, boxes, sp[1:], below)])
+        sizes = np.bincount(labels.ravel(), minlength=n + 1).astype(np.float64)
+        both = (labels > 0) & (gt_labels > 0)
+        pairs, inter = np.unique(
+            labels[both].astype(np.int64) * (n_gt + 1) + gt_labels[both], return_counts=True
+        )
+        p_ids, g_ids = pairs // (n_gt + 1), pairs % (n_gt + 1)
+        touches = np.zeros(n + 1, bool)
+        touches[p_ids] = True
+        for m in sizes_mm:
+            kept = diam >= m
+            kept[0] = False
+            sel = kept[p_ids]
+            g = g_ids[sel]
+            overlap = np.bincount(g, weights=inter[sel], minlength=n_gt + 1)
+            predicted = np.bincount(g, weights=sizes[p_ids[sel]], minlength=n_gt + 1)
+            touched = np.bincount(g, minlength=n_gt + 1) > 0
+            with np.errstate(invalid="ignore", divide="ignore"):
+                dice = 2.0 * overlap / (predicted + gt_sizes)
+            detected = touched & (dice >= min_dice)
+            detected[0] = False
+            out[(float(t), float(m))] = {
+                "lesions": int(n_gt),
+                "detected": int(detected.sum()),
+                "target_lesions": int(targets.size),
+                "target_detected": int(detected[targets].sum()) if targets.size else 0,
+                "false_positives": int(np.count_nonzero(kept & ~touches)),
+            }
+    return out
+
+
+def grid_rows(
+    per_case: Sequence[dict[tuple[float, float], dict[str, int]]],
+) -> list[dict[str, Any]]:
+    """Sum the per-scan counts of :func:`sweep_case` into one row per grid point."""
+    if not per_case:
+        raise ValueError("no scans to tune on")
+    rows = []
+    for point in per_case[0]:
+        total = {k: sum(c[point][k] for c in per_case) for k in per_case[0][point]}
+        scans = len(per_case)
+        rows.append(
+            {
+                "threshold": point[0],
+                "min_lesion_mm": point[1],
+                "scans": scans,
+                **total,
+                "sensitivity": _ratio(total["detected"], total["lesions"]),
+                "target_sensitivity": _ratio(total["target_detected"], total["target_lesions"]),
+                "fp_per_scan": total["false_positives"] / scans,
+            }
+        )
+    return rows
+
+
+def _ratio(a: int, b: int) -> float:
+    return a / b if b else float("nan")
+
+
+def choose_operating_point(
+    rows: Sequence[dict[str, Any]], max_fp_per_scan: float
+) -> tuple[dict[str, Any], str, str]:
+    """The grid point to ship: (row, criterion, note).
+
+    Among points with at most ``max_fp_per_scan`` false positives per scan, the highest
+    sensitivity for lesions >= 10 mm and >= 20 HU (all lesions when the data has none of
+    those); ties go to fewer false positives, then to the higher all-lesion sensitivity, then to
+    the smaller minimum size and the lower threshold (the point that hides the least). When no
+    point keeps to the budget, the point with the fewest false positives (ties: the most
+    sensitive), and the note says so.
+    """
+    if not rows:
+        raise ValueError("the grid is empty")
+    if rows[0]["lesions"] == 0:
+        raise ValueError(
+            "the split has no ground-truth lesion, so sensitivity cannot be measured; tune on "
+            "a split with lesions"
+        )
+    use_target = rows[0]["target_lesions"] > 0
+    key = "target_sensitivity" if use_target else "sensitivity"
+    criterion = (
+        f"sensitivity for lesions {TARGET_NAME}"
+        if use_target
+        else f"sensitivity over all lesions (no lesion {TARGET_NAME} in lesions.csv)"
+    )
+
+    def rank(r: dict[str, Any]) -> tuple:
+        return (-r[key], r["fp_per_scan"], -r["sensitivity"], r["min_lesion_mm"], r["threshold"])
+
+    within = [r for r in rows if r["fp_per_scan"] <= max_fp_per_scan + 1e-12]
+    if within:
+        best = min(within, key=rank)
+        note = (
+            f"highest {criterion} with at most {max_fp_per_scan:g} false positives per scan: "
+            f"{best[key]:.3f} at {best['fp_per_scan']:.2f} per scan"
+        )
+        return best, criterion, note
+    best = min(rows, key=lambda r: (r["fp_per_scan"], *rank(r)))
+    note = (
+        f"NO grid point keeps to {max_fp_per_scan:g} false positives per scan; chose the one "
+        f"with the fewest, {best['fp_per_scan']:.2f} per scan ({criterion} {best[key]:.3f}). "
+        "Consider higher thresholds or larger minimum sizes, or a better model."
+    )
+    return best, criterion, note
+
+
+def tune_postprocess(
+    weights: str | Path,
+    data_folder: str | Path,
+    split: str = "val",
+    out: str | Path | None = None,
+    config: TuneConfig | None = None,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Predict each case of ``split`` once, sweep the grid, choose; writes tune.csv and
+    tune.json (default folder: ``<checkpoint folder>/tune_<split>``) and returns the result."""
+    from napari_nstseg.training.data import foreground, load_case
+
+    cfg = config or TuneConfig()
+    engine, cases, label_values = engine_for_split(
+        weights, data_folder, split, cfg.device, cfg.batch_size
+    )
+    table = read_lesion_table(data_folder)
+    per_case = []
+    for case in cases:
+        hu, labels, spacing = load_case(case)
+        gt = foreground(labels, label_values)
+        # Only the stored probability is swept; the engine's own mask is not needed.
+        final = engine.predict(hu, spacing).final
+        targets: list[int] = []
+        rows = table.get(case.case_id, [])
+        if rows:
+            gt_labels, n_gt = label_lesions(gt)
+            centroids = ndimage.center_of_mass(gt_labels > 0, gt_labels, range(1, n_gt + 1))
+            for row, k in zip(rows, match_table_rows(rows, centroids, spacing), strict=True):
+                if k is not None and target_lesion(row):
+                    targets.append(k)
+        per_case.append(
+            sweep_case(final, gt, spacing, cfg.thresholds, cfg.min_lesion_mm, cfg.min_dice, targets)
+        )
+        if verbose:
+            print(f"  {case.case_id}: predicted and swept", flush=True)
+    grid = grid_rows(per_case)
+    best, criterion, note = choose_operating_point(grid, cfg.max_fp_per_scan)
+    chosen = PostprocessConfig(best["threshold"], best["min_lesion_mm"])
+    result: dict[str, Any] = {
+        "weights": str(Path(weights).resolve()),
+        "data": str(Path(data_folder).resolve()),
+        "split": split,
+        "max_fp_per_scan": cfg.max_fp_per_scan,
+        "min_dice": cfg.min_dice,
+        "criterion": criterion,
+        "met_fp_limit": best["fp_per_scan"] <= cfg.max_fp_per_scan + 1e-12,
+        "note": note,
+        "postprocess": chosen.to_dict(),
+        "choice": best,
+        "grid": grid,
+    }
+    out_dir = Path(out) if out is not None else Path(weights).resolve().parent / f"tune_{split}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "tune.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*GRID_COLUMNS, "chosen"])
+        writer.writeheader()
+        for r in grid:
+            writer.writerow({**{k: r[k] for k in GRID_COLUMNS}, "chosen": int(r is best)})
+    (out_dir / "tune.json").write_text(json.dumps(_no_nan(result), indent=1) + "\n")
+    result["files"] = {name: str(out_dir / name) for name in ("tune.csv", "tune.json")}
+    if verbose:
+        print(format_grid(result))
+    return result
+
+
+def _no_nan(value: Any) -> Any:
+    """NaN (a sensitivity without lesions) as JSON null, so tune.json is strict JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_no_nan(v) for v in value]
+    return value
+
+
+def format_grid(result: dict[str, Any]) -> str:
+    """The sweep as a text table, the chosen point marked with '*', then the choice."""
+    head = ["", "threshold", "min mm", "sens. all", "sens. target", "FP/scan"]
+    body = []
+    choice = result["choice"]
+    for r in result["grid"]:
+        body.append(
+            [
+                "*" if r is choice else "",
+                f"{r['threshold']:.2f}",
+                f"{r['min_lesion_mm']:g}",
+                _fmt(r["sensitivity"], r["detected"], r["lesions"]),
+                _fmt(r["target_sensitivity"], r["target_detected"], r["target_lesions"]),
+                f"{r['fp_per_scan']:.2f}",
+            ]
+        )
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths, strict=True))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(b, widths, strict=True)) for b in body]
+    point = result["postprocess"]
+    lines.append(
+        f"chosen: threshold {point['threshold']:g}, min lesion {point['min_lesion_mm']:g} mm "
+        f"({result['split']} split). {result['note']}"
+    )
+    return "\n".join(lines)
+
+
+def _fmt(value: float, hit: int, n: int) -> str:
+    if n == 0 or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.3f} ({hit}/{n})"

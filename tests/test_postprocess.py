@@ -1,0 +1,117 @@
+"""Removing lesions below a minimum size (longest axial diameter, in the scan's own spacing)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_nstseg import postprocess
+from napari_nstseg.metrics import measure_lesions
+from napari_nstseg.postprocess import PostprocessConfig, remove_small_lesions
+
+
+def blobs(shape=(6, 60, 60)) -> np.ndarray:
+    mask = np.zeros(shape, np.uint8)
+    mask[1:4, 5:29, 5:17] = 1  # 24 x 12 px
+    mask[2, 40:44, 40:43] = 1  # 4 x 3 px
+    return mask
+
+
+def test_keeps_a_12_mm_lesion_and_drops_a_3_mm_one_on_an_anisotropic_grid():
+    spacing = (2.5, 0.4, 0.8)  # in-plane pixels are not square either
+    mask = blobs()
+    sizes = sorted(les["longest_axial_diameter_mm"] for les in measure_lesions(mask, spacing))
+    # edge to edge: hypot(24 * 0.4, 12 * 0.8) = 13.6 mm and hypot(4 * 0.4, 3 * 0.8) = 2.9 mm
+    assert sizes == pytest.approx([np.hypot(1.6, 2.4), np.hypot(9.6, 9.6)])
+    out = remove_small_lesions(mask, spacing, 5.0)
+    expected = mask.copy()
+    expected[2, 40:44, 40:43] = 0
+    np.testing.assert_array_equal(out, expected)
+    assert out.dtype == mask.dtype and mask[2, 41, 41] == 1  # the input is left alone
+
+
+def test_the_size_follows_the_spacing():
+    mask = np.zeros((3, 30, 30), np.uint8)
+    mask[1, 10:18, 10:18] = 1  # 8 x 8 voxels
+    kept = remove_small_lesions(mask, (1.0, 1.0, 1.0), 5.0)  # 11.3 mm
+    dropped = remove_small_lesions(mask, (1.0, 0.3, 0.3), 5.0)  # 3.4 mm
+    np.testing.assert_array_equal(kept, mask)
+    assert not dropped.any()
+    # Only the in-plane spacing decides: the slice thickness is not part of an axial diameter.
+    np.testing.assert_array_equal(remove_small_lesions(mask, (9.0, 1.0, 1.0), 5.0), mask)
+
+
+def test_the_size_is_the_largest_axial_diameter_not_the_3d_extent():
+    """A thin oblique structure crossing many slices (a vessel) spans far in-plane over its
+    slices but is small in every one of them."""
+    mask = np.zeros((8, 40, 40), np.uint8)
+    for z in range(8):
+        # 2 x 2 px moving 2 px a slice: consecutive squares touch corner to corner (26-connected)
+        mask[z, 2 + 2 * z : 4 + 2 * z, 2 + 2 * z : 4 + 2 * z] = 1
+    (lesion,) = measure_lesions(mask, (1.0, 1.0, 1.0))
+    assert lesion["longest_axial_diameter_mm"] == pytest.approx(np.hypot(2, 2))
+    assert not remove_small_lesions(mask, (1.0, 1.0, 1.0), 5.0).any()
+
+
+def test_specks_only_become_empty_and_zero_keeps_everything():
+    rng = np.random.default_rng(0)
+    mask = np.zeros((10, 64, 64), np.uint8)
+    idx = rng.integers(0, [10, 64, 64], size=(300, 3))
+    mask[tuple(idx.T)] = 1
+    assert mask.any()
+    assert not remove_small_lesions(mask, (2.0, 0.7, 0.7), 3.0).any()
+    labels = mask * 3  # other label values pass through untouched
+    same = remove_small_lesions(labels, (2.0, 0.7, 0.7), 0.0)
+    np.testing.assert_array_equal(same, labels)
+    assert same.dtype == labels.dtype and same is not labels
+
+
+def test_a_single_slice_and_a_2d_mask_work():
+    mask = blobs()[2:3]
+    out = remove_small_lesions(mask, (2.5, 0.4, 0.8), 5.0)
+    assert out[0, 5:29, 5:17].all() and not out[0, 40:44, 40:43].any()
+    np.testing.assert_array_equal(remove_small_lesions(mask[0], (0.4, 0.8), 5.0), out[0])
+
+
+def test_only_the_named_slices_are_looked_at_and_changed():
+    mask = np.zeros((5, 20, 20), np.uint8)
+    mask[1, 5:7, 5:7] = 1
+    mask[2, 5:7, 5:20] = 1  # not ours: must neither be removed nor join slices 1 and 3
+    mask[3, 5:7, 5:7] = 1
+    out = remove_small_lesions(mask, (1.0, 1.0, 1.0), 5.0, slices=[1, 3])
+    assert not out[[1, 3]].any()
+    np.testing.assert_array_equal(out[2], mask[2])
+
+
+def test_specks_skip_the_exact_diameter(monkeypatch):
+    """Thousands of specks must not each pay for a convex hull: their bounding box already
+    shows they are too small."""
+    calls = []
+    real = postprocess.longest_axial_diameter_mm
+
+    def counting(region, spacing_yx):
+        calls.append(region.shape)
+        return real(region, spacing_yx)
+
+    monkeypatch.setattr(postprocess, "longest_axial_diameter_mm", counting)
+    mask = np.zeros((20, 128, 128), np.uint8)
+    mask[::2, ::4, ::4] = 1  # thousands of isolated voxels
+    mask[3:10, 36:64, 36:64] = 0
+    mask[5:8, 40:60, 40:60] = 1  # and one 20 x 20 lesion, clear of them
+    out = remove_small_lesions(mask, (1.0, 0.8, 0.8), 5.0)
+    assert len(calls) == 1
+    assert out.sum() == 3 * 20 * 20
+
+
+def test_operating_point_is_validated_and_round_trips():
+    point = PostprocessConfig(0.35, 5)
+    assert PostprocessConfig.from_dict(point.to_dict()) == point
+    assert point.to_dict() == {"threshold": 0.35, "min_lesion_mm": 5.0}
+    assert PostprocessConfig.from_dict({"min_lesion_mm": 3}) == PostprocessConfig(0.5, 3.0)
+    for bad in ({"threshold": 1.5}, {"min_lesion_mm": -1}, {"min_lesion_mm": float("nan")}):
+        with pytest.raises(ValueError):
+            PostprocessConfig.from_dict(bad)
+    with pytest.raises(ValueError, match="unknown"):
+        PostprocessConfig.from_dict({"thresold": 0.4})
+    with pytest.raises(ValueError, match="number"):
+        PostprocessConfig.from_dict({"threshold": "0.4"})

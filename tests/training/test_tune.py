@@ -1,0 +1,126 @@
+"""Choosing the operating point: the sweep's counts and the choice on made-up grids."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_nstseg.metrics import detect_lesions
+from napari_nstseg.postprocess import remove_small_lesions
+from napari_nstseg.training.evaluate import EvalConfig, score_case
+from napari_nstseg.training.tune import choose_operating_point, grid_rows, sweep_case
+
+
+def point(t, m, sens, target, fp, lesions=10, targets=4) -> dict:
+    return {
+        "threshold": t,
+        "min_lesion_mm": m,
+        "scans": 5,
+        "lesions": lesions,
+        "detected": round(sens * lesions),
+        "sensitivity": sens,
+        "target_lesions": targets,
+        "target_detected": round(target * targets) if targets else 0,
+        "target_sensitivity": target if targets else float("nan"),
+        "false_positives": round(fp * 5),
+        "fp_per_scan": fp,
+    }
+
+
+def test_choice_is_the_most_sensitive_point_for_target_lesions_within_the_fp_budget():
+    rows = [
+        point(0.3, 0, 0.9, 1.0, 6.0),  # most sensitive, far too many false positives
+        point(0.5, 0, 0.7, 0.75, 2.4),
+        point(0.5, 5, 0.6, 0.75, 1.6),  # ties on target sensitivity with the next two...
+        point(0.7, 5, 0.6, 0.75, 1.2),  # ...and has the fewest false positives: chosen
+        point(0.7, 3, 0.8, 0.75, 1.8),
+        point(0.9, 10, 0.3, 0.5, 0.2),
+    ]
+    best, criterion, note = choose_operating_point(rows, max_fp_per_scan=2.0)
+    assert (best["threshold"], best["min_lesion_mm"]) == (0.7, 5)
+    assert ">=10 mm and >=20 HU" in criterion
+    assert "at most 2 false positives per scan" in note
+    # A looser budget admits the point that finds every target lesion.
+    best, _, _ = choose_operating_point(rows, max_fp_per_scan=6.0)
+    assert (best["threshold"], best["min_lesion_mm"]) == (0.3, 0)
+
+
+def test_without_target_lesions_all_lesions_decide():
+    rows = [
+        point(0.4, 0, 0.8, 0, 1.0, targets=0),
+        point(0.6, 3, 0.9, 0, 1.5, targets=0),
+        point(0.8, 5, 0.9, 0, 2.5, targets=0),
+    ]
+    best, criterion, _ = choose_operating_point(rows, max_fp_per_scan=2.0)
+    assert (best["threshold"], best["min_lesion_mm"]) == (0.6, 3)
+    assert "all lesions" in criterion
+
+
+def test_when_no_point_keeps_to_the_budget_the_fewest_false_positives_win_and_it_says_so():
+    rows = [
+        point(0.5, 0, 0.9, 1.0, 9.0),
+        point(0.9, 5, 0.4, 0.5, 3.5),
+        point(0.9, 3, 0.5, 0.5, 3.5),
+    ]
+    best, _, note = choose_operating_point(rows, max_fp_per_scan=2.0)
+    assert (best["threshold"], best["min_lesion_mm"]) == (0.9, 3)  # the tie: more sensitive
+    assert note.startswith("NO grid point keeps to 2 false positives per scan")
+    with pytest.raises(ValueError, match="no ground-truth lesion"):
+        choose_operating_point([point(0.5, 0, 0.0, 0.0, 1.0, lesions=0, targets=0)], 2.0)
+
+
+def planted_case():
+    """Two lesions (one large, one 4 mm) and specks of several sizes at several probabilities."""
+    spacing = (2.0, 0.8, 0.8)
+    gt = np.zeros((6, 48, 48), np.uint8)
+    gt[1:4, 5:20, 5:20] = 1  # 17 mm
+    gt[2, 30:35, 30:34] = 1  # 5.1 mm
+    prob = np.zeros(gt.shape, np.float32)
+    prob[1:4, 6:19, 6:19] = 0.9
+    prob[2, 30:35, 30:33] = 0.55
+    prob[4, 40:42, 5:7] = 0.8  # 2.3 mm speck
+    prob[0, 40:47, 30:37] = 0.6  # 7.9 mm false lesion
+    prob[5, 2:4, 40:42] = 0.95  # speck
+    final = np.round(prob * 255).astype(np.uint8)
+    return final, gt, spacing
+
+
+def test_the_sweep_counts_what_evaluate_counts_on_the_post_processed_mask():
+    final, gt, spacing = planted_case()
+    thresholds, sizes = (0.3, 0.5, 0.7), (0.0, 3.0, 6.0, 10.0)
+    swept = sweep_case(final, gt, spacing, thresholds, sizes, min_dice=0.1, targets=[0, 0])
+    for t in thresholds:
+        for m in sizes:
+            cut = (final >= np.ceil(t * 255 - 1e-6)).astype(np.uint8)
+            mask = remove_small_lesions(cut, spacing, m)
+            det = detect_lesions(mask, gt, spacing, min_dice=0.1)
+            got = swept[(t, m)]
+            assert got["false_positives"] == det.false_positives, (t, m)
+            assert got["detected"] == det.n_detected, (t, m)
+            assert got["lesions"] == 2 and got["target_lesions"] == 2
+    assert swept[(0.5, 0.0)]["false_positives"] == 3
+    assert swept[(0.5, 3.0)]["false_positives"] == 1  # the specks go, the 7.9 mm one stays
+    assert swept[(0.5, 10.0)]["false_positives"] == 0
+    assert swept[(0.5, 6.0)]["detected"] == 1  # the small true lesion (4.7 mm as predicted) goes
+    assert swept[(0.7, 0.0)]["target_detected"] == 2  # the large one, counted per table row
+    rows = grid_rows([swept, swept])
+    row = next(r for r in rows if (r["threshold"], r["min_lesion_mm"]) == (0.5, 3.0))
+    assert row["scans"] == 2 and row["fp_per_scan"] == 1.0 and row["sensitivity"] == 1.0
+
+
+def test_evaluation_scores_the_post_processed_mask():
+    """Planted specks are false positives at min lesion 0 and gone at 5 mm; the probability
+    metrics (MAE) do not change with the operating point."""
+    final, gt, spacing = planted_case()
+    prob = final / 255.0
+    raw = (prob >= 0.5).astype(np.uint8)
+    cfg = EvalConfig(min_dice=0.1)
+    plain, det_plain = score_case(prob, raw, gt, spacing, cfg)
+    filtered, det_filtered = score_case(
+        prob, remove_small_lesions(raw, spacing, 5.0), gt, spacing, cfg
+    )
+    assert det_plain.false_positives == 3
+    assert det_filtered.false_positives == 1
+    assert filtered["false_positives"] < plain["false_positives"]
+    assert filtered["precision"] > plain["precision"]
+    assert filtered["mae"] == plain["mae"]
