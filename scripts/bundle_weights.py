@@ -117,8 +117,15 @@ def row(name: str, res: dict) -> str:
     g = res["pixel"]["groups"]
     det = res["detection"]
     big = res.get("lesions_by_table", {}).get(">=10 mm and >=20 HU", {})
+    pp = res.get("postprocess") or {}
+    point = (
+        f"{pp['threshold']:.2f} / {pp['min_lesion_mm']:g} mm"
+        if {"threshold", "min_lesion_mm"} <= set(pp)
+        else "-"
+    )
     return (
-        f"| {name} | {fmt(g['area<1%'].get('dice'))} | {fmt(g['area<10%'].get('dice'))} | "
+        f"| {name} | {point} | {fmt(g['area<1%'].get('dice'))} | "
+        f"{fmt(g['area<10%'].get('dice'))} | "
         f"{fmt(g['all'].get('dice'))} | {fmt(res['volume'].get('dice'))} | "
         f"{fmt(det.get('sensitivity'))} | {fmt(big.get('sensitivity'))} "
         f"({big.get('detected', 0)}/{big.get('lesions', 0)}) | {fmt(det.get('fp_per_scan'), 2)} |"
@@ -126,10 +133,25 @@ def row(name: str, res: dict) -> str:
 
 
 HEADER = (
-    "| model | Dice, lesion < 1% of slice | Dice, < 10% | Dice, all lesion slices | "
+    "| model | threshold / min lesion | Dice, lesion < 1% of slice | Dice, < 10% | "
+    "Dice, all lesion slices | "
     "per-scan 3-D Dice | lesion sensitivity | sensitivity >= 10 mm and >= 20 HU | "
-    "false positives per scan |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+    "false positives per scan |\n|---|---|---:|---:|---:|---:|---:|---:|---:|"
 )
+
+
+def lesion_ranges(folder: str | Path, split: str | None = None) -> str:
+    """Lesion sizes, contrasts and count of a lesion folder's lesions.csv, as one phrase."""
+    path = Path(folder) / "lesions.csv"
+    if not path.is_file():
+        return "lesion table not found"
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if split is None or r.get("split") == split]
+    if not rows:
+        return "no lesions"
+    d = [float(r["diameter_requested_mm"]) for r in rows]
+    c = [float(r["contrast_requested_hu"]) for r in rows]
+    return f"{min(d):.0f}-{max(d):.0f} mm, {min(c):+.0f} to {max(c):+.0f} HU, {len(rows)} lesions"
 
 
 def main(argv=None) -> int:
@@ -176,6 +198,7 @@ def main(argv=None) -> int:
 
     prov = seg_meta["provenance"]
     budget = prov.get("budget", {})
+    train_folder = prov.get("training_data", {}).get("folder", args.data)
     data_json = json.loads((Path(args.data) / "dataset.json").read_text())
     table = "\n".join([HEADER, *(row(n, r) for n, r in results.items())])
     from napari_nstseg.inference.device import cpu_name
@@ -241,10 +264,13 @@ tumor.
 Lesion-insertion data made by `nstseg make-lesions` from TotalSegmentator's `example_ct.nii.gz`
 (3 mm abdomen and pelvis, with organ labels padded in from `example_seg.nii.gz`) and
 `ct_cropped.nii.gz` (1.5 mm chest CTA), Apache-2.0 (Wasserthal et al., Radiology: AI 2023).
-Lesions 3-30 mm, -60 to +40 HU against the local tissue (80 % hypodense), soft edge, the scan's
-noise kept. Train, validation and test are separate z-blocks of each scan with a 15 mm gap, so
-no anatomy is shared; the sample CT's lesion lies in a test block. Split and counts:
-`{json.dumps(prov.get("training_data", {}).get("cases", {}))}` cases.
+Contrast is against the local tissue (80 % hypodense), soft edge, the scan's noise kept, never
+in bone marrow or opacified vessels. Trained on the train split of
+`{Path(train_folder).name}` ({lesion_ranges(train_folder, "train")}); evaluated on the test
+split of `{Path(args.data).name}` ({lesion_ranges(args.data, "test")}), whose operating point
+was chosen on its validation split. Both folders come from one seed, so they share the split:
+train, validation and test are separate z-blocks of each scan with a 15 mm gap and no anatomy
+is shared; the sample CT's lesion lies in a test block.
 
 ## Training budget
 `{json.dumps(budget)}`, AdamW with poly decay, deep supervision (BCE+IoU on the GLM map, the
