@@ -171,6 +171,10 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--min-lesion-mm", type=float, help="bundled minimum lesion size (overrides tune.json)"
     )
+    ap.add_argument(
+        "--note", action="append", default=[],
+        help="a sentence printed under the tables (e.g. what sets a compared row apart)",
+    )  # fmt: skip
     ap.add_argument("--out", default=str(ROOT / "runs" / "bundle_eval"))
     ap.add_argument("--weights-dir", default=str(WEIGHTS), help="where the bundle goes")
     ap.add_argument("--docs-dir", default=str(ROOT / "docs"))
@@ -201,6 +205,8 @@ def main(argv=None) -> int:
     train_folder = prov.get("training_data", {}).get("folder", args.data)
     data_json = json.loads((Path(args.data) / "dataset.json").read_text())
     table = "\n".join([HEADER, *(row(n, r) for n, r in results.items())])
+    if args.note:
+        table += "\n\n" + "\n".join(args.note)
     from napari_nstseg.inference.device import cpu_name
 
     hardware = f"{cpu_name()}, {platform.machine()}"
@@ -214,7 +220,8 @@ torch {torch.__version__}) on the test split of `{data_json.get("name", Path(arg
 {results[next(iter(results))]["detection"]["lesions"]} lesions; the split is by z-block of each
 source scan, see `napari_nstseg.training.lesions`). Identical data, budget
 ({budget.get("epochs")} epochs x {budget.get("steps_per_epoch")} steps x batch
-{budget.get("batch_size")}, {budget.get("crop_size")} crops) and seed for every row. Slice Dice
+{budget.get("batch_size")}, {budget.get("crop_size")} crops) and seed for every row unless a
+note below says otherwise. Slice Dice
 is the mean over slices with lesion in each area group (SoSegFormer's size groups); a lesion
 counts as detected when the predicted components touching it reach Dice 0.1.
 
@@ -267,10 +274,10 @@ Lesion-insertion data made by `nstseg make-lesions` from TotalSegmentator's `exa
 Contrast is against the local tissue (80 % hypodense), soft edge, the scan's noise kept, never
 in bone marrow or opacified vessels. Trained on the train split of
 `{Path(train_folder).name}` ({lesion_ranges(train_folder, "train")}); evaluated on the test
-split of `{Path(args.data).name}` ({lesion_ranges(args.data, "test")}), whose operating point
-was chosen on its validation split. Both folders come from one seed, so they share the split:
-train, validation and test are separate z-blocks of each scan with a 15 mm gap and no anatomy
-is shared; the sample CT's lesion lies in a test block.
+split of `{Path(args.data).name}` ({lesion_ranges(args.data, "test")}); operating points are
+tuned on its validation split (`nstseg tune-postprocess`). Both folders come from one seed, so
+they share the split: train, validation and test are separate z-blocks of each scan with a
+15 mm gap and no anatomy is shared; the sample CT's lesion lies in a test block.
 
 ## Training budget
 `{json.dumps(budget)}`, AdamW with poly decay, deep supervision (BCE+IoU on the GLM map, the
