@@ -24,22 +24,14 @@ def untrained_checkpoint(folder: Path, hu_zyx) -> str:
     """A small untrained CDI-NSTSEG saved as a checkpoint, BatchNorm calibrated on ``hu_zyx``."""
     import torch
 
-    from napari_nstseg.models import ModelConfig, build_model
+    from napari_nstseg.models import ModelConfig, build_model, calibrate_batchnorm
     from napari_nstseg.models.checkpoint import save_checkpoint
     from napari_nstseg.preprocessing import PreprocessConfig, window_normalize
 
     torch.manual_seed(0)
     config = ModelConfig(base_width=8, fused_channels=16, lfm_stages=3)
-    model = build_model(config)
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None
     slices = window_normalize(torch.from_numpy(hu_zyx[::3].astype("float32")), PreprocessConfig())
-    model.train()
-    with torch.no_grad():
-        model(slices[:, None])
-    model.eval()
+    model = calibrate_batchnorm(build_model(config), slices[:, None])
     stem = folder / "untrained"
     provenance = {"note": "untrained, for the documentation screenshot only"}
     save_checkpoint(stem, model, config.to_dict(), PreprocessConfig().to_dict(), provenance)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from widget_helpers import CT_SCALE, CT_TRANSLATE, make_ct
 
-from napari_nstseg.models import ModelConfig, build_model
+from napari_nstseg.models import ModelConfig, build_model, calibrate_batchnorm
 from napari_nstseg.models.checkpoint import save_checkpoint
 from napari_nstseg.preprocessing import PreprocessConfig, window_normalize
 
@@ -21,16 +21,8 @@ def tiny_weights(tmp_path_factory) -> str:
     """
     torch.manual_seed(0)
     config = ModelConfig(base_width=8, fused_channels=8, lfm_stages=3)
-    model = build_model(config)
-    for module in model.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None  # a plain average over the calibration pass
     slices = window_normalize(torch.from_numpy(make_ct()), PreprocessConfig())[:, None]
-    model.train()
-    with torch.no_grad():
-        model(slices)
-    model.eval()
+    model = calibrate_batchnorm(build_model(config), slices)
     stem = tmp_path_factory.mktemp("weights") / "tiny"
     preprocessing = PreprocessConfig().to_dict()
     save_checkpoint(stem, model, config.to_dict(), preprocessing, {"note": "untrained, tests"})
