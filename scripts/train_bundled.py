@@ -76,7 +76,7 @@ def budget(args: argparse.Namespace) -> list[str]:
            "--lr", str(args.lr), "--device", args.device,
            "--dice-weight", str(args.dice_weight),
            "--positive-fraction", str(args.positive_fraction),
-           "--noise-hu", str(args.noise_hu)]  # fmt: skip
+           "--noise-hu", str(args.noise_hu), "--context-mm", str(args.context_mm)]  # fmt: skip
     if args.steps_per_epoch:
         out += ["--steps-per-epoch", str(args.steps_per_epoch)]
     if args.val_max_slices:
@@ -153,6 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dice-weight", type=float, default=1.0)
     p.add_argument("--positive-fraction", type=float, default=0.7)
     p.add_argument("--noise-hu", type=float, default=5.0, help="added noise; the scan's own stays")
+    p.add_argument(
+        "--context-mm",
+        type=float,
+        default=0.0,
+        help="2.5-D input: planes this far above and below each slice (0: 2-D)",
+    )
     p.add_argument("--max-fp-per-scan", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=2024)
     p.add_argument("--val-max-slices", type=int, default=40)
@@ -214,8 +220,9 @@ def main(argv: list[str] | None = None) -> int:
             f"# CDI-NSTSEG ablations on {lesions.name} (held-out test split)\n\n"
             f"Same data, budget and seed for every row: {args.epochs} epochs x "
             f"{args.steps_per_epoch} steps x batch {args.batch_size}, base width "
-            f"{args.base_width}, {args.crop_size} px crops at {args.working_spacing_mm} mm, "
-            f"seed {args.seed}; each at the operating point tuned on the validation split "
+            f"{args.base_width}, {args.crop_size} px crops at {args.working_spacing_mm} mm"
+            + (f" with planes +-{args.context_mm:g} mm (2.5-D), " if args.context_mm else ", ")
+            + f"seed {args.seed}; each at the operating point tuned on the validation split "
             f"(<= {args.max_fp_per_scan:g} false positives per scan).\n\n"
         )
         legend = (

@@ -134,3 +134,43 @@ def test_roi_box_clips_to_volume_and_rejects_empty():
     assert box.start == (0, 5) and box.stop == (4, 10)
     with pytest.raises(ValueError, match="empty"):
         roi_box(np.zeros((4, 4)), (1.0, 1.0))
+
+
+# -- 2.5-D context planes ------------------------------------------------------------------------
+def test_context_planes_are_taken_at_physical_offsets_whatever_the_slice_spacing():
+    from napari_nstseg.preprocessing import context_planes
+
+    # Every voxel holds its slice's height in mm, so a plane's value is where it was taken.
+    fine = np.broadcast_to((np.arange(20) * 1.5)[:, None, None], (20, 4, 5)).astype(np.float32)
+    coarse = np.broadcast_to((np.arange(10) * 3.0)[:, None, None], (10, 4, 5)).astype(np.float32)
+    a = context_planes(fine, [6], 1.5, (-3.0, 0.0, 3.0))
+    b = context_planes(coarse, [3], 3.0, (-3.0, 0.0, 3.0))
+    assert a.shape == b.shape == (1, 3, 4, 5)
+    np.testing.assert_allclose(a[0, :, 0, 0], [6.0, 9.0, 12.0])
+    np.testing.assert_allclose(b[0, :, 0, 0], [6.0, 9.0, 12.0])
+    # Between slices: a linear blend of the two nearest.
+    c = context_planes(coarse, [3], 3.0, (-1.5, 0.0, 2.0))
+    np.testing.assert_allclose(c[0, :, 0, 0], [7.5, 9.0, 11.0], atol=1e-5)
+
+
+def test_context_planes_repeat_the_edge_slice_and_crop_in_plane():
+    from napari_nstseg.preprocessing import context_planes
+
+    vol = np.arange(3 * 4 * 5, dtype=np.float32).reshape(3, 4, 5)
+    out = context_planes(vol, [0, 2], 2.0, (-2.0, 0.0, 2.0), (slice(1, 3), slice(0, 2)))
+    assert out.shape == (2, 3, 2, 2)
+    np.testing.assert_array_equal(out[0, 0], vol[0, 1:3, 0:2])  # above the first slice
+    np.testing.assert_array_equal(out[0, 2], vol[1, 1:3, 0:2])
+    np.testing.assert_array_equal(out[1, 2], vol[2, 1:3, 0:2])  # below the last slice
+
+
+def test_slice_offsets_config_is_checked_and_round_trips():
+    cfg = PreprocessConfig(slice_offsets_mm=[-3, 0, 3])
+    assert cfg.n_channels == 3 and cfg.center_channel == 1
+    assert PreprocessConfig.from_dict(cfg.to_dict()) == cfg
+    # Checkpoints written before 2.5-D inputs existed read as plain 2-D slices.
+    old = {k: v for k, v in cfg.to_dict().items() if k != "slice_offsets_mm"}
+    assert PreprocessConfig.from_dict(old).slice_offsets_mm == (0.0,)
+    for bad in [(), (-3.0, 3.0), (3.0, 0.0), (0.0, float("nan"))]:
+        with pytest.raises(ValueError, match="slice_offsets_mm"):
+            PreprocessConfig(slice_offsets_mm=bad)

@@ -38,6 +38,12 @@ class PreprocessConfig:
       ``None`` keeps each scan's own pixel size.
     - ``pad_multiple``: slices are padded to a multiple of this (32: five 2x poolings, and the
       0.5x branch still has an integer size at stride 16).
+    - ``slice_offsets_mm``: the network's input channels, as axial planes at these offsets (mm,
+      along z) from the slice being segmented; ``(0.0,)`` is a plain 2-D slice, ``(-3, 0, 3)``
+      a 2.5-D input that also shows the planes 3 mm above and below. Planes between slices are
+      interpolated linearly, so a 1.5 mm and a 3 mm scan give the network the same anatomy;
+      beyond the first and last slice the edge slice is repeated. A small lesion persists over
+      neighbouring planes while noise does not, which a single slice cannot show.
     """
 
     hu_window: tuple[float, float] = WINDOWS[DEFAULT_WINDOW]
@@ -45,6 +51,7 @@ class PreprocessConfig:
     norm_std: float = 0.229
     working_spacing_mm: float | None = 1.0
     pad_multiple: int = 32
+    slice_offsets_mm: tuple[float, ...] = (0.0,)
 
     def __post_init__(self) -> None:
         window = tuple(float(v) for v in self.hu_window)
@@ -67,19 +74,80 @@ class PreprocessConfig:
         if int(self.pad_multiple) != self.pad_multiple or self.pad_multiple < 1:
             raise ValueError(f"pad_multiple must be a positive integer, got {self.pad_multiple!r}")
         object.__setattr__(self, "pad_multiple", int(self.pad_multiple))
+        offsets = tuple(float(v) for v in self.slice_offsets_mm)
+        if (
+            not offsets
+            or not all(math.isfinite(v) for v in offsets)
+            or 0.0 not in offsets
+            or list(offsets) != sorted(set(offsets))
+        ):
+            raise ValueError(
+                "slice_offsets_mm must be increasing z offsets in mm that include 0 (the slice "
+                f"itself), e.g. (0,) or (-3, 0, 3); got {self.slice_offsets_mm!r}"
+            )
+        object.__setattr__(self, "slice_offsets_mm", offsets)
+
+    @property
+    def n_channels(self) -> int:
+        """Input channels of a network with this preprocessing: one per slice offset."""
+        return len(self.slice_offsets_mm)
+
+    @property
+    def center_channel(self) -> int:
+        """Index of the channel holding the slice being segmented (offset 0)."""
+        return self.slice_offsets_mm.index(0.0)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data (stored in checkpoint configs)."""
         d = asdict(self)
         d["hu_window"] = list(self.hu_window)
+        d["slice_offsets_mm"] = list(self.slice_offsets_mm)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
         kwargs = known_keys_only(cls, d)
-        if "hu_window" in kwargs:
-            kwargs["hu_window"] = tuple(kwargs["hu_window"])
+        for key in ("hu_window", "slice_offsets_mm"):
+            if key in kwargs:
+                kwargs[key] = tuple(kwargs[key])
         return cls(**kwargs)
+
+
+def context_planes(
+    volume: np.ndarray,
+    z_indices: Sequence[int],
+    z_spacing_mm: float,
+    offsets_mm: Sequence[float] = (0.0,),
+    yx: tuple[slice, slice] | None = None,
+) -> np.ndarray:
+    """The planes at ``offsets_mm`` around each slice of ``z_indices``: float32 (N, C, h, w).
+
+    ``volume`` is (z, y, x); planes between slices are linear blends of the two nearest, planes
+    beyond the volume repeat its edge slice. ``yx`` restricts the planes to an in-plane box.
+    """
+    vol = np.asarray(volume)
+    if vol.ndim != 3:
+        raise ValueError(f"expected a (z, y, x) volume, got an array of shape {vol.shape}")
+    if not (math.isfinite(z_spacing_mm) and z_spacing_mm > 0):
+        raise ValueError(f"the slice spacing must be a positive size in mm, got {z_spacing_mm!r}")
+    ys, xs = yx or (slice(None), slice(None))
+    n_z = vol.shape[0]
+    zs = np.asarray(list(z_indices), dtype=float)
+    offsets = np.asarray(list(offsets_mm), dtype=float)
+    pos = np.clip(zs[:, None] + offsets[None, :] / z_spacing_mm, 0, n_z - 1)
+    lo = np.floor(pos + 1e-6).astype(int)
+    frac = np.where(pos - lo > 1e-6, pos - lo, 0.0)
+    hi = np.minimum(lo + 1, n_z - 1)
+    needed = np.unique(np.concatenate([lo.ravel(), hi[frac > 0]]))
+    planes = {int(z): np.asarray(vol[int(z), ys, xs], dtype=np.float32) for z in needed}
+    first = planes[int(lo.flat[0])] if len(zs) else np.zeros((0, 0), np.float32)
+    out = np.empty((len(zs), len(offsets)) + first.shape, np.float32)
+    for i in range(len(zs)):
+        for c in range(len(offsets)):
+            a = planes[int(lo[i, c])]
+            f = float(frac[i, c])
+            out[i, c] = a if f == 0 else (1 - f) * a + f * planes[int(hi[i, c])]
+    return out
 
 
 def window_unit(hu: np.ndarray | torch.Tensor, hu_window: tuple[float, float]):

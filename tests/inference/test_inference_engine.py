@@ -331,3 +331,46 @@ def test_bad_operating_points_are_refused_when_configured():
         EngineConfig(threshold=1.2)
     with pytest.raises(ValueError, match="min_lesion_mm"):
         EngineConfig(min_lesion_mm=-2)
+
+
+# -- 2.5-D input ----------------------------------------------------------------------------------
+class PlaneModel(torch.nn.Module):
+    """A 3-channel stand-in that segments what is bright in ONE of its input planes."""
+
+    def __init__(self, bright, channel: int) -> None:
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.inner = bright()
+        self.channel = channel
+        self.config = SimpleNamespace(in_channels=3, arch="plane", ssl_guidance=False)
+
+    def forward(self, x, residual=None, return_scale_weights=False):
+        assert x.shape[1] == 3
+        return self.inner(x[:, self.channel : self.channel + 1], residual, return_scale_weights)
+
+
+CONTEXT = PreprocessConfig(working_spacing_mm=None, slice_offsets_mm=(-3.0, 0.0, 3.0))
+
+
+@pytest.mark.parametrize("z_mm", [3.0, 1.5])
+def test_context_planes_reach_the_model_at_their_distance_in_mm(bright, z_mm):
+    # A bright spot 3 mm below slice 2 only: the model that segments the +3 mm plane marks it
+    # on slice 2, whatever the slice spacing, and also when only slice 2 is asked for.
+    vol = np.full((8, 16, 16), 40.0, np.float32)
+    below = 2 + int(round(3.0 / z_mm))
+    vol[below, 5:8, 6:9] = 300.0
+    seg = segmenter(PlaneModel(bright, channel=2), CONTEXT, batch_size=2)
+    whole = seg.predict(vol, (z_mm, 1.0, 1.0))
+    assert np.flatnonzero(whole.mask.any(axis=(1, 2))).tolist() == [2]
+    np.testing.assert_array_equal(np.argwhere(whole.mask[2]), np.argwhere(vol[below] > 100))
+    only = seg.predict(vol, (z_mm, 1.0, 1.0), roi=(2, 3, 0, 16, 0, 16))
+    np.testing.assert_array_equal(only.mask, whole.mask)
+
+
+def test_context_model_errors_are_readable(bright, tiny_model):
+    seg = segmenter(PlaneModel(bright, channel=1), CONTEXT)
+    with pytest.raises(ValueError, match=r"\(z, y, x\) spacing"):
+        seg.predict(np.zeros((3, 8, 8), np.float32), (1.0, 1.0))
+    with pytest.raises(ValueError, match="1 input channel.*makes 3"):
+        segmenter(tiny_model, CONTEXT)

@@ -150,6 +150,32 @@ def test_resampling_to_working_spacing_and_highest_label_default(tmp_path):
     assert organ[0]["mask"].sum() > 0
 
 
+def test_context_planes_come_with_the_slice_and_share_its_augmentation(tmp_path):
+    root = _msd(tmp_path / "Task", ["a"], spacing=(2.0, 1.0, 1.0))
+    offsets = PreprocessConfig(working_spacing_mm=None, slice_offsets_mm=(-2.0, 0.0, 2.0))
+    plain = PreprocessConfig(working_spacing_mm=None)
+    seq = SamplingConfig(sequential=True)
+    ctx = SliceDataset(find_cases(root), offsets, seq)
+    flat = SliceDataset(find_cases(root), plain, seq)
+    # Slice 1 has no tumour but the one below it (2 mm further) has: only the planes show it.
+    item = ctx[1]
+    assert item["image"].shape == (3, 64, 64) and item["mask"].shape == (1, 64, 64)
+    assert item["mask"].sum() == 0
+    for c, z in enumerate((0, 1, 2)):
+        np.testing.assert_array_equal(item["image"][c], flat[z]["image"][0])
+    # Random crops: one geometric transform for every plane, the mask is the centre slice's.
+    geometric = AugmentConfig(flip_ud=0.5, rotate_deg=30.0, hu_scale=0, hu_shift=0, noise_std_hu=0)
+    aug = SamplingConfig(crop_size=(24, 24), positive_fraction=1.0, seed=3, augment=geometric)
+    crop = SliceDataset(find_cases(root), offsets, aug)[0]
+    assert crop["image"].shape == (3, 24, 24) and crop["z"] in (2, 3)
+    bright = crop["image"] > window_normalize(np.float32(150), offsets)
+    centre = crop["image"][1] > window_normalize(np.float32(150), offsets)
+    np.testing.assert_array_equal(centre.numpy(), crop["mask"][0].numpy() > 0)
+    # Slice 2's lower neighbour (3) also has the tumour in the same place; its upper one (1) not.
+    neighbour = 2 if crop["z"] == 2 else 0
+    np.testing.assert_array_equal(bright[neighbour].numpy(), centre.numpy())
+
+
 def test_declared_labels_win_over_labels_present(tmp_path):
     root = tmp_path / "Task"
     hu, labels = _phantom(lesion_slices=())  # this case has organ only

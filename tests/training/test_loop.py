@@ -199,6 +199,15 @@ def test_small_batches_are_refused_with_a_clear_error(dataset, tmp_path):
     assert tiny_config(dataset, tmp_path, batch_size=2, allow_small_batch=True).batch_size == 2
 
 
+def test_channels_must_match_the_context_planes(dataset, tmp_path):
+    from napari_nstseg.preprocessing import PreprocessConfig
+
+    with pytest.raises(ValueError, match="1 input channel.*makes 3"):
+        tiny_config(
+            dataset, tmp_path, preprocess=PreprocessConfig(slice_offsets_mm=(-2.0, 0.0, 2.0))
+        )
+
+
 def test_variants_and_overrides():
     base = ModelConfig(base_width=16)
     assert variant_config("no-sfm", base).scale_fusion == "mean"
@@ -275,12 +284,16 @@ def test_mae_pretraining_then_ssl_guided_training_via_the_cli(dataset, tmp_path)
         "--base-width", "8", "--set", "fused_channels=8", "--epochs", "1",
         "--steps-per-epoch", "1", "--batch-size", "4", "--crop-size", "32",
         "--mae", str(mae_best), "--no-progress", "--noise-hu", "3", "--positive-fraction", "0.6",
+        "--context-mm", "2",
     ])  # fmt: skip
     assert code == 0
     sampling = json.loads((out / "train_config.json").read_text())["sampling"]
     assert sampling["augment"]["noise_std_hu"] == 3.0 and sampling["positive_fraction"] == 0.6
     meta = read_metadata(out / "best.json")
     assert meta["model_config"]["ssl_guidance"] is True and meta["mae"] == "mae.json"
+    # 2.5-D: the planes 2 mm above and below feed the network; the MAE sees the slice alone.
+    assert meta["model_config"]["in_channels"] == 3
+    assert meta["preprocessing"]["slice_offsets_mm"] == [-2.0, 0.0, 2.0]
     segmenter = Segmenter.from_checkpoint(out / "best.json", device="cpu")
     assert segmenter.has_mae
     pred = segmenter.predict(np.full(SHAPE_ZYX, 40.0, np.float32), (2.0, 1.0, 1.0))

@@ -41,6 +41,7 @@ from napari_nstseg.inference.prediction import (
 from napari_nstseg.postprocess import PostprocessConfig
 from napari_nstseg.preprocessing import (
     PreprocessConfig,
+    context_planes,
     normalized_air,
     resample_back,
     resample_slices_to_working,
@@ -314,9 +315,11 @@ class Segmenter:
         self.ssl_guidance = bool(getattr(model_cfg, "ssl_guidance", False))
         self.arch = getattr(model_cfg, "arch", type(model).__name__)
         in_channels = int(getattr(model_cfg, "in_channels", 1))
-        if in_channels != 1:
+        if in_channels != preprocessing.n_channels:
             raise ValueError(
-                f"the engine feeds 1-channel CT slices; this model wants {in_channels}"
+                f"the model {weights_path or ''} takes {in_channels} input channel(s) but its "
+                f"preprocessing makes {preprocessing.n_channels} (slice offsets "
+                f"{list(preprocessing.slice_offsets_mm)} mm); the checkpoint's JSON is inconsistent"
             )
         self._mae = mae.eval().to(self.device) if mae is not None else None
         self._mae_path = mae_path
@@ -440,7 +443,10 @@ class Segmenter:
     def _residual(
         self, hu: torch.Tensor, spacing_yx, z: Sequence[int], mae: nn.Module
     ) -> torch.Tensor:
-        """SSL residual maps on the working grid, (N, 1, H, W); one seeded mask set per slice."""
+        """SSL residual maps on the working grid, (N, 1, H, W); one seeded mask set per slice.
+
+        ``hu``: (N, h, w) slices (the MAE sees the segmented slice only, never context planes).
+        """
         cfg = self._mae_preprocessing or self.preprocessing
         x = window_normalize(hu, cfg)  # the MAE's own intensity scale...
         # ...on the segmentation network's working grid, so the map lines up with its input.
@@ -466,20 +472,23 @@ class Segmenter:
         maps: MapRequest,
         timings: dict[str, float],
     ) -> dict[str, Any]:
-        """HU slices (N, h, w) on ``device`` -> host arrays (N, h, w) ready for Prediction.store."""
+        """HU planes (N, C, h, w) on ``device`` (C: ``preprocessing.slice_offsets_mm``) -> host
+        arrays (N, h, w) ready for Prediction.store."""
         pp = self.preprocessing
         t0 = time.perf_counter()
-        x = window_normalize(hu, pp)
+        n, c = hu.shape[:2]
+        x = window_normalize(hu.reshape(n * c, *hu.shape[2:]), pp)
         # A fixed pad value (air): the slices' own minimum would make results depend on batching.
         x, info = resample_slices_to_working(x, spacing_yx, pp, pad_value=normalized_air(pp))
-        x = x[:, None]
+        x = x.reshape(n, c, *x.shape[-2:])
         _synchronize(device)
         t1 = time.perf_counter()
         kwargs: dict[str, Any] = {}
         residual = None
         with torch.inference_mode(), self._autocast(device):
             if maps.residual or self.ssl_guidance:
-                residual = self._residual(hu, spacing_yx, z, self._load_mae())
+                centre = hu[:, pp.center_channel]
+                residual = self._residual(centre, spacing_yx, z, self._load_mae())
                 if self.ssl_guidance:
                     kwargs["residual"] = residual
             _synchronize(device)
@@ -576,7 +585,7 @@ class Segmenter:
         if vol.ndim != 3:
             raise ValueError(f"the CT volume must be 3-D (z, y, x), got an array of {vol.ndim}-D")
         shape = tuple(int(s) for s in vol.shape)
-        sp_yx = _spacing_yx(spacing)
+        _spacing_yx(spacing)  # a bad spacing fails here, before any work
         maps = maps or self.config.maps
         box = _check_roi(roi, shape) if roi is not None else (0, shape[0], 0, shape[1], 0, shape[2])
         z0, z1, y0, y1, x0, x1 = box
@@ -617,7 +626,7 @@ class Segmenter:
             batch = est.batch_size
         start = time.perf_counter()
         try:
-            yield from self._batches(vol, zs, box, sp_yx, maps, batch, pred, start)
+            yield from self._batches(vol, zs, box, spacing, maps, batch, pred, start)
         finally:
             # Also on cancel (the caller closes this generator): the kept slices get the same
             # post-processing as a finished run.
@@ -639,17 +648,24 @@ class Segmenter:
             spacing=_spacing_zyx(spacing),
         )
 
-    def _batches(self, vol, zs, box, sp_yx, maps, batch, pred, start) -> Iterator[ProgressEvent]:
+    def _batches(self, vol, zs, box, spacing, maps, batch, pred, start) -> Iterator[ProgressEvent]:
         """The batch loop of :meth:`iter_predict`, with CUDA out-of-memory back-off."""
         z0, z1, y0, y1, x0, x1 = box
+        sp_z, sp_yx = _spacing_zyx(spacing)[0], _spacing_yx(spacing)
+        offsets = self.preprocessing.slice_offsets_mm
+        if len(offsets) > 1 and len(spacing) != 3:
+            raise ValueError(
+                f"this model also looks at the planes {list(offsets)} mm around each slice, so "
+                f"it needs the (z, y, x) spacing, not {tuple(spacing)}"
+            )
         i = 0
         while i < len(zs):
             chunk = zs[i : i + batch]
             out_of_memory = False
             try:
-                hu = torch.from_numpy(
-                    np.ascontiguousarray(vol[chunk, y0:y1, x0:x1], dtype=np.float32)
-                ).to(self.device)
+                # Context planes come from the whole volume, also beyond an ROI's slices.
+                planes = context_planes(vol, chunk, sp_z, offsets, (slice(y0, y1), slice(x0, x1)))
+                hu = torch.from_numpy(planes).to(self.device)
                 arrays = self._infer(self.model, self.device, hu, sp_yx, chunk, maps, pred.timings)
             except Exception as exc:
                 if not _is_oom(exc):
@@ -724,7 +740,7 @@ class Segmenter:
 
     def _dummy_slices(self, n: int, shape_yx, device: torch.device) -> torch.Tensor:
         # Soft tissue everywhere: the cost does not depend on the values.
-        return torch.full((n, *shape_yx), 40.0, device=device)
+        return torch.full((n, self.preprocessing.n_channels, *shape_yx), 40.0, device=device)
 
     def _measure_cuda(self, model, device, shape_yx, sp_yx, maps) -> _SliceCost:
         """Exact: peak allocated bytes and time of batches of 1 and 2 at the real slice size."""

@@ -70,6 +70,13 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--noise-hu", type=float, help="sigma (HU) of the Gaussian noise added to training crops"
     )
+    p.add_argument(
+        "--context-mm",
+        type=float,
+        metavar="MM",
+        help="2.5-D input: also show the network the planes MM above and below each slice "
+        "(3 input channels; 0 = plain 2-D slices, the default)",
+    )
     p.add_argument("--val-max-slices", type=int, help="cap on validation slices per epoch")
     p.add_argument("--mae", help="pretrained MAE checkpoint (SSL guidance, residual maps)")
     p.add_argument(
@@ -218,6 +225,12 @@ def build_train_config(args: argparse.Namespace):
     overrides = parse_overrides(args.set)
     if args.base_width is not None:
         overrides["base_width"] = args.base_width
+    if args.context_mm is not None:
+        if args.context_mm < 0:
+            raise ValueError(f"--context-mm is a distance in mm >= 0, got {args.context_mm}")
+        offsets = [0.0] if args.context_mm == 0 else [-args.context_mm, 0.0, args.context_mm]
+        d["preprocess"] = {**d["preprocess"], "slice_offsets_mm": offsets}
+        overrides["in_channels"] = len(offsets)
     if saved is None or args.variant is not None or overrides:
         base = ModelConfig() if saved is None else ModelConfig.from_dict(saved["model"])
         if args.variant is not None:

@@ -23,6 +23,7 @@ from napari_nstseg.io.readers import read_ct, read_mask
 from napari_nstseg.preprocessing import (
     AIR_HU,
     PreprocessConfig,
+    context_planes,
     resample_slices_to_working,
     window_normalize,
 )
@@ -286,6 +287,7 @@ class _CachedCase:
     hu: np.ndarray  # (z, h, w) int16 HU on the working grid
     mask: np.ndarray  # (z, h, w) uint8 0/1 on the working grid
     positive_z: np.ndarray  # indices of slices with lesion
+    z_spacing: float  # mm between slices, for the context planes
 
 
 def load_case(case: Case) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
@@ -318,8 +320,9 @@ class SliceDataset(Dataset):
 
     Volumes are read once, resampled in-plane to ``preprocess.working_spacing_mm`` (image
     bilinear, lesion mask bilinear then thresholded at 0.5, so both keep the same geometry)
-    and cached as int16 HU / uint8 masks. Items: ``dict(image=(1, h, w) float32 normalised,
-    mask=(1, h, w) float32 0/1, case=str, z=int)``.
+    and cached as int16 HU / uint8 masks. Items: ``dict(image=(C, h, w) float32 normalised,
+    mask=(1, h, w) float32 0/1, case=str, z=int)``, C = one plane per
+    ``preprocess.slice_offsets_mm`` (1 for a plain 2-D slice); the mask is the centre slice's.
 
     Random mode is reproducible: item ``i`` of epoch ``e`` depends only on (seed, e, i), so
     DataLoader workers agree; call ``set_epoch`` between epochs for fresh samples.
@@ -371,7 +374,11 @@ class SliceDataset(Dataset):
         mask = (msk >= 0.5).astype(np.uint8)
         hu16 = np.clip(np.round(img), -32768, 32767).astype(np.int16)
         positive_z = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
-        return _CachedCase(case.case_id, hu16, mask, positive_z)
+        return _CachedCase(case.case_id, hu16, mask, positive_z, float(spacing[0]))
+
+    def _planes(self, c: _CachedCase, z: int) -> np.ndarray:
+        """(C, h, w) HU: the slice and its context planes."""
+        return context_planes(c.hu, [z], c.z_spacing, self.preprocess.slice_offsets_mm)[0]
 
     def set_epoch(self, epoch: int) -> None:
         """Draw a different set of random samples (same for every worker) for this epoch."""
@@ -401,17 +408,17 @@ class SliceDataset(Dataset):
         pool = self.positives if positive else self.negatives
         k, z = pool[int(rng.integers(len(pool)))]
         c = self.cases[k]
-        hu, mask = c.hu[z].astype(np.float32), c.mask[z]
+        hu, mask = self._planes(c, z), c.mask[z]
         size = self.sampling.crop_size or self.full_shape
         if self.sampling.crop_size is None:
-            center = ((hu.shape[0] - 1) / 2, (hu.shape[1] - 1) / 2)
+            center = ((mask.shape[0] - 1) / 2, (mask.shape[1] - 1) / 2)
         elif positive:
             ys, xs = np.nonzero(mask)
             j = int(rng.integers(len(ys)))
             jitter = [rng.uniform(-s / 4, s / 4) for s in size]
             center = (ys[j] + jitter[0], xs[j] + jitter[1])
         else:
-            center = tuple(rng.uniform(0, max(n - 1, 0)) for n in hu.shape)
+            center = tuple(rng.uniform(0, max(n - 1, 0)) for n in mask.shape)
         aug = self.sampling.augment if self.sampling.augment.enabled else None
         img, msk = augment_crop(hu, mask, center, size, aug, rng)
         return self._item(img, msk, c.case_id, z)
@@ -419,16 +426,16 @@ class SliceDataset(Dataset):
     def _whole(self, k: int, z: int) -> dict:
         c = self.cases[k]
         h, w = c.hu.shape[1:]
-        img = np.full(self.full_shape, AIR_HU, np.float32)
+        img = np.full((self.preprocess.n_channels, *self.full_shape), AIR_HU, np.float32)
         msk = np.zeros(self.full_shape, np.float32)
-        img[:h, :w] = c.hu[z]
+        img[:, :h, :w] = self._planes(c, z)
         msk[:h, :w] = c.mask[z]
         return self._item(img, msk, c.case_id, z)
 
     def _item(self, hu: np.ndarray, mask: np.ndarray, case_id: str, z: int) -> dict:
         image = window_normalize(hu, self.preprocess)
         return {
-            "image": torch.from_numpy(np.ascontiguousarray(image, np.float32))[None],
+            "image": torch.from_numpy(np.ascontiguousarray(image, np.float32)),
             "mask": torch.from_numpy(np.ascontiguousarray(mask, np.float32))[None],
             "case": case_id,
             "z": int(z),
@@ -445,6 +452,8 @@ def augment_crop(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Crop ``size`` pixels around ``center_yx`` with one shared flip/rotate/scale transform.
 
+    ``hu`` is one slice (H, W) or its context planes (C, H, W), which all get the same
+    transform and intensity jitter, each its own noise (CT noise is independent between slices).
     Output pixels are sampled straight from the whole slice (one affine resampling, outside the
     slice = air / background), so rotations do not bring in padding from a tight crop. The
     mask is interpolated bilinearly and thresholded at 0.5 so its edge moves with the image.
@@ -466,15 +475,15 @@ def augment_crop(
         )
         a = a @ flips
     offset = np.asarray(center_yx, dtype=float) - a @ out_c
-    img = ndimage.affine_transform(
-        hu.astype(np.float32),
-        a,
-        offset,
-        output_shape=tuple(size),
-        order=1,
-        mode="constant",
-        cval=AIR_HU,
-    )
+    planes = np.asarray(hu, dtype=np.float32)
+    img = np.stack(
+        [
+            ndimage.affine_transform(
+                plane, a, offset, output_shape=tuple(size), order=1, mode="constant", cval=AIR_HU
+            )
+            for plane in planes.reshape(-1, *planes.shape[-2:])
+        ]
+    ).reshape(*planes.shape[:-2], *size)
     msk = ndimage.affine_transform(
         mask.astype(np.float32),
         a,

@@ -212,6 +212,12 @@ class TrainConfig:
                 f"Batch size {self.batch_size} is too small for BatchNorm training; use at least "
                 f"{MIN_BATCH} (or --allow-small-batch for a quick test)."
             )
+        if self.model.in_channels != self.preprocess.n_channels:
+            raise ValueError(
+                f"The model takes {self.model.in_channels} input channel(s) but the preprocessing "
+                f"makes {self.preprocess.n_channels} (slice offsets "
+                f"{list(self.preprocess.slice_offsets_mm)} mm); set in_channels to match."
+            )
         if self.model.ssl_guidance and not self.mae_weights:
             raise ValueError(
                 "SSL guidance (variant 'ssl' or ssl_guidance=true) needs a pretrained MAE "
@@ -1048,8 +1054,11 @@ def _run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
             return module(x)
         gen = torch.Generator(device=x.device)
         gen.manual_seed(_epoch_seed(cfg.seed, key if key is not None else -1, ctx.rank))
+        c = cfg.preprocess.center_channel  # the MAE knows single slices, not context planes
         with torch.no_grad():
-            residual = mae.residual_map(x.float(), k=cfg.residual_masks, generator=gen)
+            residual = mae.residual_map(
+                x[:, c : c + 1].float(), k=cfg.residual_masks, generator=gen
+            )
         return module(x, residual=residual.to(x.dtype))
 
     loss_fn = DeepSupervisionLoss(cfg.loss)
