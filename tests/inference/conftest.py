@@ -8,22 +8,14 @@ import pytest
 import torch
 from torch import nn
 
+from model_helpers import tiny_mae_config
 from napari_nstseg.models import ModelConfig, SegOutput, build_model
 from napari_nstseg.models.checkpoint import save_checkpoint
-from napari_nstseg.models.mae import MAEConfig, MaskedAutoencoder
+from napari_nstseg.models.mae import MaskedAutoencoder
 from napari_nstseg.preprocessing import PreprocessConfig, window_normalize
 
 TINY = ModelConfig(base_width=8, fused_channels=8)
-TINY_MAE = MAEConfig(
-    img_size=32,
-    patch_size=8,
-    embed_dim=16,
-    depth=1,
-    heads=2,
-    decoder_embed_dim=16,
-    decoder_depth=1,
-    decoder_heads=2,
-)
+TINY_MAE = tiny_mae_config()
 # Bright-voxel stand-in: probability 0.5 exactly at this HU.
 EDGE_HU = 100.0
 

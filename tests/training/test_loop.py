@@ -17,10 +17,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from model_helpers import tiny_mae_config
 from napari_nstseg.metrics import PIXEL_METRICS, STRUCTURE_METRICS
 from napari_nstseg.models import ModelConfig
 from napari_nstseg.models.checkpoint import load_checkpoint, read_metadata
-from napari_nstseg.models.mae import MAEConfig
 from napari_nstseg.training.data import AugmentConfig, SamplingConfig
 from napari_nstseg.training.evaluate import EvalConfig, evaluate
 from napari_nstseg.training.loop import (
@@ -34,10 +34,7 @@ from napari_nstseg.training.loop import (
 
 SHAPE_ZYX = (6, 32, 32)
 TINY = ModelConfig(base_width=8, fused_channels=8)
-TINY_MAE = MAEConfig(
-    img_size=32, patch_size=8, embed_dim=16, depth=1, heads=2,
-    decoder_embed_dim=16, decoder_depth=1, decoder_heads=2,
-)  # fmt: skip
+TINY_MAE = tiny_mae_config()
 
 
 def write_msd(root: Path, n_cases: int = 5, seed: int = 0, contrast: float = 60.0) -> Path:

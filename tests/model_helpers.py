@@ -1,4 +1,4 @@
-"""Small model configurations shared by the model tests."""
+"""Small model configurations shared by the tests (pyproject puts tests/ on the path)."""
 
 from __future__ import annotations
 
