@@ -110,6 +110,33 @@ def test_soft_dice_notices_a_missed_tiny_lesion_that_bce_barely_sees():
     assert losses.soft_dice_loss(confident(g), g) < 1e-3
 
 
+def test_hard_pixel_mining_makes_a_false_positive_blob_on_an_empty_crop_count():
+    empty = torch.zeros(1, 1, 64, 64)
+    blob = confident(disc(64, 3))  # a confident 29-pixel false positive, nothing to find
+    # On an empty crop the IoU term is 1 whatever is predicted; the rest is the BCE.
+    plain = losses.structure_loss(blob, empty) - 1
+    mined = losses.structure_loss(blob, empty, hard_fraction=0.02) - 1
+    # All pixels: the blob is under 1 % of the crop, so the BCE barely sees it...
+    assert plain < 0.2
+    # ...the hardest 2 % (82 pixels) hold it, and its BCE of about 20 per pixel dominates.
+    assert mined > 5.0
+    nothing = torch.full_like(empty, -BIG)
+    assert losses.structure_loss(nothing, empty, hard_fraction=0.02) - 1 < 1e-6
+    # The config reaches every BCE term of the deep-supervision loss.
+    out = SegOutput(coarse=blob, stages=[blob], final=blob)
+    terms = DeepSupervisionLoss(LossConfig(hard_pixel_fraction=0.02)).terms(out, empty)
+    torch.testing.assert_close(terms["stage1"], 4.0 * (mined + 1))
+    assert terms["coarse"] > 5.0
+    # The weighted mean over every pixel is the paper's loss, unchanged.
+    w = losses.structure_weights(disc())
+    bce = F.binary_cross_entropy_with_logits(confident(1 - disc()), disc(), reduction="none")
+    torch.testing.assert_close(
+        losses.hardest_mean(bce, 1.0, w), ((w * bce).sum() / w.sum()).reshape(1)
+    )
+    with pytest.raises(ValueError, match="hard_pixel_fraction"):
+        LossConfig(hard_pixel_fraction=0)
+
+
 def test_default_stage_weights():
     assert losses.default_stage_weights(3) == (1.0, 2.0, 4.0)
     assert losses.default_stage_weights(4) == (1.0, 1.0, 2.0, 4.0)

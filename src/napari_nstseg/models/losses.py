@@ -39,10 +39,32 @@ def iou_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (1 - inter / (union + EPS)).mean()
 
 
-def bce_iou_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """BCE + soft IoU, PFNet's loss on the coarse (GLM) map."""
+def hardest_mean(
+    loss: torch.Tensor, fraction: float, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per image: the (weighted) mean of the pixel losses over the ``fraction`` of pixels with
+    the largest (weighted) loss; 1.0 is the plain (weighted) mean (online hard example mining).
+
+    On a crop without lesion a confident false-positive blob of a few dozen pixels is lost in
+    the mean over all pixels; among the hardest few percent it carries the loss.
+    """
+    flat = loss.flatten(1)
+    w = torch.ones_like(flat) if weights is None else weights.flatten(1)
+    if fraction >= 1.0:
+        return (w * flat).sum(1) / w.sum(1)
+    k = max(1, int(round(fraction * flat.shape[1])))
+    top, idx = torch.topk(w * flat, k, dim=1)
+    return top.sum(1) / torch.gather(w, 1, idx).sum(1)
+
+
+def bce_iou_loss(
+    logits: torch.Tensor, target: torch.Tensor, hard_fraction: float = 1.0
+) -> torch.Tensor:
+    """BCE + soft IoU, PFNet's loss on the coarse (GLM) map (BCE over the hardest
+    ``hard_fraction`` of pixels, see :func:`hardest_mean`)."""
     logits, target = _check_pair(logits, target)
-    return F.binary_cross_entropy_with_logits(logits, target) + iou_loss(logits, target)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    return hardest_mean(bce, hard_fraction).mean() + iou_loss(logits, target)
 
 
 def structure_weights(target: torch.Tensor) -> torch.Tensor:
@@ -56,20 +78,19 @@ def structure_loss(
     target: torch.Tensor,
     weighted_bce: bool = True,
     weights: torch.Tensor | None = None,
+    hard_fraction: float = 1.0,
 ) -> torch.Tensor:
     """Weighted BCE + weighted IoU (F3Net), per image, averaged over the batch.
 
     weighted_bce=False reproduces the reference code, whose legacy `reduce='none'` call made
     the BCE a plain mean, so only the IoU term was weighted. weights: structure_weights(target)
-    when already computed (the 31x31 pooling is the costly part on CPU).
+    when already computed (the 31x31 pooling is the costly part on CPU). hard_fraction: the
+    BCE covers only the hardest pixels (:func:`hardest_mean`); 1.0 is the paper's loss.
     """
     logits, target = _check_pair(logits, target)
     w = structure_weights(target) if weights is None else weights
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    if weighted_bce:
-        wbce = _per_image_sum(w * bce) / _per_image_sum(w)
-    else:
-        wbce = bce.flatten(1).mean(dim=1)
+    wbce = hardest_mean(bce, hard_fraction, w if weighted_bce else None)
     p = torch.sigmoid(logits)
     inter = _per_image_sum(w * p * target)
     union = _per_image_sum(w * (p + target)) - inter
@@ -103,14 +124,20 @@ class LossConfig:
     loss on the LFM maps, coarse to fine (None: default_stage_weights). weighted_bce: apply the
     structure-loss pixel weights to the BCE (False reproduces the reference code).
     dice_weight: weight of an extra soft-Dice term on the final map (0 turns it off).
+    hard_pixel_fraction: the BCE terms average only this share of each crop's pixels, those
+    with the largest loss (online hard example mining; 1.0, the paper's loss, averages all).
     """
 
     coarse_weight: float = 1.0
     stage_weights: tuple[float, ...] | None = None
     weighted_bce: bool = True
     dice_weight: float = 0.0
+    hard_pixel_fraction: float = 1.0
 
     def __post_init__(self) -> None:
+        f = self.hard_pixel_fraction
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
+            raise ValueError(f"LossConfig.hard_pixel_fraction must be in (0, 1], got {f!r}.")
         for name in ("coarse_weight", "dice_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
@@ -143,11 +170,12 @@ class DeepSupervisionLoss(nn.Module):
                 f"LossConfig.stage_weights has {len(weights)} entries but the model produced "
                 f"{len(output.stages)} stage maps."
             )
-        terms = {"coarse": config.coarse_weight * bce_iou_loss(output.coarse, target)}
+        hard = config.hard_pixel_fraction
+        terms = {"coarse": config.coarse_weight * bce_iou_loss(output.coarse, target, hard)}
         pixel_weights = structure_weights(target) if output.stages else None
         for i, (weight, logits) in enumerate(zip(weights, output.stages, strict=True), start=1):
             terms[f"stage{i}"] = weight * structure_loss(
-                logits, target, config.weighted_bce, pixel_weights
+                logits, target, config.weighted_bce, pixel_weights, hard
             )
         if config.dice_weight > 0:
             terms["dice"] = config.dice_weight * soft_dice_loss(output.final, target)

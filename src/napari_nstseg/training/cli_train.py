@@ -71,6 +71,13 @@ def add_parser(subparsers) -> None:
         "--noise-hu", type=float, help="sigma (HU) of the Gaussian noise added to training crops"
     )
     p.add_argument(
+        "--hard-pixel-fraction",
+        type=float,
+        metavar="F",
+        help="BCE over the hardest share F of each crop's pixels (online hard example mining; "
+        "default 1: all pixels, as the paper)",
+    )
+    p.add_argument(
         "--context-mm",
         type=float,
         metavar="MM",
@@ -247,6 +254,8 @@ def build_train_config(args: argparse.Namespace):
     d["sampling"] = sampling
     if args.dice_weight is not None:
         d["loss"] = {**(d.get("loss") or {}), "dice_weight": args.dice_weight}
+    if args.hard_pixel_fraction is not None:
+        d["loss"] = {**(d.get("loss") or {}), "hard_pixel_fraction": args.hard_pixel_fraction}
     if args.val_max_slices is not None:
         d["val_max_slices"] = args.val_max_slices
     if args.optimizer is not None:
