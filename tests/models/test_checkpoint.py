@@ -6,8 +6,8 @@ import struct
 
 import pytest
 import torch
-from model_helpers import tiny_mae_config
 
+from model_helpers import tiny_mae_config
 from napari_nstseg.models.checkpoint import (
     CheckpointError,
     checkpoint_paths,

@@ -4,8 +4,8 @@ import time
 
 import pytest
 import torch
-from model_helpers import tiny_mae_config
 
+from model_helpers import tiny_mae_config
 from napari_nstseg.models.mae import (
     MAEConfig,
     MaskedAutoencoder,
