@@ -137,6 +137,47 @@ def test_hard_pixel_mining_makes_a_false_positive_blob_on_an_empty_crop_count():
         LossConfig(hard_pixel_fraction=0)
 
 
+def test_batch_region_makes_a_false_positive_on_a_lesion_free_crop_cost():
+    """Per image, an empty crop's IoU is the same whatever it predicts (only the BCE, and the
+    soft Dice's smoothing term, see a blob there); over the batch a false-positive blob on it
+    lowers the overlap of the whole batch."""
+    lesion, empty = disc(64, 5), torch.zeros(1, 1, 64, 64)
+    g = torch.cat([lesion, empty])
+    clean = torch.cat([confident(lesion), torch.full_like(empty, -BIG)])
+    blob = torch.cat([confident(lesion), confident(disc(64, 5, (12, 12)))])
+    for loss in (losses.iou_loss, losses.soft_dice_loss, losses.structure_loss):
+        image_clean, image_blob = loss(clean, g), loss(blob, g)
+        batch_clean, batch_blob = loss(clean, g, region="batch"), loss(blob, g, region="batch")
+        if loss is losses.iou_loss:
+            assert float(image_blob - image_clean) < 1e-3
+        assert float(batch_clean) < 1e-3, loss.__name__
+        # the blob is as large as the lesion: the batch IoU halves, the Dice drops to 2/3
+        assert float(batch_blob) > 0.3, loss.__name__
+    # With one image in the batch both reductions agree.
+    torch.manual_seed(0)
+    logits = torch.randn(1, 1, 16, 16)
+    one = (torch.rand(1, 1, 16, 16) > 0.7).float()
+    torch.testing.assert_close(
+        losses.iou_loss(logits, one), losses.iou_loss(logits, one, region="batch")
+    )
+
+    # The config reaches every term of the deep-supervision loss; in the IoU-based ones the blob
+    # adds more over the batch than per image (the smoothed per-image Dice already sees it).
+    def added(config: LossConfig) -> dict[str, torch.Tensor]:
+        loss = DeepSupervisionLoss(config)
+        with_blob = loss.terms(SegOutput(coarse=blob, stages=[blob], final=blob), g)
+        without = loss.terms(SegOutput(coarse=clean, stages=[clean], final=clean), g)
+        return {k: with_blob[k] - without[k] for k in with_blob}
+
+    per_image = added(LossConfig(dice_weight=1.0))
+    per_batch = added(LossConfig(dice_weight=1.0, region="batch"))
+    for name in ("coarse", "stage1"):
+        assert per_batch[name] > per_image[name] + 0.1, name
+    assert per_batch["dice"] > 0.3 and per_image["dice"] > 0.3
+    with pytest.raises(ValueError, match="LossConfig.region"):
+        LossConfig(region="pixel")
+
+
 def test_default_stage_weights():
     assert losses.default_stage_weights(3) == (1.0, 2.0, 4.0)
     assert losses.default_stage_weights(4) == (1.0, 1.0, 2.0, 4.0)

@@ -281,11 +281,11 @@ def test_mae_pretraining_then_ssl_guided_training_via_the_cli(dataset, tmp_path)
         "--base-width", "8", "--set", "fused_channels=8", "--epochs", "1",
         "--steps-per-epoch", "1", "--batch-size", "4", "--crop-size", "32",
         "--mae", str(mae_best), "--no-progress", "--noise-hu", "3", "--positive-fraction", "0.6",
-        "--context-mm", "2", "--hard-pixel-fraction", "0.1",
+        "--context-mm", "2", "--hard-pixel-fraction", "0.1", "--region-loss", "batch",
     ])  # fmt: skip
     assert code == 0
     saved = json.loads((out / "train_config.json").read_text())
-    assert saved["loss"]["hard_pixel_fraction"] == 0.1
+    assert saved["loss"]["hard_pixel_fraction"] == 0.1 and saved["loss"]["region"] == "batch"
     sampling = saved["sampling"]
     assert sampling["augment"]["noise_std_hu"] == 3.0 and sampling["positive_fraction"] == 0.6
     meta = read_metadata(out / "best.json")

@@ -26,16 +26,28 @@ def _check_pair(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tenso
     return logits.float(), target.float()
 
 
-def _per_image_sum(x: torch.Tensor) -> torch.Tensor:
-    return x.flatten(1).sum(dim=1)
+REGION_REDUCTIONS = ("image", "batch")
 
 
-def iou_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Soft IoU loss 1 - sum(pg) / sum(p + g - pg), per image, averaged over the batch."""
+def _region_sum(x: torch.Tensor, region: str = "image") -> torch.Tensor:
+    """Sums for an overlap ratio: per image (N,) or over the whole batch (1,).
+
+    Per image, a crop without lesion has intersection 0 whatever it predicts, so its IoU or
+    Dice term is constant and a false-positive blob there costs nothing; over the batch the
+    blob enlarges the union the lesions of the other crops are measured against.
+    """
+    if region not in REGION_REDUCTIONS:
+        raise ValueError(f"region must be one of {', '.join(REGION_REDUCTIONS)}, got {region!r}")
+    return x.flatten(1).sum(dim=1) if region == "image" else x.sum().reshape(1)
+
+
+def iou_loss(logits: torch.Tensor, target: torch.Tensor, region: str = "image") -> torch.Tensor:
+    """Soft IoU loss 1 - sum(pg) / sum(p + g - pg), per image averaged over the batch
+    (``region="image"``, PFNet) or over the batch as one region (``"batch"``)."""
     logits, target = _check_pair(logits, target)
     p = torch.sigmoid(logits)
-    inter = _per_image_sum(p * target)
-    union = _per_image_sum(p + target) - inter
+    inter = _region_sum(p * target, region)
+    union = _region_sum(p + target, region) - inter
     return (1 - inter / (union + EPS)).mean()
 
 
@@ -58,13 +70,13 @@ def hardest_mean(
 
 
 def bce_iou_loss(
-    logits: torch.Tensor, target: torch.Tensor, hard_fraction: float = 1.0
+    logits: torch.Tensor, target: torch.Tensor, hard_fraction: float = 1.0, region: str = "image"
 ) -> torch.Tensor:
     """BCE + soft IoU, PFNet's loss on the coarse (GLM) map (BCE over the hardest
-    ``hard_fraction`` of pixels, see :func:`hardest_mean`)."""
+    ``hard_fraction`` of pixels, see :func:`hardest_mean`; IoU per ``region``)."""
     logits, target = _check_pair(logits, target)
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    return hardest_mean(bce, hard_fraction).mean() + iou_loss(logits, target)
+    return hardest_mean(bce, hard_fraction).mean() + iou_loss(logits, target, region)
 
 
 def structure_weights(target: torch.Tensor) -> torch.Tensor:
@@ -79,8 +91,10 @@ def structure_loss(
     weighted_bce: bool = True,
     weights: torch.Tensor | None = None,
     hard_fraction: float = 1.0,
+    region: str = "image",
 ) -> torch.Tensor:
-    """Weighted BCE + weighted IoU (F3Net), per image, averaged over the batch.
+    """Weighted BCE + weighted IoU (F3Net), per image, averaged over the batch (the IoU over the
+    whole batch with ``region="batch"``, see :func:`_region_sum`).
 
     weighted_bce=False reproduces the reference code, whose legacy `reduce='none'` call made
     the BCE a plain mean, so only the IoU term was weighted. weights: structure_weights(target)
@@ -92,18 +106,21 @@ def structure_loss(
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     wbce = hardest_mean(bce, hard_fraction, w if weighted_bce else None)
     p = torch.sigmoid(logits)
-    inter = _per_image_sum(w * p * target)
-    union = _per_image_sum(w * (p + target)) - inter
+    inter = _region_sum(w * p * target, region)
+    union = _region_sum(w * (p + target), region) - inter
     wiou = 1 - inter / (union + EPS)
-    return (wbce + wiou).mean()
+    return wbce.mean() + wiou.mean()
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    """Soft Dice loss per image: an overlap ratio, so a tiny lesion does not drown in background."""
+def soft_dice_loss(
+    logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0, region: str = "image"
+) -> torch.Tensor:
+    """Soft Dice loss per image (or over the batch, ``region="batch"``): an overlap ratio, so a
+    tiny lesion does not drown in background."""
     logits, target = _check_pair(logits, target)
     p = torch.sigmoid(logits)
-    inter = _per_image_sum(p * target)
-    total = _per_image_sum(p) + _per_image_sum(target)
+    inter = _region_sum(p * target, region)
+    total = _region_sum(p, region) + _region_sum(target, region)
     return (1 - (2 * inter + smooth) / (total + smooth)).mean()
 
 
@@ -126,6 +143,8 @@ class LossConfig:
     dice_weight: weight of an extra soft-Dice term on the final map (0 turns it off).
     hard_pixel_fraction: the BCE terms average only this share of each crop's pixels, those
     with the largest loss (online hard example mining; 1.0, the paper's loss, averages all).
+    region: the IoU and Dice terms per "image" (PFNet; a crop without lesion adds a constant)
+    or over the "batch" as one region, so false positives on lesion-free crops are penalised.
     """
 
     coarse_weight: float = 1.0
@@ -133,8 +152,14 @@ class LossConfig:
     weighted_bce: bool = True
     dice_weight: float = 0.0
     hard_pixel_fraction: float = 1.0
+    region: str = "image"
 
     def __post_init__(self) -> None:
+        if self.region not in REGION_REDUCTIONS:
+            raise ValueError(
+                f"LossConfig.region must be one of {', '.join(REGION_REDUCTIONS)}, "
+                f"got {self.region!r}."
+            )
         f = self.hard_pixel_fraction
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
             raise ValueError(f"LossConfig.hard_pixel_fraction must be in (0, 1], got {f!r}.")
@@ -170,15 +195,15 @@ class DeepSupervisionLoss(nn.Module):
                 f"LossConfig.stage_weights has {len(weights)} entries but the model produced "
                 f"{len(output.stages)} stage maps."
             )
-        hard = config.hard_pixel_fraction
-        terms = {"coarse": config.coarse_weight * bce_iou_loss(output.coarse, target, hard)}
+        hard, region = config.hard_pixel_fraction, config.region
+        terms = {"coarse": config.coarse_weight * bce_iou_loss(output.coarse, target, hard, region)}
         pixel_weights = structure_weights(target) if output.stages else None
         for i, (weight, logits) in enumerate(zip(weights, output.stages, strict=True), start=1):
             terms[f"stage{i}"] = weight * structure_loss(
-                logits, target, config.weighted_bce, pixel_weights, hard
+                logits, target, config.weighted_bce, pixel_weights, hard, region
             )
         if config.dice_weight > 0:
-            terms["dice"] = config.dice_weight * soft_dice_loss(output.final, target)
+            terms["dice"] = config.dice_weight * soft_dice_loss(output.final, target, region=region)
         return terms
 
     def forward(self, output: SegOutput, target: torch.Tensor) -> torch.Tensor:

@@ -78,6 +78,12 @@ def add_parser(subparsers) -> None:
         "default 1: all pixels, as the paper)",
     )
     p.add_argument(
+        "--region-loss",
+        choices=("image", "batch"),
+        help="IoU and Dice terms per image (the paper; a crop without lesion adds a constant) "
+        "or over the batch, so false positives on lesion-free crops cost",
+    )
+    p.add_argument(
         "--context-mm",
         type=float,
         metavar="MM",
@@ -256,6 +262,8 @@ def build_train_config(args: argparse.Namespace):
         d["loss"] = {**(d.get("loss") or {}), "dice_weight": args.dice_weight}
     if args.hard_pixel_fraction is not None:
         d["loss"] = {**(d.get("loss") or {}), "hard_pixel_fraction": args.hard_pixel_fraction}
+    if args.region_loss is not None:
+        d["loss"] = {**(d.get("loss") or {}), "region": args.region_loss}
     if args.val_max_slices is not None:
         d["val_max_slices"] = args.val_max_slices
     if args.optimizer is not None:
