@@ -67,8 +67,13 @@ def test_autocast_types(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert autocast_dtype(torch.device("cuda", 0)) == torch.float16
     assert autocast_dtype(torch.device("mps")) == torch.float16
-    assert autocast_dtype(torch.device("cpu")) is None
     assert autocast_dtype(torch.device("cuda", 0), amp=False) is None
+    # The CPU: bf16 only where the hardware has it (emulated bf16 is slower than float32).
+    monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: False)
+    assert autocast_dtype(torch.device("cpu")) is None
+    monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: True)
+    assert autocast_dtype(torch.device("cpu")) == torch.bfloat16
+    assert autocast_dtype(torch.device("cpu"), amp=False) is None
 
 
 def test_checkpoint_on_a_missing_device_fails_before_loading(machine, tmp_path):

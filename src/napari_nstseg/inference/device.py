@@ -77,15 +77,26 @@ def select_device(name: str | torch.device | None = "auto") -> torch.device:
     return torch.device("mps")
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX), as oneDNN reports."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without oneDNN
+        return False
+
+
 def autocast_dtype(device: torch.device, amp: bool = True) -> torch.dtype | None:
     """Mixed-precision type for ``device``: bf16 on CUDA (fp16 where bf16 is missing), fp16 on
-    MPS, none on the CPU (CPU autocast is slower than float32 on most CPUs)."""
+    MPS, bf16 on CPUs with native bf16 (about 1.5x faster convolutions there), none on other
+    CPUs, where emulated bf16 is slower than float32."""
     if not amp:
         return None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "mps":
         return torch.float16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
     return None
 
 

@@ -3,10 +3,11 @@ the scan's grid, for chosen slices, the whole volume or a region of interest.
 
 Per batch: HU window + z-score (the checkpoint's PreprocessConfig), in-plane resampling to the
 working spacing and padding, the network under ``torch.inference_mode`` with bf16 autocast on
-CUDA (fp16 on MPS), sigmoid, resampling back and quantisation to uint8/float16 on the device, then
-the batch is pasted into a :class:`Prediction`. ``iter_predict`` yields after every batch, so a
-caller (the napari widget's thread worker, the CLI's progress bar) can stop between batches and
-keep what finished. On a CUDA out-of-memory error the batch is halved and the run goes on.
+CUDA and on CPUs with native bf16 (fp16 on MPS), sigmoid, resampling back and quantisation to
+uint8/float16 on the device, then the batch is pasted into a :class:`Prediction`.
+``iter_predict`` yields after every batch, so a caller (the napari widget's thread worker, the
+CLI's progress bar) can stop between batches and keep what finished. On a CUDA out-of-memory
+error the batch is halved and the run goes on.
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ class EngineConfig:
       (3-D components) whose longest axial diameter is below this are dropped from the mask.
       None: the operating point the checkpoint recommends (its "postprocess" entry), else 0.5
       and 0 mm; :attr:`Segmenter.postprocess` holds the values in use.
-    - ``amp``: bf16 autocast on CUDA, fp16 on MPS (the CPU always runs float32).
+    - ``amp``: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX), fp16 on
+      MPS; other CPUs run float32.
     - ``maps``: which maps to keep when a call does not say.
     - ``prob_dtype``: "uint8" (0..255) or "float16" storage of probability maps.
     - ``residual_masks``: complementary MAE masks per slice for the SSL residual map.

@@ -37,7 +37,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--working-spacing-mm", type=float, help="in-plane pixel size the net runs at")
     p.add_argument("--window", type=float, nargs=2, metavar=("WIDTH", "LEVEL"), help="HU window")
     p.add_argument("--resume", action="store_true", help="continue from the last epoch in --out")
-    p.add_argument("--no-amp", action="store_true", help="float32 on CUDA too (no bf16 autocast)")
+    p.add_argument(
+        "--no-amp", action="store_true", help="float32 throughout (no bf16 autocast on CUDA or CPU)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
