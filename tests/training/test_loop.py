@@ -182,6 +182,41 @@ def test_resume_after_interruption_gives_the_same_weights(reference, tmp_path):
     )
 
 
+def test_init_starts_from_a_checkpoint_with_its_architecture(reference, dataset, tmp_path, capsys):
+    """`train --init W` fine-tunes W: its architecture and preprocessing come with it, the
+    provenance names it and its budget, and a conflicting architecture is refused readably."""
+    from napari_nstseg.cli import main
+
+    cfg, result = reference
+    out = tmp_path / "finetuned"
+    code = main([
+        "train", "--data", str(dataset), "--out", str(out), "--init", str(result.final),
+        "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "4", "--crop-size", "32",
+        "--lr", "1e-12", "--no-progress",
+    ])  # fmt: skip
+    assert code == 0
+    model, meta = load_checkpoint(out / "final.json")
+    assert ModelConfig.from_dict(meta["model_config"]) == TINY  # no --base-width was given
+    start = dict(load_checkpoint(result.final)[0].named_parameters())
+    # at a learning rate of 1e-12 one step leaves the starting weights in place
+    for name, value in model.named_parameters():
+        torch.testing.assert_close(value, start[name], atol=1e-6, rtol=0)
+    origin = meta["provenance"]["initialised_from"]
+    assert origin["weights"] == str(Path(result.final).resolve())
+    assert origin["budget"]["samples"] == 36
+    assert origin["tensors_sha256"] == read_metadata(result.final)["tensors"]["sha256"]
+    capsys.readouterr()
+    code = main([
+        "train", "--data", str(dataset), "--out", str(tmp_path / "wider"),
+        "--init", str(result.final), "--base-width", "16", "--epochs", "1",
+        "--steps-per-epoch", "1", "--batch-size", "4", "--no-progress",
+    ])  # fmt: skip
+    assert code == 2
+    assert "architecture differs from this run's (base_width: 8 there, 16 here" in (
+        capsys.readouterr().err
+    )
+
+
 def test_output_folder_is_not_mixed_between_runs(reference):
     cfg, _ = reference
     with pytest.raises(ValueError, match="--resume"):

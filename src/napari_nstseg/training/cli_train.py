@@ -95,6 +95,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--val-max-slices", type=int, help="cap on validation slices per epoch")
     p.add_argument("--mae", help="pretrained MAE checkpoint (SSL guidance, residual maps)")
     p.add_argument(
+        "--init",
+        metavar="WEIGHTS",
+        help="start from these weights instead of random ones ('bundled': the plugin's default), "
+        "with their architecture and preprocessing: fine-tune on your data, or continue a run",
+    )
+    p.add_argument(
         "--allow-small-batch", action="store_true", help="allow batches below 4 (tests only)"
     )
     p.set_defaults(func=_train)
@@ -236,6 +242,12 @@ def build_train_config(args: argparse.Namespace):
 
     saved = _saved_config(args.out, "segmentation") if args.resume else None
     d: dict[str, Any] = saved or TrainConfig().to_dict()
+    init = _init_weights(args.init) if getattr(args, "init", None) else None
+    if init is not None and saved is None:
+        # The starting weights fix the architecture and the input they expect.
+        d["init_weights"], meta = init
+        d["model"], d["preprocess"] = meta["model_config"], meta["preprocessing"]
+        d["variant"] = (meta.get("provenance") or {}).get("variant") or d["variant"]
     _apply_common(d, args)
     overrides = parse_overrides(args.set)
     if args.base_width is not None:
@@ -247,7 +259,7 @@ def build_train_config(args: argparse.Namespace):
         d["preprocess"] = {**d["preprocess"], "slice_offsets_mm": offsets}
         overrides["in_channels"] = len(offsets)
     if saved is None or args.variant is not None or overrides:
-        base = ModelConfig() if saved is None else ModelConfig.from_dict(saved["model"])
+        base = ModelConfig.from_dict(d["model"]) if saved or init else ModelConfig()
         if args.variant is not None:
             d["variant"] = args.variant
             base = replace(base, **{k: getattr(ModelConfig(), k) for k in _variant_keys()})
@@ -275,6 +287,15 @@ def build_train_config(args: argparse.Namespace):
     if args.allow_small_batch:
         d["allow_small_batch"] = True
     return TrainConfig.from_dict(d)
+
+
+def _init_weights(name: str) -> tuple[str, dict[str, Any]]:
+    """(path, metadata) of the --init checkpoint; 'bundled' names the plugin's default."""
+    from napari_nstseg.inference.engine import default_weights_path
+    from napari_nstseg.models.checkpoint import read_metadata
+
+    path = default_weights_path() if name == "bundled" else Path(name)
+    return str(Path(path).resolve()), read_metadata(path)
 
 
 def _variant_keys() -> set[str]:

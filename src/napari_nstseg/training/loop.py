@@ -154,7 +154,10 @@ class TrainConfig:
     ``weight_decay`` None: 1e-4 for AdamW, 5e-4 for SGD (the reference). The learning rate
     decays per iteration as lr * (1 - t / T) ** poly_power; SGD biases get 2x lr, as in the
     reference. ``val_max_slices`` caps validation (every lesion slice first, then evenly spaced
-    slices without lesion) when whole-slice validation would cost too much. ``mae_weights``: a
+    slices without lesion) when whole-slice validation would cost too much. ``init_weights``: a
+    segmentation checkpoint to start from instead of random weights (fine-tuning, or a longer
+    run continued with a new schedule); its architecture and preprocessing must be this run's.
+    ``mae_weights``: a
     pretrained MAE checkpoint, used for SSL guidance and named in the checkpoints so the plugin
     can show residual maps.
     """
@@ -182,6 +185,7 @@ class TrainConfig:
     num_workers: int | None = None
     device: str = "auto"
     resume: bool = False
+    init_weights: str | None = None
     mae_weights: str | None = None
     residual_masks: int = 4
     threshold: float = 0.5
@@ -1036,6 +1040,7 @@ def _run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
     model: nn.Module = build_model(cfg.model).to(device, memory_format=torch.channels_last)
     if ctx.distributed and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    initialised_from = _init_from(model, cfg) if cfg.init_weights else None
     net: nn.Module = model
     if ctx.distributed:
         net = nn.parallel.DistributedDataParallel(
@@ -1127,6 +1132,7 @@ def _run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
             },
             "seed": cfg.seed,
             "mae": mae_name,
+            "initialised_from": initialised_from,
             "train_config": cfg.to_dict(),
         }
 
@@ -1162,6 +1168,43 @@ def _run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
         provenance=provenance,
     )
     return _run_epochs(job)
+
+
+def _init_from(model: nn.Module, cfg: TrainConfig) -> dict[str, Any]:
+    """Load ``cfg.init_weights`` into ``model``; returns what the provenance records of it (its
+    file, tensor hash and its own training budget, so a continued run's total is traceable)."""
+    path = cfg.init_weights
+    meta = read_metadata(path)
+    if meta["kind"] != "segmentation":
+        raise ValueError(f"--init {path}: a {meta['kind']} checkpoint, not a segmentation model.")
+    for what, theirs, ours in (
+        (
+            "architecture",
+            ModelConfig.from_dict(meta["model_config"]).to_dict(),
+            cfg.model.to_dict(),
+        ),
+        (
+            "preprocessing",
+            PreprocessConfig.from_dict(meta["preprocessing"]).to_dict(),
+            cfg.preprocess.to_dict(),
+        ),
+    ):
+        differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+        if differ:
+            shown = ", ".join(f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differ)
+            raise ValueError(
+                f"--init {path}: its {what} differs from this run's ({shown}); train with the "
+                "checkpoint's settings (leave them out on the command line) or start from scratch."
+            )
+    loaded, _ = load_checkpoint(path)
+    model.load_state_dict(loaded.state_dict())
+    prov = meta.get("provenance") or {}
+    return {
+        "weights": str(Path(path).resolve()),
+        "tensors_sha256": (meta.get("tensors") or {}).get("sha256"),
+        "budget": prov.get("budget"),
+        "initialised_from": prov.get("initialised_from"),
+    }
 
 
 def _make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
