@@ -81,7 +81,11 @@ def bce_iou_loss(
 
 def structure_weights(target: torch.Tensor) -> torch.Tensor:
     """F3Net pixel weights 1 + 5|avgpool31(g) - g|: large near boundaries and on small objects."""
-    local_mean = F.avg_pool2d(target, EDGE_WINDOW, stride=1, padding=EDGE_WINDOW // 2)
+    # The 31x31 box mean as two 31-tap passes (exact: zero padding counts in both): 15x fewer
+    # operations than one 2-D pool, which dominated a CPU training step's loss.
+    half = EDGE_WINDOW // 2
+    local_mean = F.avg_pool2d(target, (EDGE_WINDOW, 1), stride=1, padding=(half, 0))
+    local_mean = F.avg_pool2d(local_mean, (1, EDGE_WINDOW), stride=1, padding=(0, half))
     return 1 + EDGE_GAIN * (local_mean - target).abs()
 
 
