@@ -16,7 +16,12 @@ Steps (each printed as the exact `nstseg` command it runs):
   6. results.md: the comparison table.
 
 Every step resumes: run the same command again after an interruption and finished work is kept
-(training continues from its last epoch checkpoint). Small smoke run:
+(training continues from its last epoch checkpoint). A second phase continues trained models with
+a new schedule and loss (each variant from its own phase-1 weights, the same for every variant):
+  python scripts/train_bundled.py --work W2 --init default=W1/runs/default/final.json \
+      --init unet=W1/runs/unet/final.json --mae-weights W1/runs/mae/final.json \
+      --variants default unet ...
+Small smoke run:
   python scripts/train_bundled.py --work /tmp/nstseg-small --copies 1 --epochs 1 \
       --steps-per-epoch 2 --mae-epochs 1 --mae-steps 2 --base-width 8 --crop-size 64
 Under torchrun (GPUs): add --nproc N.
@@ -76,7 +81,9 @@ def budget(args: argparse.Namespace) -> list[str]:
            "--lr", str(args.lr), "--device", args.device,
            "--dice-weight", str(args.dice_weight),
            "--positive-fraction", str(args.positive_fraction),
-           "--noise-hu", str(args.noise_hu), "--context-mm", str(args.context_mm)]  # fmt: skip
+           "--noise-hu", str(args.noise_hu), "--context-mm", str(args.context_mm),
+           "--hard-pixel-fraction", str(args.hard_pixel_fraction),
+           "--region-loss", args.region_loss]  # fmt: skip
     if args.steps_per_epoch:
         out += ["--steps-per-epoch", str(args.steps_per_epoch)]
     if args.val_max_slices:
@@ -159,6 +166,15 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="2.5-D input: planes this far above and below each slice (0: 2-D)",
     )
+    p.add_argument("--hard-pixel-fraction", type=float, default=1.0,
+                   help="BCE over the hardest share of each crop's pixels (1: all)")  # fmt: skip
+    p.add_argument("--region-loss", choices=("image", "batch"), default="image",
+                   help="IoU/Dice terms per image (the paper) or over the batch")  # fmt: skip
+    p.add_argument("--init", action="append", default=[], metavar="VARIANT=WEIGHTS",
+                   help="start VARIANT from WEIGHTS ('bundled': the shipped model) instead of "
+                   "random weights: a second training phase")  # fmt: skip
+    p.add_argument("--mae-weights", type=Path,
+                   help="an MAE checkpoint to use instead of pretraining one")  # fmt: skip
     p.add_argument("--max-fp-per-scan", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=2024)
     p.add_argument("--val-max-slices", type=int, default=40)
@@ -175,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     work = args.work.resolve()
+    inits = dict(item.split("=", 1) for item in args.init)
+    unknown = sorted(set(inits) - set(VARIANTS))
+    if unknown:
+        p.error(f"--init names unknown variant(s) {', '.join(unknown)}")
     lesions, train = work / "lesions", work / "train"
     scans = [str(args.data / s) for s in SCANS]
     organs = work / "example_ct_organs.nii.gz"
@@ -191,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                    "--split", *map(str, args.split), *extra), args.dry_run)  # fmt: skip
 
     mae = work / "runs" / "mae"
+    mae_weights = args.mae_weights.resolve() if args.mae_weights else mae / "final.json"
     mae_cmd = nstseg(
         args, "pretrain-mae", "--data", str(train), "--out", str(mae), "--resume",
         "--epochs", str(args.mae_epochs), "--steps-per-epoch", str(args.mae_steps),
@@ -198,13 +219,15 @@ def main(argv: list[str] | None = None) -> int:
         "--working-spacing-mm", str(args.working_spacing_mm), "--seed", str(args.seed),
         "--device", args.device, "--no-progress", distributed=True,
     )  # fmt: skip
-    run(mae_cmd, args.dry_run)
+    if args.mae_weights is None:
+        run(mae_cmd, args.dry_run)
 
     for variant in args.variants:
         out = work / "runs" / variant
         weights = str(out / "final.json")
+        start = ["--init", inits[variant]] if variant in inits else ["--variant", variant]
         run(nstseg(args, "train", "--data", str(train), "--out", str(out), "--resume",
-                   "--variant", variant, "--mae", str(mae / "final.json"), *budget(args),
+                   *start, "--mae", str(mae_weights), *budget(args),
                    "--no-progress", distributed=True), args.dry_run)  # fmt: skip
         run(nstseg(args, "tune-postprocess", weights, "--data", str(lesions), "--split", "val",
                    "--max-fp-per-scan", str(args.max_fp_per_scan), "--out",

@@ -205,6 +205,24 @@ def test_init_starts_from_a_checkpoint_with_its_architecture(reference, dataset,
     assert origin["weights"] == str(Path(result.final).resolve())
     assert origin["budget"]["samples"] == 36
     assert origin["tensors_sha256"] == read_metadata(result.final)["tensors"]["sha256"]
+    # A 2-D checkpoint starts a 2.5-D run: its input weights on the centre plane, zeros on the
+    # context planes, so the network begins as the 2-D model.
+    code = main([
+        "train", "--data", str(dataset), "--out", str(tmp_path / "planes"), "--init",
+        str(result.final), "--context-mm", "2", "--epochs", "1", "--steps-per-epoch", "1",
+        "--batch-size", "4", "--crop-size", "32", "--lr", "1e-12", "--no-progress",
+    ])  # fmt: skip
+    assert code == 0
+    planes, meta = load_checkpoint(tmp_path / "planes" / "final.json")
+    assert meta["model_config"]["in_channels"] == 3
+    assert meta["preprocessing"]["slice_offsets_mm"] == [-2.0, 0.0, 2.0]
+    assert meta["provenance"]["initialised_from"]["input_planes_added"] is True
+    widened = [n for n, v in planes.named_parameters() if v.ndim == 4 and v.shape[1] == 3]
+    assert widened
+    for name in widened:
+        w = dict(planes.named_parameters())[name]
+        torch.testing.assert_close(w[:, 1:2], start[name], atol=1e-6, rtol=0)
+        assert float(w[:, [0, 2]].abs().max()) < 1e-6
     capsys.readouterr()
     code = main([
         "train", "--data", str(dataset), "--out", str(tmp_path / "wider"),

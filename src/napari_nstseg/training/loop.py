@@ -1172,24 +1172,28 @@ def _run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
 
 def _init_from(model: nn.Module, cfg: TrainConfig) -> dict[str, Any]:
     """Load ``cfg.init_weights`` into ``model``; returns what the provenance records of it (its
-    file, tensor hash and its own training budget, so a continued run's total is traceable)."""
+    file, tensor hash and its own training budget, so a continued run's total is traceable).
+
+    A 2-D (1-channel) checkpoint may start a 2.5-D run: the input convolution's weights go to
+    the centre plane and the context planes start at zero, so the network begins as the 2-D
+    model it was and learns from there what the neighbouring planes add.
+    """
     path = cfg.init_weights
     meta = read_metadata(path)
     if meta["kind"] != "segmentation":
         raise ValueError(f"--init {path}: a {meta['kind']} checkpoint, not a segmentation model.")
-    for what, theirs, ours in (
-        (
-            "architecture",
-            ModelConfig.from_dict(meta["model_config"]).to_dict(),
-            cfg.model.to_dict(),
-        ),
-        (
-            "preprocessing",
-            PreprocessConfig.from_dict(meta["preprocessing"]).to_dict(),
-            cfg.preprocess.to_dict(),
-        ),
+    theirs_model = ModelConfig.from_dict(meta["model_config"]).to_dict()
+    theirs_pre = PreprocessConfig.from_dict(meta["preprocessing"]).to_dict()
+    inflate = theirs_model["in_channels"] == 1 and cfg.model.in_channels > 1
+    free = {"in_channels"} if inflate else set()
+    free_pre = {"slice_offsets_mm"} if inflate else set()
+    for what, theirs, ours, ignored in (
+        ("architecture", theirs_model, cfg.model.to_dict(), free),
+        ("preprocessing", theirs_pre, cfg.preprocess.to_dict(), free_pre),
     ):
-        differ = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+        differ = sorted(
+            k for k in set(theirs) | set(ours) if k not in ignored and theirs.get(k) != ours.get(k)
+        )
         if differ:
             shown = ", ".join(f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differ)
             raise ValueError(
@@ -1197,12 +1201,23 @@ def _init_from(model: nn.Module, cfg: TrainConfig) -> dict[str, Any]:
                 "checkpoint's settings (leave them out on the command line) or start from scratch."
             )
     loaded, _ = load_checkpoint(path)
-    model.load_state_dict(loaded.state_dict())
+    state = loaded.state_dict()
+    if inflate:
+        own = model.state_dict()
+        centre = cfg.preprocess.center_channel
+        for name, value in state.items():
+            want = own[name].shape
+            if value.shape != want and value.ndim == 4 and value.shape[1] == 1:
+                wider = torch.zeros(want, dtype=value.dtype)
+                wider[:, centre] = value[:, 0]
+                state[name] = wider
+    model.load_state_dict(state)
     prov = meta.get("provenance") or {}
     return {
         "weights": str(Path(path).resolve()),
         "tensors_sha256": (meta.get("tensors") or {}).get("sha256"),
         "budget": prov.get("budget"),
+        "input_planes_added": inflate,
         "initialised_from": prov.get("initialised_from"),
     }
 
