@@ -106,12 +106,67 @@ def test_specks_skip_the_exact_diameter(monkeypatch):
 def test_operating_point_is_validated_and_round_trips():
     point = PostprocessConfig(0.35, 5)
     assert PostprocessConfig.from_dict(point.to_dict()) == point
-    assert point.to_dict() == {"threshold": 0.35, "min_lesion_mm": 5.0}
+    assert point.to_dict() == {"threshold": 0.35, "min_lesion_mm": 5.0, "min_depth_mm": 0.0}
+    # an operating point written before min_depth_mm existed still reads
     assert PostprocessConfig.from_dict({"min_lesion_mm": 3}) == PostprocessConfig(0.5, 3.0)
-    for bad in ({"threshold": 1.5}, {"min_lesion_mm": -1}, {"min_lesion_mm": float("nan")}):
+    for bad in (
+        {"threshold": 1.5},
+        {"min_lesion_mm": -1},
+        {"min_lesion_mm": float("nan")},
+        {"min_depth_mm": -2},
+    ):
         with pytest.raises(ValueError):
             PostprocessConfig.from_dict(bad)
     with pytest.raises(ValueError, match="unknown"):
         PostprocessConfig.from_dict({"thresold": 0.4})
     with pytest.raises(ValueError, match="number"):
         PostprocessConfig.from_dict({"threshold": "0.4"})
+
+
+def test_lesions_seen_on_too_few_slices_are_dropped_by_depth_in_mm():
+    """min_depth_mm counts slices times the slice spacing, so 4 mm asks for 2 slices of a 3 mm
+    scan and 3 slices of a 1.5 mm one; the in-plane size plays no part."""
+    mask = np.zeros((10, 40, 40), np.uint8)
+    mask[2, 5:15, 5:15] = 1  # one slice, 10 x 10 px
+    mask[5:7, 20:30, 20:30] = 1  # two slices
+    single, double = mask.copy(), mask.copy()
+    single[5:7] = 0
+    double[2] = 0
+    np.testing.assert_array_equal(
+        remove_small_lesions(mask, (3.0, 1.0, 1.0), 0, min_depth_mm=4), double
+    )
+    assert not remove_small_lesions(mask, (1.5, 1.0, 1.0), 0, min_depth_mm=4).any()
+    np.testing.assert_array_equal(
+        remove_small_lesions(mask, (5.0, 1.0, 1.0), 0, min_depth_mm=4), mask
+    )
+    # both limits at once: each lesion has to pass both
+    both = remove_small_lesions(mask, (3.0, 1.0, 1.0), 12.0, min_depth_mm=4)
+    np.testing.assert_array_equal(both, double)
+    assert not remove_small_lesions(mask, (3.0, 1.0, 1.0), 15.0, min_depth_mm=4).any()
+
+
+def test_depth_is_not_judged_where_the_neighbouring_slice_was_not_segmented():
+    """A single slice run (the widget's current-slice mode) or the edge of a cancelled run:
+    the lesion may go on in the slice next to it, so it stays."""
+    mask = np.zeros((10, 40, 40), np.uint8)
+    mask[4, 5:15, 5:15] = 1
+    mask[7, 20:30, 20:30] = 1
+    spacing = (3.0, 1.0, 1.0)
+    # only slice 4 was segmented: kept, and slice 7 (not ours) is left alone
+    np.testing.assert_array_equal(
+        remove_small_lesions(mask, spacing, 0, slices=[4], min_depth_mm=4), mask
+    )
+    # slices 3-8 segmented: both lie inside, both are one slice deep
+    assert not remove_small_lesions(mask, spacing, 0, slices=range(3, 9), min_depth_mm=4).any()
+    # slices 4-8: the one at slice 4 touches slice 3, which was not segmented
+    kept = remove_small_lesions(mask, spacing, 0, slices=range(4, 9), min_depth_mm=4)
+    np.testing.assert_array_equal(kept[4], mask[4])
+    assert not kept[7].any()
+    # the scan's own first and last slices are no unknown neighbours
+    edge = np.zeros((3, 20, 20), np.uint8)
+    edge[0, 2:8, 2:8] = 1
+    assert not remove_small_lesions(edge, spacing, 0, min_depth_mm=4).any()
+    # one (y, x) slice has no depth to judge
+    np.testing.assert_array_equal(
+        remove_small_lesions(mask[4], (1.0, 1.0), 0, min_depth_mm=4), mask[4]
+    )

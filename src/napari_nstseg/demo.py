@@ -43,6 +43,7 @@ def run_headless(out_dir: Path) -> int:
         batch_size=4,
         threshold=None,  # the bundled weights' operating point
         min_lesion_mm=None,
+        min_depth_mm=None,
         slices=None,
         maps=str(out_dir / "maps"),
         report=str(out_dir / "report.json"),

@@ -1,5 +1,6 @@
 """Lesion-level operating point (threshold + smallest reported lesion, as nnU-Net ships its
-postprocessing choice) and the removal of lesions below a RECIST-style size."""
+postprocessing choice) and the removal of lesions below a RECIST-style size or seen on too few
+slices."""
 
 from __future__ import annotations
 
@@ -17,23 +18,26 @@ from napari_nstseg.metrics import label_lesions, longest_axial_diameter_mm
 @dataclass(frozen=True)
 class PostprocessConfig:
     """Operating point: tumor at probability >= ``threshold``, lesions under ``min_lesion_mm``
-    (longest axial diameter) dropped."""
+    (longest axial diameter) dropped, and lesions spanning less than ``min_depth_mm`` along z
+    (slices x slice spacing: 4 mm asks for 2 slices of a 3 mm scan, 3 of a 1.5 mm one) dropped,
+    the rule by which CT detection systems discard what a single slice shows."""
 
     threshold: float = 0.5
     min_lesion_mm: float = 0.0
+    min_depth_mm: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("threshold", "min_lesion_mm"):
+        for name in ("threshold", "min_lesion_mm", "min_depth_mm"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"{name} must be a number, got {value!r}")
             object.__setattr__(self, name, float(value))
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be between 0 and 1, got {self.threshold!r}")
-        if not (math.isfinite(self.min_lesion_mm) and self.min_lesion_mm >= 0.0):
-            raise ValueError(
-                f"min_lesion_mm must be a size in mm, 0 or more, got {self.min_lesion_mm!r}"
-            )
+        for name in ("min_lesion_mm", "min_depth_mm"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0.0):
+                raise ValueError(f"{name} must be a size in mm, 0 or more, got {value!r}")
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -42,7 +46,7 @@ class PostprocessConfig:
     def from_dict(cls, d: dict[str, Any]) -> PostprocessConfig:
         if not isinstance(d, dict):
             raise ValueError(f"an operating point is a JSON object, got {d!r}")
-        unknown = sorted(set(d) - {"threshold", "min_lesion_mm"})
+        unknown = sorted(set(d) - {"threshold", "min_lesion_mm", "min_depth_mm"})
         if unknown:
             raise ValueError(f"unknown operating-point key(s) {', '.join(unknown)}")
         return cls(**d)
@@ -92,23 +96,30 @@ def remove_small_lesions(
     spacing_zyx: Sequence[float],
     min_lesion_mm: float,
     slices: Sequence[int] | None = None,
+    min_depth_mm: float = 0.0,
 ) -> np.ndarray:
-    """``mask_zyx`` without the lesions whose longest axial diameter is below ``min_lesion_mm``.
+    """``mask_zyx`` without the lesions whose longest axial diameter is below ``min_lesion_mm``
+    or whose extent along z is below ``min_depth_mm``.
 
     A lesion is a 26-connected 3-D component of ``mask > 0``; its size is the largest in-plane
-    Feret diameter over its slices, edge to edge in mm (as the lesion table measures it).
-    ``slices``: only these axial slices are looked at and changed (e.g. the finished slices of
-    a cancelled run); the others neither join components nor lose voxels. Returns a new array
-    of the mask's dtype; ``min_lesion_mm == 0`` returns an unchanged copy. A (y, x) mask with a
-    (y, x) spacing is one slice.
+    Feret diameter over its slices, edge to edge in mm (as the lesion table measures it), its
+    depth the number of slices it spans times the slice spacing. ``slices``: only these axial
+    slices are looked at and changed (e.g. the finished slices of a cancelled run); the others
+    neither join components nor lose voxels, and a lesion reaching a slice next to one of them
+    keeps its place whatever its depth (it may go on there). Returns a new array of the mask's
+    dtype; both limits 0 return an unchanged copy. A (y, x) mask with a (y, x) spacing is one
+    slice, whose depth is never judged.
     """
     mask = np.asarray(mask_zyx)
     if mask.ndim not in (2, 3):
         raise ValueError(f"expected a (z, y, x) mask, got shape {mask.shape}")
     sp = _spacing_zyx(spacing_zyx, mask.ndim)
-    limit = PostprocessConfig(min_lesion_mm=min_lesion_mm).min_lesion_mm
+    point = PostprocessConfig(min_lesion_mm=min_lesion_mm, min_depth_mm=min_depth_mm)
+    limit, depth_limit = point.min_lesion_mm, point.min_depth_mm
+    if mask.ndim == 2:
+        depth_limit = 0.0
     out = mask.copy()
-    if limit == 0.0 or mask.size == 0:
+    if (limit == 0.0 and depth_limit == 0.0) or mask.size == 0:
         return out
     volume = out[None] if out.ndim == 2 else out
     if slices is None:
@@ -120,11 +131,15 @@ def remove_small_lesions(
     if zs.size == 0:
         return out
     z0, z1 = int(zs[0]), int(zs[-1]) + 1
+    listed = np.zeros(volume.shape[0], bool)
+    listed[zs] = True
     work = volume[z0:z1] > 0
-    if zs.size != z1 - z0:
-        listed = np.zeros(z1 - z0, bool)
-        listed[zs - z0] = True
-        work[~listed] = False  # a slice in between that is not ours must not bridge two lesions
+    work[~listed[z0:z1]] = False  # a slice in between that is not ours must not bridge two lesions
+    # A slice whose neighbour exists but was not segmented: depth there is not known.
+    open_below = np.zeros(volume.shape[0], bool)
+    open_above = np.zeros(volume.shape[0], bool)
+    open_below[1:] = ~listed[:-1]
+    open_above[:-1] = ~listed[1:]
     # Labelling is the cost: only the box around the mask's voxels is labelled.
     crop = []
     for axis in range(3):
@@ -136,8 +151,18 @@ def remove_small_lesions(
     part = volume[z0:z1][tuple(crop)]
     labels, n = label_lesions(work)
     boxes = ndimage.find_objects(labels, max_label=n)
-    diameters = component_diameters_mm(labels, boxes, sp[1:], below=limit)
-    for i in np.flatnonzero(diameters < limit):
+    drop = np.zeros(n, bool)
+    if limit > 0:
+        drop |= component_diameters_mm(labels, boxes, sp[1:], below=limit) < limit
+    if depth_limit > 0:
+        first = z0 + crop[0].start
+        for i, box in enumerate(boxes):
+            if box is None:
+                continue
+            lo, hi = first + box[0].start, first + box[0].stop - 1
+            measured = not (open_below[lo] or open_above[hi])
+            drop[i] |= measured and (hi - lo + 1) * sp[0] < depth_limit
+    for i in np.flatnonzero(drop):
         box = boxes[i]
         part[box][labels[box] == i + 1] = 0
     return out

@@ -93,12 +93,16 @@ def test_the_weights_recommended_operating_point_is_the_default(tiny_model, tmp_
         postprocess={"threshold": 0.35, "min_lesion_mm": 4},
     )
     meta = json.loads((tmp_path / "tuned.json").read_text())
-    assert meta["postprocess"] == {"threshold": 0.35, "min_lesion_mm": 4.0}
+    assert meta["postprocess"] == {"threshold": 0.35, "min_lesion_mm": 4.0, "min_depth_mm": 0.0}
     load_checkpoint(tmp_path / "tuned.json")  # hashes verify with the entry in them
 
     seg = Segmenter.from_checkpoint(tmp_path / "tuned.json", device="cpu")
     assert (seg.postprocess.threshold, seg.postprocess.min_lesion_mm) == (0.35, 4.0)
-    assert seg.postprocess_sources == {"threshold": "weights", "min_lesion_mm": "weights"}
+    assert seg.postprocess_sources == {
+        "threshold": "weights",
+        "min_lesion_mm": "weights",
+        "min_depth_mm": "weights",
+    }
     pred = seg.predict(make_ct((1, 32, 32)), (2.0, 1.0, 1.0))
     assert (pred.threshold, pred.min_lesion_mm) == (0.35, 4.0)
 
@@ -107,7 +111,11 @@ def test_the_weights_recommended_operating_point_is_the_default(tiny_model, tmp_
         tmp_path / "tuned.json", device="cpu", config=EngineConfig(threshold=0.6)
     )
     assert (mine.postprocess.threshold, mine.postprocess.min_lesion_mm) == (0.6, 4.0)
-    assert mine.postprocess_sources == {"threshold": "explicit", "min_lesion_mm": "weights"}
+    assert mine.postprocess_sources == {
+        "threshold": "explicit",
+        "min_lesion_mm": "weights",
+        "min_depth_mm": "weights",
+    }
     none = mine.with_config(min_lesion_mm=0.0)
     assert (none.postprocess.threshold, none.postprocess.min_lesion_mm) == (0.6, 0.0)
     assert mine.postprocess.min_lesion_mm == 4.0  # with_config leaves the original alone
@@ -116,7 +124,11 @@ def test_the_weights_recommended_operating_point_is_the_default(tiny_model, tmp_
     save_checkpoint(tmp_path / "plain", tiny_model, TINY.to_dict(), {}, {})
     plain = Segmenter.from_checkpoint(tmp_path / "plain.json", device="cpu")
     assert (plain.postprocess.threshold, plain.postprocess.min_lesion_mm) == (0.5, 0.0)
-    assert plain.postprocess_sources == {"threshold": "default", "min_lesion_mm": "default"}
+    assert plain.postprocess_sources == {
+        "threshold": "default",
+        "min_lesion_mm": "default",
+        "min_depth_mm": "default",
+    }
 
 
 def test_an_edited_or_unusable_recommendation_is_refused(tiny_model, tmp_path):

@@ -168,14 +168,20 @@ def test_predict_uses_the_weights_operating_point_unless_told_otherwise(
     assert run([*common, "--report", str(tmp_path / "a.json")]) == 0
     rep = json.loads((tmp_path / "a.json").read_text())["run"]
     assert (rep["threshold"], rep["min_lesion_mm"]) == (0.45, 6.0)
-    assert rep["operating_point_source"] == {"threshold": "weights", "min_lesion_mm": "weights"}
+    assert rep["operating_point_source"] == {
+        "threshold": "weights",
+        "min_lesion_mm": "weights",
+        "min_depth_mm": "weights",
+    }
     assert "threshold 0.45 (weights), min lesion 6 mm (weights)" in capsys.readouterr().err
 
-    argv = [*common, "--min-lesion-mm", "0", "--report", str(tmp_path / "b.json")]
+    argv = [*common, "--min-lesion-mm", "0", "--min-depth-mm", "4", "--report",
+            str(tmp_path / "b.json")]  # fmt: skip
     assert run(argv) == 0
     rep = json.loads((tmp_path / "b.json").read_text())["run"]
-    assert (rep["threshold"], rep["min_lesion_mm"]) == (0.45, 0.0)
+    assert (rep["threshold"], rep["min_lesion_mm"], rep["min_depth_mm"]) == (0.45, 0.0, 4.0)
     assert rep["operating_point_source"] == {
         "threshold": "weights",
         "min_lesion_mm": "command line",
+        "min_depth_mm": "command line",
     }

@@ -438,7 +438,8 @@ def test_evaluate_scores_and_records_the_operating_point(reference, dataset, tmp
     assert default["postprocess"] == {
         "threshold": 0.5,
         "min_lesion_mm": 0.0,
-        "source": {"threshold": "default", "min_lesion_mm": "default"},
+        "min_depth_mm": 0.0,
+        "source": {"threshold": "default", "min_lesion_mm": "default", "min_depth_mm": "default"},
     }
     out = tmp_path / "b"
     code = main(["evaluate", str(result.best), "--data", str(dataset), "--out", str(out),
@@ -460,9 +461,11 @@ def test_tune_postprocess_sweeps_the_grid_and_chooses_a_point(reference, dataset
     out = tmp_path / "tune"
     code = main(["tune-postprocess", "--weights", str(result.best), "--data", str(dataset),
                  "--split", "val", "--thresholds", "0.3", "0.5", "--min-lesion-mm", "0", "4",
-                 "--max-fp-per-scan", "1000", "--out", str(out), "--device", "cpu"])  # fmt: skip
+                 "--min-depth-mm", "0", "--max-fp-per-scan", "1000", "--out", str(out),
+                 "--device", "cpu"])  # fmt: skip
     assert code == 0
     tuned = json.loads((out / "tune.json").read_text())
+    assert {r["min_depth_mm"] for r in tuned["grid"]} == {0.0}
     grid = {(r["threshold"], r["min_lesion_mm"]): r for r in tuned["grid"]}
     assert set(grid) == {(0.3, 0.0), (0.3, 4.0), (0.5, 0.0), (0.5, 4.0)}
     assert all(r["scans"] == 1 and r["lesions"] == 2 for r in grid.values())

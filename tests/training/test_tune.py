@@ -11,10 +11,11 @@ from napari_nstseg.training.evaluate import EvalConfig, score_case
 from napari_nstseg.training.tune import choose_operating_point, grid_rows, sweep_case
 
 
-def point(t, m, sens, target, fp, lesions=10, targets=4) -> dict:
+def point(t, m, sens, target, fp, lesions=10, targets=4, depth=0.0) -> dict:
     return {
         "threshold": t,
         "min_lesion_mm": m,
+        "min_depth_mm": depth,
         "scans": 5,
         "lesions": lesions,
         "detected": round(sens * lesions),
@@ -87,24 +88,34 @@ def planted_case():
 
 def test_the_sweep_counts_what_evaluate_counts_on_the_post_processed_mask():
     final, gt, spacing = planted_case()
-    thresholds, sizes = (0.3, 0.5, 0.7), (0.0, 3.0, 6.0, 10.0)
-    swept = sweep_case(final, gt, spacing, thresholds, sizes, min_dice=0.1, targets=[0, 0])
+    thresholds, sizes, depths = (0.3, 0.5, 0.7), (0.0, 3.0, 6.0, 10.0), (0.0, 3.0, 7.0)
+    swept = sweep_case(
+        final, gt, spacing, thresholds, sizes, min_dice=0.1, targets=[0, 0], depths_mm=depths
+    )
     for t in thresholds:
         for m in sizes:
-            cut = (final >= np.ceil(t * 255 - 1e-6)).astype(np.uint8)
-            mask = remove_small_lesions(cut, spacing, m)
-            det = detect_lesions(mask, gt, spacing, min_dice=0.1)
-            got = swept[(t, m)]
-            assert got["false_positives"] == det.false_positives, (t, m)
-            assert got["detected"] == det.n_detected, (t, m)
-            assert got["lesions"] == 2 and got["target_lesions"] == 2
-    assert swept[(0.5, 0.0)]["false_positives"] == 3
-    assert swept[(0.5, 3.0)]["false_positives"] == 1  # the specks go, the 7.9 mm one stays
-    assert swept[(0.5, 10.0)]["false_positives"] == 0
-    assert swept[(0.5, 6.0)]["detected"] == 1  # the small true lesion (4.7 mm as predicted) goes
-    assert swept[(0.7, 0.0)]["target_detected"] == 2  # the large one, counted per table row
+            for d in depths:
+                cut = (final >= np.ceil(t * 255 - 1e-6)).astype(np.uint8)
+                mask = remove_small_lesions(cut, spacing, m, min_depth_mm=d)
+                det = detect_lesions(mask, gt, spacing, min_dice=0.1)
+                got = swept[(t, m, d)]
+                assert got["false_positives"] == det.false_positives, (t, m, d)
+                assert got["detected"] == det.n_detected, (t, m, d)
+                assert got["lesions"] == 2 and got["target_lesions"] == 2
+    assert swept[(0.5, 0.0, 0.0)]["false_positives"] == 3
+    assert swept[(0.5, 3.0, 0.0)]["false_positives"] == 1  # the specks go, the 7.9 mm one stays
+    assert swept[(0.5, 10.0, 0.0)]["false_positives"] == 0
+    assert swept[(0.5, 6.0, 0.0)]["detected"] == 1  # the small true lesion (4.7 mm) goes
+    assert swept[(0.7, 0.0, 0.0)]["target_detected"] == 2  # the large one, counted per table row
+    # Every false lesion and the small true one lie on one slice (2 mm deep here): a minimum
+    # depth of 3 mm keeps only the large true lesion, over three slices (6 mm); 7 mm, nothing.
+    assert swept[(0.5, 0.0, 3.0)]["false_positives"] == 0
+    assert swept[(0.5, 0.0, 3.0)]["detected"] == 1
+    assert swept[(0.5, 0.0, 7.0)]["detected"] == 0
     rows = grid_rows([swept, swept])
-    row = next(r for r in rows if (r["threshold"], r["min_lesion_mm"]) == (0.5, 3.0))
+    row = next(
+        r for r in rows if (r["threshold"], r["min_lesion_mm"], r["min_depth_mm"]) == (0.5, 3, 0)
+    )
     assert row["scans"] == 2 and row["fp_per_scan"] == 1.0 and row["sensitivity"] == 1.0
 
 

@@ -645,6 +645,32 @@ def test_min_lesion_size_recuts_the_last_run_without_small_lesions_and_spares_ed
     assert errors == []
 
 
+def test_min_depth_recuts_the_last_run_without_lesions_seen_on_one_slice(
+    qtbot, make_napari_viewer, tiny_weights, errors, monkeypatch
+):
+    from napari_nstseg.widgets import runner
+
+    engine = BrightStandIn.segmenter()
+    monkeypatch.setattr(runner, "load_segmenter", lambda weights, device, variant="": engine)
+    viewer = make_napari_viewer()
+    viewer.add_image(BrightStandIn.ct(), name="CT", scale=CT_SCALE, translate=CT_TRANSLATE)
+    widget = make_widget(viewer, tiny_weights, coarse=False, stages=False)
+    run_and_wait(qtbot, widget, "whole volume")
+    mask = viewer.layers[LayerNames("CT").tumor_mask]
+    assert mask.data[4, 44:46, 44:46].all() and mask.data[2, 44:46, 20:22].all()
+
+    widget.min_depth.value = 1.5 * CT_SCALE[0]  # asks for two slices
+    assert widget._threshold_timer.isActive()
+    qtbot.waitUntil(lambda: not widget._threshold_timer.isActive(), timeout=5000)
+    assert not mask.data[4, 44:46, 44:46].any()  # one slice deep: gone
+    assert not mask.data[2, 44:46, 20:22].any()
+    assert mask.data[2:6, 14:29, 14:29].all()  # four slices deep: kept
+    assert "min depth" in widget.status.value
+    request = widget.make_request("whole volume")
+    assert request.min_depth_mm == pytest.approx(1.5 * CT_SCALE[0])
+    assert errors == []
+
+
 def test_controls_start_at_the_weights_recommendation_until_the_user_moves_them(
     qtbot, viewer_with_ct, tiny_weights, tmp_path, errors
 ):
@@ -653,13 +679,15 @@ def test_controls_start_at_the_weights_recommendation_until_the_user_moves_them(
     model, meta = load_checkpoint(tiny_weights)
     save_checkpoint(
         tmp_path / "tuned", model, meta["model_config"], meta["preprocessing"],
-        meta["provenance"], postprocess={"threshold": 0.3, "min_lesion_mm": 4.0},
+        meta["provenance"],
+        postprocess={"threshold": 0.3, "min_lesion_mm": 4.0, "min_depth_mm": 6.0},
     )  # fmt: skip
     tuned = str(tmp_path / "tuned.json")
     viewer, _ = viewer_with_ct
     widget = make_widget(viewer, tuned)
     assert widget.threshold.value == pytest.approx(0.3)
     assert widget.min_lesion.value == pytest.approx(4.0)
+    assert widget.min_depth.value == pytest.approx(6.0)
     assert not widget._threshold_timer.isActive()  # choosing weights re-cuts nothing
     request = widget.make_request("current slice")
     assert (request.threshold, request.min_lesion_mm) == (pytest.approx(0.3), 4.0)

@@ -63,6 +63,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "recommendation, else 0: keep every lesion)",
     )
     p.add_argument(
+        "--min-depth-mm",
+        metavar="MM",
+        type=float,
+        default=None,
+        help="drop lesions spanning less than MM along z, slices times slice spacing (4: at "
+        "least 2 slices of a 3 mm scan; default: the weights' recommendation, else 0)",
+    )
+    p.add_argument(
         "--slices",
         metavar="a:b",
         default=None,
@@ -119,8 +127,8 @@ def _stem(path: Path) -> str:
 
 
 def operating_point(seg) -> dict[str, Any]:
-    """The threshold and minimum lesion size a run uses, and where each came from ("command
-    line", "weights": the checkpoint's recommendation, or "default")."""
+    """The threshold, minimum lesion size and depth a run uses, and where each came from
+    ("command line", "weights": the checkpoint's recommendation, or "default")."""
     words = {"explicit": "command line", "weights": "weights", "default": "default"}
     return {
         **seg.postprocess.to_dict(),
@@ -192,13 +200,17 @@ def run_predict(args: argparse.Namespace) -> int:
 
     t = time.perf_counter()
     config = EngineConfig(
-        batch_size=args.batch_size, threshold=args.threshold, min_lesion_mm=args.min_lesion_mm
+        batch_size=args.batch_size,
+        threshold=args.threshold,
+        min_lesion_mm=args.min_lesion_mm,
+        min_depth_mm=getattr(args, "min_depth_mm", None),
     )
     seg = Segmenter.from_checkpoint(args.weights, args.device, config)
     point = operating_point(seg)
     print(
         f"operating point: threshold {point['threshold']:g} ({point['source']['threshold']}), "
-        f"min lesion {point['min_lesion_mm']:g} mm ({point['source']['min_lesion_mm']})",
+        f"min lesion {point['min_lesion_mm']:g} mm ({point['source']['min_lesion_mm']}), "
+        f"min depth {point['min_depth_mm']:g} mm ({point['source']['min_depth_mm']})",
         file=sys.stderr,
     )
     weights = Path(args.weights) if args.weights else default_weights_path()
@@ -302,6 +314,7 @@ def run_predict(args: argparse.Namespace) -> int:
                 "slices": [int(z) for z in pred.done_slices],
                 "threshold": point["threshold"],
                 "min_lesion_mm": point["min_lesion_mm"],
+                "min_depth_mm": point["min_depth_mm"],
                 "operating_point_source": point["source"],
                 "batch_size": pred.info.get("batch_size"),
                 "oom_backoffs": pred.info.get("oom_backoffs", 0),

@@ -87,9 +87,10 @@ class EngineConfig:
     - ``batch_size``: axial slices per forward pass (the most it will use; halved on CUDA
       out-of-memory). None: the largest the memory estimate allows, up to 32.
     - ``threshold``: probability at or above which a pixel is tumor; ``min_lesion_mm``: lesions
-      (3-D components) whose longest axial diameter is below this are dropped from the mask.
-      None: the operating point the checkpoint recommends (its "postprocess" entry), else 0.5
-      and 0 mm; :attr:`Segmenter.postprocess` holds the values in use.
+      (3-D components) whose longest axial diameter is below this are dropped from the mask;
+      ``min_depth_mm``: so are lesions spanning less than this along z. None: the operating
+      point the checkpoint recommends (its "postprocess" entry), else 0.5, 0 mm and 0 mm;
+      :attr:`Segmenter.postprocess` holds the values in use.
     - ``amp``: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX), fp16 on
       MPS; other CPUs run float32.
     - ``maps``: which maps to keep when a call does not say.
@@ -101,6 +102,7 @@ class EngineConfig:
     batch_size: int | None = 4
     threshold: float | None = None
     min_lesion_mm: float | None = None
+    min_depth_mm: float | None = None
     amp: bool = True
     maps: MapRequest = field(default_factory=MapRequest)
     prob_dtype: str = "uint8"
@@ -121,6 +123,7 @@ class EngineConfig:
         PostprocessConfig(
             0.5 if self.threshold is None else self.threshold,
             0.0 if self.min_lesion_mm is None else self.min_lesion_mm,
+            0.0 if self.min_depth_mm is None else self.min_depth_mm,
         )
         if self.prob_dtype not in PROB_DTYPES:
             raise ValueError(f"prob_dtype must be one of {PROB_DTYPES}, got {self.prob_dtype!r}")
@@ -377,7 +380,7 @@ class Segmenter:
         return segmenter
 
     def _resolve_postprocess(self) -> None:
-        """Concrete operating point: the config's values, else the weights', else 0.5 / 0 mm."""
+        """Concrete operating point: the config's values, else the weights', else 0.5 / 0 / 0."""
         values: dict[str, float] = {}
         sources: dict[str, str] = {}
         for name, default in PostprocessConfig().to_dict().items():
@@ -579,9 +582,10 @@ class Segmenter:
         volume to add to (slices this run does not touch keep their results). Every event carries
         the Prediction being filled; slices not yet finished have ``done == False``.
 
-        When the run ends, completed or stopped, small lesions are removed from the mask of the
-        done slices (``postprocess.min_lesion_mm``, 3-D components in the volume's spacing); the
-        masks in the events before that are the plain threshold cut.
+        When the run ends, completed or stopped, small and shallow lesions are removed from the
+        mask of the done slices (``postprocess.min_lesion_mm`` and ``min_depth_mm``, 3-D
+        components in the volume's spacing); the masks in the events before that are the plain
+        threshold cut.
         """
         vol = np.asarray(volume_hu)
         if vol.ndim != 3:
@@ -633,10 +637,11 @@ class Segmenter:
             # Also on cancel (the caller closes this generator): the kept slices get the same
             # post-processing as a finished run.
             t0 = time.perf_counter()
+            pp = self.postprocess
             pred.finish_mask(
-                self.postprocess.threshold, self.postprocess.min_lesion_mm, earlier=earlier
+                pp.threshold, pp.min_lesion_mm, earlier=earlier, min_depth_mm=pp.min_depth_mm
             )
-            if self.postprocess.min_lesion_mm > 0:
+            if pp.min_lesion_mm > 0 or pp.min_depth_mm > 0:
                 pred.add_time("lesion_filter", time.perf_counter() - t0)
             pred.add_time("total", time.perf_counter() - start)
 
@@ -648,6 +653,7 @@ class Segmenter:
             pp.threshold,
             pp.min_lesion_mm,
             spacing=_spacing_zyx(spacing),
+            min_depth_mm=pp.min_depth_mm,
         )
 
     def _batches(self, vol, zs, box, spacing, maps, batch, pred, start) -> Iterator[ProgressEvent]:

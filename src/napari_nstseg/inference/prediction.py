@@ -95,8 +95,9 @@ class Prediction:
     """Stage maps for a (z, y, x) volume; slices not yet ``done`` hold zeros.
 
     - ``mask``: uint8 tumor mask (1 = tumor) at ``threshold`` on the final probability, without
-      the lesions whose longest axial diameter is under ``min_lesion_mm`` (3-D components over
-      the done slices, measured with ``spacing``, the volume's (z, y, x) voxel size in mm).
+      the lesions whose longest axial diameter is under ``min_lesion_mm`` or whose extent along
+      z is under ``min_depth_mm`` (3-D components over the done slices, measured with
+      ``spacing``, the volume's (z, y, x) voxel size in mm).
     - ``final``: final (finest LFM) probability; ``coarse``: GLM coarse localisation
       probability; ``stages``: each LFM stage probability, coarse to fine. uint8 or float16 as
       ``prob_dtype`` says (``decode_probability`` turns either into float32 0..1).
@@ -112,6 +113,7 @@ class Prediction:
     threshold: float = 0.5
     min_lesion_mm: float = 0.0
     spacing: tuple[float, float, float] | None = None
+    min_depth_mm: float = 0.0
     mask: np.ndarray = field(init=False)
     final: np.ndarray = field(init=False)
     coarse: np.ndarray | None = field(init=False, default=None)
@@ -186,27 +188,46 @@ class Prediction:
         self._covered = True
 
     def finish_mask(
-        self, threshold: float, min_lesion_mm: float, earlier: np.ndarray | None = None
+        self,
+        threshold: float,
+        min_lesion_mm: float,
+        earlier: np.ndarray | None = None,
+        min_depth_mm: float = 0.0,
     ) -> None:
         """Make ``mask`` the mask of the done slices at this operating point, and record it.
 
         The engine calls this when a run ends (completed or cancelled): the batches wrote
-        ``mask`` at ``threshold``, so only the small lesions remain to be removed, over all done
-        slices at once (a lesion may span batches). ``earlier``: per slice, True where the mask
-        came from an earlier run into this Prediction; those slices are re-cut from the stored
-        probability when the operating point asks for it (they may hold another cut).
+        ``mask`` at ``threshold``, so only the small (or too shallow) lesions remain to be
+        removed, over all done slices at once (a lesion may span batches). ``earlier``: per
+        slice, True where the mask came from an earlier run into this Prediction; those slices
+        are re-cut from the stored probability when the operating point asks for it (they may
+        hold another cut).
         """
-        point = PostprocessConfig(threshold, min_lesion_mm)
+        point = PostprocessConfig(threshold, min_lesion_mm, min_depth_mm)
         if earlier is not None:
             stale = np.asarray(earlier, bool) & self.done
-            changed = (point.threshold, point.min_lesion_mm) != (self.threshold, self.min_lesion_mm)
-            if stale.any() and (changed or point.min_lesion_mm > 0 or self.min_lesion_mm > 0):
+            changed = point != self.point
+            filters = point.min_lesion_mm > 0 or point.min_depth_mm > 0
+            if stale.any() and (changed or filters or self._filters()):
                 self.mask[stale] = self._cut(point.threshold, stale)
         self.threshold, self.min_lesion_mm = point.threshold, point.min_lesion_mm
-        if point.min_lesion_mm > 0 and self.done.any():
+        self.min_depth_mm = point.min_depth_mm
+        if self._filters() and self.done.any():
             self.mask = remove_small_lesions(
-                self.mask, self._spacing(), point.min_lesion_mm, slices=self.done_slices
+                self.mask,
+                self._spacing(),
+                point.min_lesion_mm,
+                slices=self.done_slices,
+                min_depth_mm=point.min_depth_mm,
             )
+
+    @property
+    def point(self) -> PostprocessConfig:
+        """The operating point ``mask`` was made at."""
+        return PostprocessConfig(self.threshold, self.min_lesion_mm, self.min_depth_mm)
+
+    def _filters(self) -> bool:
+        return self.min_lesion_mm > 0 or self.min_depth_mm > 0
 
     def _spacing(self) -> tuple[float, float, float]:
         if self.spacing is None:
@@ -248,15 +269,22 @@ class Prediction:
     def _cut(self, threshold: float, z: np.ndarray | slice = slice(None)) -> np.ndarray:
         return binarize_probability(self.final[z], threshold).astype(np.uint8)
 
-    def mask_at(self, threshold: float, min_lesion_mm: float = 0.0) -> np.ndarray:
+    def mask_at(
+        self, threshold: float, min_lesion_mm: float = 0.0, min_depth_mm: float = 0.0
+    ) -> np.ndarray:
         """The mask at another operating point, from the stored final probability (done
-        slices): ``p >= threshold``, then lesions under ``min_lesion_mm`` removed."""
-        point = PostprocessConfig(threshold, min_lesion_mm)
+        slices): ``p >= threshold``, then lesions under ``min_lesion_mm`` or spanning less than
+        ``min_depth_mm`` along z removed."""
+        point = PostprocessConfig(threshold, min_lesion_mm, min_depth_mm)
         out = self._cut(point.threshold)
         out[~self.done] = 0
-        if point.min_lesion_mm > 0:
+        if point.min_lesion_mm > 0 or point.min_depth_mm > 0:
             out = remove_small_lesions(
-                out, self._spacing(), point.min_lesion_mm, slices=self.done_slices
+                out,
+                self._spacing(),
+                point.min_lesion_mm,
+                slices=self.done_slices,
+                min_depth_mm=point.min_depth_mm,
             )
         return out
 

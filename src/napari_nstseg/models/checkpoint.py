@@ -74,9 +74,9 @@ def save_checkpoint(
     file; integer buffers are kept as they are. ``kind`` defaults to "mae" for a
     MaskedAutoencoder and "segmentation" otherwise. ``mae`` names the MAE checkpoint (a path
     relative to this one) whose residual maps go with a segmentation model. ``postprocess``
-    ({"threshold": t, "min_lesion_mm": m}) is the operating point the engine uses by default
-    (chosen on validation data with `nstseg tune-postprocess`); it is hashed with the rest of
-    the JSON. Both files are written atomically.
+    ({"threshold": t, "min_lesion_mm": m, "min_depth_mm": d}) is the operating point the engine
+    uses by default (chosen on validation data with `nstseg tune-postprocess`); it is hashed
+    with the rest of the JSON. Both files are written atomically.
     """
     kind = kind or _infer_kind(model)
     if kind not in KINDS:

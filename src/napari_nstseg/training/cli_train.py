@@ -141,13 +141,14 @@ def add_parser(subparsers) -> None:
 
     p = subparsers.add_parser(
         "tune-postprocess",
-        help="choose the threshold and minimum lesion size on validation data",
+        help="choose the threshold and minimum lesion size and depth on validation data",
         description=(
             "Predict every scan of a split once, then sweep probability thresholds x minimum "
-            "lesion sizes (longest axial diameter) and report lesion sensitivity (all lesions, "
-            "and lesions >= 10 mm and >= 20 HU from lesions.csv) and false positives per scan "
-            "at each point. Chooses the most sensitive point within --max-fp-per-scan and "
-            "writes tune.csv and tune.json; the weights are not changed (package the choice "
+            "lesion sizes (longest axial diameter) x minimum depths (extent along z) and "
+            "report lesion sensitivity (all lesions, and lesions >= 10 mm and >= 20 HU from "
+            "lesions.csv) and false positives per scan at each point. Chooses the most "
+            "sensitive point within --max-fp-per-scan and writes tune.csv and tune.json; the "
+            "weights are not changed (package the choice "
             "with scripts/bundle_weights.py --postprocess tune.json)."
         ),
     )
@@ -161,6 +162,7 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--min-lesion-mm", type=float, nargs="+", metavar="MM", help="default 0 3 5 7 10"
     )
+    p.add_argument("--min-depth-mm", type=float, nargs="+", metavar="MM", help="default 0 4 7 10")
     p.set_defaults(func=_tune)
 
 
@@ -200,6 +202,13 @@ def _operating_point_args(p: argparse.ArgumentParser) -> None:
         type=float,
         metavar="MM",
         help="drop lesions whose longest axial diameter is below MM (default: the weights' "
+        "recommendation, else 0)",
+    )
+    p.add_argument(
+        "--min-depth-mm",
+        type=float,
+        metavar="MM",
+        help="drop lesions spanning less than MM along z (default: the weights' "
         "recommendation, else 0)",
     )
 
@@ -341,6 +350,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         threshold=args.threshold,
         min_lesion_mm=args.min_lesion_mm,
+        min_depth_mm=args.min_depth_mm,
         structure=not args.no_structure,
         min_dice=args.min_dice,
     )
@@ -357,6 +367,8 @@ def _tune(args: argparse.Namespace) -> int:
         grid["thresholds"] = tuple(args.thresholds)
     if args.min_lesion_mm:
         grid["min_lesion_mm"] = tuple(args.min_lesion_mm)
+    if args.min_depth_mm:
+        grid["min_depth_mm"] = tuple(args.min_depth_mm)
     cfg = TuneConfig(
         max_fp_per_scan=args.max_fp_per_scan,
         min_dice=args.min_dice,

@@ -38,8 +38,9 @@ METRIC_COLUMNS = PIXEL_METRICS + STRUCTURE_METRICS
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """How to evaluate: the engine's device and batch; the operating point (``threshold`` and
-    ``min_lesion_mm``, None: the weights' recommendation, else 0.5 and 0 mm); the lesion-size
+    """How to evaluate: the engine's device and batch; the operating point (``threshold``,
+    ``min_lesion_mm``, ``min_depth_mm``; None: the weights' recommendation, else 0.5, 0 and 0
+    mm); the lesion-size
     bins (mm, longest axial diameter) and the contrast bins (|HU| against the surrounding
     tissue). ``min_dice``: a lesion counts as detected when the predicted components touching
     it reach this Dice with it (0.1 by default, so one huge false region does not "detect"
@@ -49,6 +50,7 @@ class EvalConfig:
     batch_size: int = 4
     threshold: float | None = None
     min_lesion_mm: float | None = None
+    min_depth_mm: float | None = None
     structure: bool = True
     min_dice: float = 0.1
     diameter_bins_mm: tuple[float, ...] = (10.0, 20.0)
@@ -187,6 +189,7 @@ def engine_for_split(
     batch_size: int,
     threshold: float | None = None,
     min_lesion_mm: float | None = None,
+    min_depth_mm: float | None = None,
 ):
     """(engine, cases of the split, label values scored as lesion) for scoring a checkpoint;
     the engine keeps only the final probability and the mask."""
@@ -201,6 +204,7 @@ def engine_for_split(
             batch_size=batch_size,
             threshold=threshold,
             min_lesion_mm=min_lesion_mm,
+            min_depth_mm=min_depth_mm,
             maps=MapRequest.minimal(),
         ),
     )
@@ -252,7 +256,14 @@ def evaluate(
     """
     cfg = config or EvalConfig()
     engine, cases, label_values = engine_for_split(
-        weights, data_folder, split, cfg.device, cfg.batch_size, cfg.threshold, cfg.min_lesion_mm
+        weights,
+        data_folder,
+        split,
+        cfg.device,
+        cfg.batch_size,
+        cfg.threshold,
+        cfg.min_lesion_mm,
+        cfg.min_depth_mm,
     )
     point = engine.postprocess
     table = read_lesion_table(data_folder)
@@ -470,7 +481,8 @@ def format_table(result: dict[str, Any]) -> str:
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     point = result.get("postprocess")
     at = (
-        f" at threshold {point['threshold']:g}, min lesion {point['min_lesion_mm']:g} mm"
+        f" at threshold {point['threshold']:g}, min lesion {point['min_lesion_mm']:g} mm, "
+        f"min depth {point.get('min_depth_mm', 0.0):g} mm"
         if point
         else ""
     )

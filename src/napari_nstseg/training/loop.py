@@ -1217,6 +1217,10 @@ def _init_from(model: nn.Module, cfg: TrainConfig) -> dict[str, Any]:
         "weights": str(Path(path).resolve()),
         "tensors_sha256": (meta.get("tensors") or {}).get("sha256"),
         "budget": prov.get("budget"),
+        "started": prov.get("started"),
+        "date": prov.get("date"),
+        "device": prov.get("device"),
+        "train_config": prov.get("train_config"),
         "input_planes_added": inflate,
         "initialised_from": prov.get("initialised_from"),
     }

@@ -1,4 +1,5 @@
-"""Choose a checkpoint's lesion-level operating point (threshold x minimum lesion size) on
+"""Choose a checkpoint's lesion-level operating point (threshold x minimum lesion size x
+minimum depth) on
 validation data: lesion sensitivity against false positives per scan over a grid, the way
 nnU-Net picks its postprocessing on validation folds. The weights are not modified; the choice
 goes into tune.json, which `scripts/bundle_weights.py --postprocess` writes into the bundle.
@@ -30,9 +31,12 @@ from napari_nstseg.training.evaluate import (
 
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(0.30 + 0.05 * k, 2) for k in range(14))
 DEFAULT_MIN_LESION_MM: tuple[float, ...] = (0.0, 3.0, 5.0, 7.0, 10.0)
+# 4 mm: two slices of a 3 mm scan, three of a 1.5 mm one; 10 mm: a 10 mm lesion's own depth.
+DEFAULT_MIN_DEPTH_MM: tuple[float, ...] = (0.0, 4.0, 7.0, 10.0)
 GRID_COLUMNS = (
     "threshold",
     "min_lesion_mm",
+    "min_depth_mm",
     "scans",
     "lesions",
     "detected",
@@ -47,29 +51,33 @@ GRID_COLUMNS = (
 
 @dataclass(frozen=True)
 class TuneConfig:
-    """The grid (probability thresholds x minimum lesion sizes in mm), the false-positive budget
+    """The grid (probability thresholds x minimum lesion sizes x minimum depths, both in mm),
+    the false-positive budget
     per scan, the detection rule (``min_dice`` as in `nstseg evaluate`) and the engine's device
     and batch."""
 
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
     min_lesion_mm: tuple[float, ...] = DEFAULT_MIN_LESION_MM
+    min_depth_mm: tuple[float, ...] = DEFAULT_MIN_DEPTH_MM
     max_fp_per_scan: float = 2.0
     min_dice: float = 0.1
     device: str = "auto"
     batch_size: int = 4
 
     def __post_init__(self) -> None:
-        if not self.thresholds or not self.min_lesion_mm:
-            raise ValueError("the grid needs at least one threshold and one minimum lesion size")
+        if not self.thresholds or not self.min_lesion_mm or not self.min_depth_mm:
+            raise ValueError(
+                "the grid needs at least one threshold, minimum lesion size and minimum depth"
+            )
         for t in self.thresholds:
             for m in self.min_lesion_mm:
-                PostprocessConfig(t, m)  # every grid point must be a valid operating point
+                for d in self.min_depth_mm:
+                    PostprocessConfig(t, m, d)  # every grid point must be a valid point
         if not self.max_fp_per_scan >= 0:
             raise ValueError(f"max_fp_per_scan must be 0 or more, got {self.max_fp_per_scan!r}")
         object.__setattr__(self, "thresholds", tuple(sorted({float(t) for t in self.thresholds})))
-        object.__setattr__(
-            self, "min_lesion_mm", tuple(sorted({float(m) for m in self.min_lesion_mm}))
-        )
+        for name in ("min_lesion_mm", "min_depth_mm"):
+            object.__setattr__(self, name, tuple(sorted({float(m) for m in getattr(self, name)})))
 
 
 def sweep_case(
@@ -80,8 +88,10 @@ def sweep_case(
     sizes_mm: Sequence[float],
     min_dice: float = 0.1,
     targets: Sequence[int] = (),
-) -> dict[tuple[float, float], dict[str, int]]:
-    """Detection counts of one scan at every (threshold, minimum size) of the grid.
+    depths_mm: Sequence[float] = (0.0,),
+) -> dict[tuple[float, float, float], dict[str, int]]:
+    """Detection counts of one scan at every (threshold, minimum size, minimum depth) of the
+    grid.
 
     ``final``: the stored final probability (uint8 0..255 or float 0..1); ``gt``: the lesion
     mask; ``targets``: ground-truth component indices (0-based, in ``label_lesions`` order)
@@ -89,7 +99,8 @@ def sweep_case(
     the engine makes at that operating point: 26-connected components, a lesion is detected
     when the kept components touching it reach ``min_dice``, a kept component touching no lesion
     is a false positive. Components are labelled and measured once per threshold; the sizes
-    only filter those measurements.
+    and depths (slices spanned x slice spacing; the whole scan is segmented, so every depth is
+    known) only filter those measurements.
     """
     sp = tuple(float(s) for s in spacing)
     gt_labels, n_gt = label_lesions(np.asarray(gt) > 0)
@@ -102,6 +113,9 @@ def sweep_case(
         boxes = ndimage.find_objects(labels, max_label=n)
         below = min(positive) if positive else None
         diam = np.concatenate([[0.0], component_diameters_mm(labels, boxes, sp[1:], below)])
+        depth = np.array(
+            [0.0] + [(b[0].stop - b[0].start) * sp[0] if b is not None else 0.0 for b in boxes]
+        )
         sizes = np.bincount(labels.ravel(), minlength=n + 1).astype(np.float64)
         both = (labels > 0) & (gt_labels > 0)
         pairs, inter = np.unique(
@@ -110,8 +124,8 @@ def sweep_case(
         p_ids, g_ids = pairs // (n_gt + 1), pairs % (n_gt + 1)
         touches = np.zeros(n + 1, bool)
         touches[p_ids] = True
-        for m in sizes_mm:
-            kept = diam >= m
+        for m, d in ((m, d) for m in sizes_mm for d in depths_mm):
+            kept = (diam >= m) & (depth >= d - 1e-9)
             kept[0] = False
             sel = kept[p_ids]
             g = g_ids[sel]
@@ -122,7 +136,7 @@ def sweep_case(
                 dice = 2.0 * overlap / (predicted + gt_sizes)
             detected = touched & (dice >= min_dice)
             detected[0] = False
-            out[(float(t), float(m))] = {
+            out[(float(t), float(m), float(d))] = {
                 "lesions": int(n_gt),
                 "detected": int(detected.sum()),
                 "target_lesions": int(targets.size),
@@ -146,6 +160,7 @@ def grid_rows(
             {
                 "threshold": point[0],
                 "min_lesion_mm": point[1],
+                "min_depth_mm": point[2],
                 "scans": scans,
                 **total,
                 "sensitivity": _ratio(total["detected"], total["lesions"]),
@@ -168,9 +183,9 @@ def choose_operating_point(
     Among points with at most ``max_fp_per_scan`` false positives per scan, the highest
     sensitivity for lesions >= 10 mm and >= 20 HU (all lesions when the data has none of
     those); ties go to fewer false positives, then to the higher all-lesion sensitivity, then to
-    the smaller minimum size and the lower threshold (the point that hides the least). When no
-    point keeps to the budget, the point with the fewest false positives (ties: the most
-    sensitive), and the note says so.
+    the smaller minimum size and depth and the lower threshold (the point that hides the
+    least). When no point keeps to the budget, the point with the fewest false positives (ties:
+    the most sensitive), and the note says so.
     """
     if not rows:
         raise ValueError("the grid is empty")
@@ -188,7 +203,14 @@ def choose_operating_point(
     )
 
     def rank(r: dict[str, Any]) -> tuple:
-        return (-r[key], r["fp_per_scan"], -r["sensitivity"], r["min_lesion_mm"], r["threshold"])
+        return (
+            -r[key],
+            r["fp_per_scan"],
+            -r["sensitivity"],
+            r["min_lesion_mm"],
+            r.get("min_depth_mm", 0.0),
+            r["threshold"],
+        )
 
     within = [r for r in rows if r["fp_per_scan"] <= max_fp_per_scan + 1e-12]
     if within:
@@ -202,7 +224,7 @@ def choose_operating_point(
     note = (
         f"NO grid point keeps to {max_fp_per_scan:g} false positives per scan; chose the one "
         f"with the fewest, {best['fp_per_scan']:.2f} per scan ({criterion} {best[key]:.3f}). "
-        "Consider higher thresholds or larger minimum sizes, or a better model."
+        "Consider higher thresholds, larger minimum sizes or depths, or a better model."
     )
     return best, criterion, note
 
@@ -239,13 +261,22 @@ def tune_postprocess(
                 if k is not None and target_lesion(row):
                     targets.append(k)
         per_case.append(
-            sweep_case(final, gt, spacing, cfg.thresholds, cfg.min_lesion_mm, cfg.min_dice, targets)
+            sweep_case(
+                final,
+                gt,
+                spacing,
+                cfg.thresholds,
+                cfg.min_lesion_mm,
+                cfg.min_dice,
+                targets,
+                cfg.min_depth_mm,
+            )
         )
         if verbose:
             print(f"  {case.case_id}: predicted and swept", flush=True)
     grid = grid_rows(per_case)
     best, criterion, note = choose_operating_point(grid, cfg.max_fp_per_scan)
-    chosen = PostprocessConfig(best["threshold"], best["min_lesion_mm"])
+    chosen = PostprocessConfig(best["threshold"], best["min_lesion_mm"], best["min_depth_mm"])
     result: dict[str, Any] = {
         "weights": str(Path(weights).resolve()),
         "data": str(Path(data_folder).resolve()),
@@ -286,7 +317,7 @@ def _no_nan(value: Any) -> Any:
 
 def format_grid(result: dict[str, Any]) -> str:
     """The sweep as a text table, the chosen point marked with '*', then the choice."""
-    head = ["", "threshold", "min mm", "sens. all", "sens. target", "FP/scan"]
+    head = ["", "threshold", "min mm", "depth mm", "sens. all", "sens. target", "FP/scan"]
     body = []
     choice = result["choice"]
     for r in result["grid"]:
@@ -295,6 +326,7 @@ def format_grid(result: dict[str, Any]) -> str:
                 "*" if r is choice else "",
                 f"{r['threshold']:.2f}",
                 f"{r['min_lesion_mm']:g}",
+                f"{r['min_depth_mm']:g}",
                 _fmt(r["sensitivity"], r["detected"], r["lesions"]),
                 _fmt(r["target_sensitivity"], r["target_detected"], r["target_lesions"]),
                 f"{r['fp_per_scan']:.2f}",
@@ -305,8 +337,8 @@ def format_grid(result: dict[str, Any]) -> str:
     lines += ["  ".join(c.rjust(w) for c, w in zip(b, widths, strict=True)) for b in body]
     point = result["postprocess"]
     lines.append(
-        f"chosen: threshold {point['threshold']:g}, min lesion {point['min_lesion_mm']:g} mm "
-        f"({result['split']} split). {result['note']}"
+        f"chosen: threshold {point['threshold']:g}, min lesion {point['min_lesion_mm']:g} mm, "
+        f"min depth {point['min_depth_mm']:g} mm ({result['split']} split). {result['note']}"
     )
     return "\n".join(lines)
 

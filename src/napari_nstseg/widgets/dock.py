@@ -86,6 +86,7 @@ class RunRequest:
     overwrite: bool
     variant: str = ""
     min_lesion_mm: float = 0.0
+    min_depth_mm: float = 0.0
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
@@ -149,8 +150,8 @@ class NSTSegWidget(QWidget):
         # a threshold change re-cuts. Variant runs do not replace it.
         self._shown: tuple[RunOutcome, weakref.ref] | None = None
         self._threshold_pending = False
-        # Operating-point controls the user moved ("threshold", "min_lesion"): weights chosen
-        # later no longer set them.
+        # Operating-point controls the user moved ("threshold", "min_lesion", "min_depth"):
+        # weights chosen later no longer set them.
         self._moved: set[str] = set()
         self._recommending = False
         self.variant_outcomes: dict[str, RunOutcome] = {}
@@ -194,6 +195,14 @@ class NSTSegWidget(QWidget):
             "Lesions whose longest axial diameter is below this are left out of the tumor mask "
             "(0: keep every lesion)."
         )
+        self.min_depth = FloatSpinBox(
+            label="min depth (mm)", value=0.0, min=0.0, max=MAX_MIN_LESION_MM, step=0.5
+        )
+        self.min_depth.tooltip = (
+            "Lesions spanning less than this along z (slices x slice spacing; 4 mm: at least two "
+            "slices of a 3 mm scan) are left out of the tumor mask; a lesion next to a slice that "
+            "was not run stays (0: keep every lesion)."
+        )
         self.show_coarse = CheckBox(text="GLM coarse map", value=True)
         self.show_stages = CheckBox(text="LFM stage masks", value=True)
         self.show_stage_probs = CheckBox(text="LFM stage probabilities", value=False)
@@ -216,6 +225,7 @@ class NSTSegWidget(QWidget):
                 self.window,
                 self.threshold,
                 self.min_lesion,
+                self.min_depth,
                 self.show_coarse,
                 self.show_stages,
                 self.show_stage_probs,
@@ -283,6 +293,7 @@ class NSTSegWidget(QWidget):
         self.window.changed.connect(self.apply_window)
         self.threshold.changed.connect(self._on_threshold_changed)
         self.min_lesion.changed.connect(self._on_min_lesion_changed)
+        self.min_depth.changed.connect(self._on_min_depth_changed)
         self.ct_layer.changed.connect(self._on_ct_changed)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
@@ -318,8 +329,8 @@ class NSTSegWidget(QWidget):
         self.apply_recommendation()
 
     def apply_recommendation(self, *_: Any) -> None:
-        """Set the threshold and min-lesion controls the user has not moved to the operating
-        point the chosen weights recommend (0.5 and 0 mm when they carry none).
+        """Set the threshold, min-lesion and min-depth controls the user has not moved to the
+        operating point the chosen weights recommend (0.5, 0 and 0 mm when they carry none).
 
         Setting them re-cuts nothing: the mask shown came from the run that made it, and the
         values are for the next run (moving a control afterwards re-cuts as usual).
@@ -330,6 +341,7 @@ class NSTSegWidget(QWidget):
         controls = (
             ("threshold", self.threshold, point.threshold),
             ("min_lesion", self.min_lesion, point.min_lesion_mm),
+            ("min_depth", self.min_depth, point.min_depth_mm),
         )
         self._recommending = True
         try:
@@ -358,6 +370,9 @@ class NSTSegWidget(QWidget):
 
     def _on_min_lesion_changed(self, *_: Any) -> None:
         self._on_operating_point_changed("min_lesion")
+
+    def _on_min_depth_changed(self, *_: Any) -> None:
+        self._on_operating_point_changed("min_depth")
 
     def _on_operating_point_changed(self, name: str) -> None:
         if self._recommending:
@@ -482,6 +497,7 @@ class NSTSegWidget(QWidget):
             overwrite=bool(self.overwrite.value),
             variant=variant,
             min_lesion_mm=float(self.min_lesion.value),
+            min_depth_mm=float(self.min_depth.value),
         )
 
     # -- running ----------------------------------------------------------------------------
@@ -643,6 +659,7 @@ class NSTSegWidget(QWidget):
                 overwrite=request.overwrite,
                 suffix=_suffix(request.variant),
                 min_lesion_mm=request.min_lesion_mm,
+                min_depth_mm=request.min_depth_mm,
             )
         except Exception as exc:  # a layer problem must not take the viewer down
             self._fail(f"Could not show the prediction on {request.ct_name!r}: {exc}")
@@ -678,16 +695,16 @@ class NSTSegWidget(QWidget):
             self._threshold_pending = False
             self._threshold_timer.start()
 
-    # -- live threshold and minimum lesion size ---------------------------------------------
+    # -- live threshold and minimum lesion size and depth ----------------------------------
     def apply_threshold(self, *_: Any) -> bool:
-        """Re-cut the last run's masks at the slider's threshold and the min-lesion size, as
-        one undoable step.
+        """Re-cut the last run's masks at the slider's threshold and the min-lesion size and
+        depth, as one undoable step.
 
-        The tumor mask (except slices the user edited; lesions under the minimum size left
-        out) and the GLM coarse and LFM stage masks of the last full-model run on the chosen
-        CT layer are re-cut from its stored probabilities; no model runs. Returns whether
-        anything was re-cut. Called by the controls' debounce timer; during a run it waits for
-        the run to finish.
+        The tumor mask (except slices the user edited; lesions under the minimum size or
+        depth left out) and the GLM coarse and LFM stage masks of the last full-model run on
+        the chosen CT layer are re-cut from its stored probabilities; no model runs. Returns
+        whether anything was re-cut. Called by the controls' debounce timer; during a run it
+        waits for the run to finish.
         """
         self._threshold_timer.stop()
         if self.running:
@@ -701,8 +718,11 @@ class NSTSegWidget(QWidget):
             return False
         threshold = float(self.threshold.value)
         min_lesion = float(self.min_lesion.value)
-        point = f"threshold {threshold:.2f}" + (
-            f", min lesion {min_lesion:g} mm" if min_lesion > 0 else ""
+        min_depth = float(self.min_depth.value)
+        point = (
+            f"threshold {threshold:.2f}"
+            + (f", min lesion {min_lesion:g} mm" if min_lesion > 0 else "")
+            + (f", min depth {min_depth:g} mm" if min_depth > 0 else "")
         )
         try:
             show_prediction(
@@ -714,6 +734,7 @@ class NSTSegWidget(QWidget):
                 overwrite=False,
                 rethreshold=True,
                 min_lesion_mm=min_lesion,
+                min_depth_mm=min_depth,
             )
         except Exception as exc:  # a layer problem must not take the viewer down
             self._fail(f"Could not apply {point} on {ct.name!r}: {exc}")

@@ -243,17 +243,21 @@ class PredictionView:
             ys, xs = slice(y0, y1), slice(x0, x1)
         return Region(z, ys, xs)
 
-    def mask_at(self, threshold: float, min_lesion_mm: float = 0.0) -> np.ndarray:
+    def mask_at(
+        self, threshold: float, min_lesion_mm: float = 0.0, min_depth_mm: float = 0.0
+    ) -> np.ndarray:
         """The tumor mask at this operating point (the engine's own mask when it used it)."""
         own = getattr(self.prediction, "threshold", None)
         own_min = float(getattr(self.prediction, "min_lesion_mm", 0.0))
+        own_depth = float(getattr(self.prediction, "min_depth_mm", 0.0))
         if (
             own is not None
             and abs(float(own) - threshold) < 1e-9
             and abs(own_min - min_lesion_mm) < 1e-9
+            and abs(own_depth - min_depth_mm) < 1e-9
         ):
             return self.mask
-        return self.prediction.mask_at(threshold, min_lesion_mm)
+        return self.prediction.mask_at(threshold, min_lesion_mm, min_depth_mm)
 
 
 def _get_image(
@@ -342,6 +346,7 @@ def show_prediction(
     suffix: str = "",
     rethreshold: bool = False,
     min_lesion_mm: float = 0.0,
+    min_depth_mm: float = 0.0,
 ) -> dict[str, Any]:
     """Add or update the layers for ``prediction`` on ``ct_layer``; returns them by name.
 
@@ -351,8 +356,8 @@ def show_prediction(
     ``rethreshold`` re-cuts only what the threshold decides: the tumor mask, and the GLM coarse
     and LFM stage masks still in the viewer. Probability maps do not depend on the threshold,
     and a layer the user closed should not come back because a slider moved.
-    ``min_lesion_mm`` removes small lesions from the tumor mask only; the stage masks show the
-    network's stages as they are.
+    ``min_lesion_mm`` and ``min_depth_mm`` remove small and shallow lesions from the tumor mask
+    only; the stage masks show the network's stages as they are.
     """
     view = PredictionView(prediction, tuple(ct_layer.data.shape))
     names = LayerNames(ct_layer.name, suffix)
@@ -423,7 +428,7 @@ def show_prediction(
     write_mask(
         mask_layer,
         region,
-        view.mask_at(threshold, min_lesion_mm),
+        view.mask_at(threshold, min_lesion_mm, min_depth_mm),
         edit_tracker(mask_layer),
         overwrite=overwrite,
     )

@@ -94,7 +94,9 @@ class PredictionSteps:
         self.map_request = map_request(segmenter, request.maps)
         self.skipped_residual = request.maps.residual and not self.map_request.residual
         self.segmenter = segmenter.with_config(
-            threshold=request.threshold, min_lesion_mm=request.min_lesion_mm
+            threshold=request.threshold,
+            min_lesion_mm=request.min_lesion_mm,
+            min_depth_mm=getattr(request, "min_depth_mm", 0.0),
         )
         roi = request.roi
         self._events: Iterator[Any] = self.segmenter.iter_predict(
