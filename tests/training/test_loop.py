@@ -205,6 +205,11 @@ def test_init_starts_from_a_checkpoint_with_its_architecture(reference, dataset,
     assert origin["weights"] == str(Path(result.final).resolve())
     assert origin["budget"]["samples"] == 36
     assert origin["tensors_sha256"] == read_metadata(result.final)["tensors"]["sha256"]
+    # Resumed for a second epoch, the run keeps naming where it started.
+    code = main(["train", "--data", str(dataset), "--out", str(out), "--resume", "--epochs", "2"])
+    assert code == 0
+    resumed = read_metadata(out / "final.json")["provenance"]
+    assert resumed["epoch"] == 2 and resumed["initialised_from"] == origin
     # A 2-D checkpoint starts a 2.5-D run: its input weights on the centre plane, zeros on the
     # context planes, so the network begins as the 2-D model.
     code = main([

@@ -734,7 +734,7 @@ def _run_epochs(job: _Job) -> TrainResult:
                 log.truncate_after(start_epoch - 1)
                 print(f"{job.name}: resuming from {stem.name} (epoch {epoch}, step {global_step})")
         elif ctx.main:
-            print(f"{job.name}: nothing to resume in {out}; starting from scratch")
+            print(f"{job.name}: nothing to resume in {out}; starting a new run")
     if start_epoch > cfg.epochs and ctx.main:
         print(f"{job.name}: all {cfg.epochs} epochs are already done in {out}")
 
@@ -1040,7 +1040,16 @@ def _run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
     model: nn.Module = build_model(cfg.model).to(device, memory_format=torch.channels_last)
     if ctx.distributed and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    initialised_from = _init_from(model, cfg) if cfg.init_weights else None
+    initialised_from = None
+    if cfg.init_weights:
+        found = epoch_checkpoints(out) if cfg.resume else []
+        if found:  # resuming: the run's own last epoch replaces the starting weights anyway
+            initialised_from = read_metadata(found[-1][1])["provenance"].get("initialised_from")
+        else:
+            initialised_from = _init_from(model, cfg)
+            if ctx.main:
+                added = " (context planes added)" if initialised_from["input_planes_added"] else ""
+                print(f"train[{cfg.variant}]: starting from {cfg.init_weights}{added}")
     net: nn.Module = model
     if ctx.distributed:
         net = nn.parallel.DistributedDataParallel(
