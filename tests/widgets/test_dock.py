@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import numpy as np
 import pytest
@@ -598,33 +599,43 @@ class BrightStandIn:
         return hu
 
 
-def wait_for_min_lesion(qtbot, widget: NSTSegWidget, value: float) -> None:
-    widget.min_lesion.value = value
+def set_and_wait(qtbot, widget: NSTSegWidget, control: Any, value: float) -> None:
+    """Move an operating-point control and wait for its debounced re-cut."""
+    control.value = value
     assert widget._threshold_timer.isActive()
     qtbot.waitUntil(lambda: not widget._threshold_timer.isActive(), timeout=5000)
 
 
-def test_min_lesion_size_recuts_the_last_run_without_small_lesions_and_spares_edits(
-    qtbot, make_napari_viewer, tiny_weights, errors, monkeypatch
-):
+def bright_volume_run(qtbot, make_napari_viewer, tiny_weights, monkeypatch, stages: bool):
+    """A whole-volume run of the stand-in model on its CT: (viewer, widget, tumor mask)."""
     from napari_nstseg.widgets import runner
-    from napari_nstseg.widgets.measurements import lesion_rows
 
     engine = BrightStandIn.segmenter()
     monkeypatch.setattr(runner, "load_segmenter", lambda weights, device, variant="": engine)
     viewer = make_napari_viewer()
     viewer.add_image(BrightStandIn.ct(), name="CT", scale=CT_SCALE, translate=CT_TRANSLATE)
-    widget = make_widget(viewer, tiny_weights, coarse=False, stages=True)
+    widget = make_widget(viewer, tiny_weights, coarse=False, stages=stages)
     run_and_wait(qtbot, widget, "whole volume")
     mask = viewer.layers[LayerNames("CT").tumor_mask]
     assert mask.data[4, 44:46, 44:46].all() and mask.data[2, 44:46, 20:22].all()
+    return viewer, widget, mask
+
+
+def test_min_lesion_size_recuts_the_last_run_without_small_lesions_and_spares_edits(
+    qtbot, make_napari_viewer, tiny_weights, errors, monkeypatch
+):
+    from napari_nstseg.widgets.measurements import lesion_rows
+
+    viewer, widget, mask = bright_volume_run(
+        qtbot, make_napari_viewer, tiny_weights, monkeypatch, stages=True
+    )
     assert mask.data[2:6, 14:29, 14:29].all()
     assert widget.lesion_table.rowCount() == 3
     paint_like_a_brush(mask, 2, (52, 8), 1)
     edited = np.array(mask.data[2])
     before = np.array(mask.data)
 
-    wait_for_min_lesion(qtbot, widget, 5.0)
+    set_and_wait(qtbot, widget, widget.min_lesion, 5.0)
     assert not mask.data[4, 44:46, 44:46].any()  # the speck left the mask...
     assert mask.data[2:6, 14:29, 14:29].all()  # ...the lesion did not
     np.testing.assert_array_equal(mask.data[2], edited)  # the edited slice kept its labels
@@ -648,20 +659,10 @@ def test_min_lesion_size_recuts_the_last_run_without_small_lesions_and_spares_ed
 def test_min_depth_recuts_the_last_run_without_lesions_seen_on_one_slice(
     qtbot, make_napari_viewer, tiny_weights, errors, monkeypatch
 ):
-    from napari_nstseg.widgets import runner
-
-    engine = BrightStandIn.segmenter()
-    monkeypatch.setattr(runner, "load_segmenter", lambda weights, device, variant="": engine)
-    viewer = make_napari_viewer()
-    viewer.add_image(BrightStandIn.ct(), name="CT", scale=CT_SCALE, translate=CT_TRANSLATE)
-    widget = make_widget(viewer, tiny_weights, coarse=False, stages=False)
-    run_and_wait(qtbot, widget, "whole volume")
-    mask = viewer.layers[LayerNames("CT").tumor_mask]
-    assert mask.data[4, 44:46, 44:46].all() and mask.data[2, 44:46, 20:22].all()
-
-    widget.min_depth.value = 1.5 * CT_SCALE[0]  # asks for two slices
-    assert widget._threshold_timer.isActive()
-    qtbot.waitUntil(lambda: not widget._threshold_timer.isActive(), timeout=5000)
+    _, widget, mask = bright_volume_run(
+        qtbot, make_napari_viewer, tiny_weights, monkeypatch, stages=False
+    )
+    set_and_wait(qtbot, widget, widget.min_depth, 1.5 * CT_SCALE[0])  # asks for two slices
     assert not mask.data[4, 44:46, 44:46].any()  # one slice deep: gone
     assert not mask.data[2, 44:46, 20:22].any()
     assert mask.data[2:6, 14:29, 14:29].all()  # four slices deep: kept
