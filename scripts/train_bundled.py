@@ -10,8 +10,11 @@ Steps (each printed as the exact `nstseg` command it runs):
   2. pretrain-mae: the masked autoencoder for the SSL residual maps, on the training split;
   3. train: CDI-NSTSEG (default) and the ablations no-sfm, no-glm, no-lfm, single-scale and the
      U-Net baseline, all with the same data, budget and seed;
-  4. tune-postprocess: each variant's operating point (threshold, minimum lesion size) on the
-     validation split of `lesions`, at most --max-fp-per-scan false positives per scan;
+  4. tune-postprocess: each variant's operating point (threshold, minimum lesion size and
+     depth) on validation blocks, at most --max-fp-per-scan false positives per scan. Those
+     blocks are thin, so few lesions >= 10 mm fit in them: a third folder `tune` (same seed and
+     split, --tune-diameter-mm lesions) adds larger ones, and `tuneval` holds the validation
+     cases of `lesions` and `tune` together;
   5. evaluate: each final checkpoint at its operating point on the held-out test split;
   6. results.md: the comparison table.
 
@@ -57,6 +60,47 @@ def pad_organ_labels(data: Path, out: Path) -> Path:
     img.set_data_dtype(np.uint8)
     out.parent.mkdir(parents=True, exist_ok=True)
     nib.save(img, out)
+    return out
+
+
+def merge_validation(out: Path, folders: dict[str, Path]) -> Path:
+    """One MSD folder (links, no copies) of the validation cases of ``folders``, each case
+    named with its folder's tag in front, and their lesions.csv rows; kept if it exists."""
+    import csv
+
+    if (out / "dataset.json").is_file():
+        return out
+    (out / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (out / "labelsTr").mkdir(exist_ok=True)
+    cases, rows, fields = [], [], None
+    for tag, src in folders.items():
+        for case in json.loads((src / "dataset.json").read_text())["split"]["val"]:
+            name = f"{tag}-{case}"
+            (out / "imagesTr" / f"{name}_0000.nii.gz").symlink_to(
+                (src / "imagesTr" / f"{case}_0000.nii.gz").resolve()
+            )
+            (out / "labelsTr" / f"{name}.nii.gz").symlink_to(
+                (src / "labelsTr" / f"{case}.nii.gz").resolve()
+            )
+            cases.append(name)
+        with open(src / "lesions.csv", newline="") as f:
+            reader = csv.DictReader(f)
+            fields = reader.fieldnames
+            rows += [{**r, "case": f"{tag}-{r['case']}"} for r in reader if r["split"] == "val"]
+    with open(out / "lesions.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    dataset = {
+        "name": "validation blocks of " + " and ".join(p.name for p in folders.values()),
+        "labels": {"0": "background", "1": "lesion"},
+        "training": [
+            {"image": f"./imagesTr/{c}_0000.nii.gz", "label": f"./labelsTr/{c}.nii.gz"}
+            for c in cases
+        ],
+        "split": {"val": cases},
+    }
+    (out / "dataset.json").write_text(json.dumps(dataset, indent=1))
     return out
 
 
@@ -177,10 +221,13 @@ def main(argv: list[str] | None = None) -> int:
                    "random weights: a second training phase")  # fmt: skip
     p.add_argument("--mae-weights", type=Path,
                    help="an MAE checkpoint to use instead of pretraining one")  # fmt: skip
+    p.add_argument("--tune-diameter-mm", nargs=2, type=float, default=(8.0, 16.0),
+                   help="lesion diameters of the extra validation lesions (larger ones do not "
+                   "fit the validation blocks)")  # fmt: skip
+    p.add_argument("--tune-copies", type=int, default=24)
     p.add_argument("--tune-data", type=Path,
-                   help="folder whose validation split chooses the operating point (default: "
-                   "the evaluation set; its thin validation blocks hold few lesions >= 10 mm, "
-                   "so a set made with larger lesions measures sensitivity better)")  # fmt: skip
+                   help="choose the operating points on this folder's validation split "
+                   "instead of `tuneval`")  # fmt: skip
     p.add_argument("--max-fp-per-scan", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=2024)
     p.add_argument("--val-max-slices", type=int, default=40)
@@ -204,14 +251,18 @@ def main(argv: list[str] | None = None) -> int:
     lesions, train = work / "lesions", work / "train"
     scans = [str(args.data / s) for s in SCANS]
     organs = work / "example_ct_organs.nii.gz"
-    for folder, diameters in ((lesions, None), (train, args.train_diameter_mm)):
+    tune = work / "tune"
+    folders = [(lesions, None, args.copies), (train, args.train_diameter_mm, args.copies)]
+    if args.tune_data is None:
+        folders.append((tune, args.tune_diameter_mm, args.tune_copies))
+    for folder, diameters, copies in folders:
         if (folder / "dataset.json").is_file():
             continue
         if not args.dry_run and not organs.is_file():
             pad_organ_labels(args.data, organs)
         extra = [] if diameters is None else ["--diameter-mm", *map(str, diameters)]
         run(nstseg(args, "make-lesions", *scans, "-o", str(folder), "--copies",
-                   str(args.copies), "--seed", str(args.lesion_seed),
+                   str(copies), "--seed", str(args.lesion_seed),
                    "--organ-labels", f"{scans[0]}={organs}",
                    "--lesions-per-scan", *map(str, args.lesions_per_scan),
                    "--split", *map(str, args.split), *extra), args.dry_run)  # fmt: skip
@@ -235,7 +286,9 @@ def main(argv: list[str] | None = None) -> int:
         run(nstseg(args, "train", "--data", str(train), "--out", str(out), "--resume",
                    *start, "--mae", str(mae_weights), *budget(args),
                    "--no-progress", distributed=True), args.dry_run)  # fmt: skip
-        tune_data = args.tune_data.resolve() if args.tune_data else lesions
+        tune_data = args.tune_data.resolve() if args.tune_data else work / "tuneval"
+        if args.tune_data is None and not args.dry_run:
+            merge_validation(tune_data, {"l48": lesions, "t24": tune})
         run(nstseg(args, "tune-postprocess", weights, "--data", str(tune_data), "--split", "val",
                    "--max-fp-per-scan", str(args.max_fp_per_scan), "--out",
                    str(out / "tune_val"), "--device", args.device), args.dry_run)  # fmt: skip
