@@ -60,10 +60,13 @@ def package(src: str, stem: Path, postprocess: dict | None = None, **extra) -> d
 
 
 def operating_point(
-    tune_json: str | None, threshold: float | None, min_lesion_mm: float | None
+    tune_json: str | None,
+    threshold: float | None,
+    min_lesion_mm: float | None,
+    min_depth_mm: float | None = None,
 ) -> dict | None:
-    """The operating point to bundle: tune.json's choice, with --threshold / --min-lesion-mm
-    replacing its values; None when none of them is given."""
+    """The operating point to bundle: tune.json's choice, with --threshold / --min-lesion-mm /
+    --min-depth-mm replacing its values; None when none of them is given."""
     values: dict = {}
     if tune_json:
         tuned = json.loads(Path(tune_json).read_text())
@@ -74,6 +77,8 @@ def operating_point(
         values["threshold"] = threshold
     if min_lesion_mm is not None:
         values["min_lesion_mm"] = min_lesion_mm
+    if min_depth_mm is not None:
+        values["min_depth_mm"] = min_depth_mm
     if not values:
         return None
     try:
@@ -119,7 +124,7 @@ def row(name: str, res: dict) -> str:
     big = res.get("lesions_by_table", {}).get(">=10 mm and >=20 HU", {})
     pp = res.get("postprocess") or {}
     point = (
-        f"{pp['threshold']:.2f} / {pp['min_lesion_mm']:g} mm"
+        f"{pp['threshold']:.2f} / {pp['min_lesion_mm']:g} mm / {pp.get('min_depth_mm', 0):g} mm"
         if {"threshold", "min_lesion_mm"} <= set(pp)
         else "-"
     )
@@ -133,7 +138,7 @@ def row(name: str, res: dict) -> str:
 
 
 HEADER = (
-    "| model | threshold / min lesion | Dice, lesion < 1% of slice | Dice, < 10% | "
+    "| model | threshold / min lesion / min depth | Dice, lesion < 1% of slice | Dice, < 10% | "
     "Dice, all lesion slices | "
     "per-scan 3-D Dice | lesion sensitivity | sensitivity >= 10 mm and >= 20 HU | "
     "false positives per scan |\n|---|---|---:|---:|---:|---:|---:|---:|---:|"
@@ -154,6 +159,69 @@ def lesion_ranges(folder: str | Path, split: str | None = None) -> str:
     return f"{min(d):.0f}-{max(d):.0f} mm, {min(c):+.0f} to {max(c):+.0f} HU, {len(rows)} lesions"
 
 
+def _minutes(started: str | None, date: str | None) -> float | None:
+    from datetime import datetime
+
+    try:
+        return (datetime.fromisoformat(date) - datetime.fromisoformat(started)).total_seconds() / 60
+    except (TypeError, ValueError):
+        return None
+
+
+def _phase_line(k: int, budget: dict, config: dict, minutes: float | None, device: str) -> str:
+    """One training phase of a checkpoint as a Markdown list item."""
+    sampling = config.get("sampling") or {}
+    loss = config.get("loss") or {}
+    offsets = (config.get("preprocess") or {}).get("slice_offsets_mm") or [0.0]
+    crop = budget.get("crop_size")
+    crop = "x".join(str(v) for v in crop) if isinstance(crop, list) else crop
+    parts = [
+        f"{budget.get('epochs')} epochs x {budget.get('steps_per_epoch')} steps x batch "
+        f"{budget.get('batch_size')} ({budget.get('samples')} crops of {crop})",
+        f"lr {config.get('lr')}",
+        f"{sampling.get('positive_fraction', 0.7):.0%} crops with lesion",
+        "IoU and Dice terms over the batch"
+        if loss.get("region") == "batch"
+        else "IoU and Dice terms per crop (PFNet)",
+    ]
+    if loss.get("hard_pixel_fraction", 1.0) < 1:
+        parts.append(f"BCE over the hardest {loss['hard_pixel_fraction']:.0%} of pixels")
+    if len(offsets) > 1:
+        parts.append("2.5-D input (planes at " + ", ".join(f"{v:+g}" for v in offsets) + " mm)")
+    took = f", {minutes:.0f} min on {device}" if minutes is not None else f", on {device}"
+    return f"- Phase {k}: " + "; ".join(parts) + took
+
+
+def training_phases(prov: dict, last_minutes: float) -> str:
+    """The phases the bundled weights went through (a run continued with `train --init`), the
+    first first, with the total number of training crops."""
+    chain, origin = [], prov.get("initialised_from")
+    while origin:
+        chain.append(origin)
+        origin = origin.get("initialised_from")
+    lines, total = [], 0
+    for k, origin in enumerate(reversed(chain), start=1):
+        budget = origin.get("budget") or {}
+        total += int(budget.get("samples") or 0)
+        minutes = _minutes(origin.get("started"), origin.get("date"))
+        lines.append(
+            _phase_line(k, budget, origin.get("train_config") or {}, minutes, origin.get("device"))
+        )
+    budget = prov.get("budget") or {}
+    total += int(budget.get("samples") or 0)
+    lines.append(
+        _phase_line(
+            len(chain) + 1, budget, prov.get("train_config") or {}, last_minutes, prov["device"]
+        )
+    )
+    if chain:
+        lines.append(
+            f"- In all {total} training crops; each phase started from the weights the one "
+            "before ended with (`nstseg train --init`), with a new learning-rate schedule."
+        )
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seg", required=True)
@@ -172,6 +240,9 @@ def main(argv=None) -> int:
         "--min-lesion-mm", type=float, help="bundled minimum lesion size (overrides tune.json)"
     )
     ap.add_argument(
+        "--min-depth-mm", type=float, help="bundled minimum lesion depth (overrides tune.json)"
+    )
+    ap.add_argument(
         "--note", action="append", default=[],
         help="a sentence printed under the tables (e.g. what sets a compared row apart)",
     )  # fmt: skip
@@ -183,7 +254,7 @@ def main(argv=None) -> int:
 
     weights.mkdir(parents=True, exist_ok=True)
     mae_meta = package(args.mae, weights / "mae")
-    point = operating_point(args.postprocess, args.threshold, args.min_lesion_mm)
+    point = operating_point(args.postprocess, args.threshold, args.min_lesion_mm, args.min_depth_mm)
     seg_meta = package(args.seg, weights / "default", postprocess=point, mae="mae.json")
     load_checkpoint(weights / "default.json")  # the bundle verifies, operating point included
     out = Path(args.out)
@@ -246,6 +317,16 @@ counts as detected when the predicted components touching it reach Dice 0.1.
         point_origin = "as recorded in the trained checkpoint"
     else:
         point_origin = "none recommended: threshold 0.5, no minimum lesion size"
+    offsets = seg_meta["preprocessing"].get("slice_offsets_mm", [0.0])
+    planes = (
+        ""
+        if len(offsets) == 1
+        else "\n- 2.5-D input: the network's channels are the axial planes at "
+        f"{', '.join(f'{v:+g}' for v in offsets)} mm from the slice it segments, interpolated "
+        "along z from the scan's own slices, so a small lesion shows in several planes where "
+        "noise does not."
+    )
+    phases = training_phases(prov, minutes)
     card = f"""# Bundled weights: model card
 
 **Demonstration weights for research. Not for diagnosis, not a medical device.** They were
@@ -262,7 +343,7 @@ tumor.
   resampled in-plane to this working spacing, windowed and normalised, and the result resampled
   back onto the scan's own grid. The working spacing is coarser than the 0.8-1 mm of clinical
   scans because these weights were trained on a 2-core CPU (no GPU was available): lesions
-  under about 5 mm are only a few pixels at this spacing.
+  under about 5 mm are only a few pixels at this spacing.{planes}
 - MAE (`mae.json`): `{json.dumps(mae_meta["model_config"])}`.
 - Operating point (`postprocess`, what `nstseg predict`, `evaluate` and the widget use unless
   told otherwise): `{json.dumps(bundled_point or PostprocessConfig().to_dict())}` ({point_origin}).
@@ -280,13 +361,12 @@ they share the split: train, validation and test are separate z-blocks of each s
 15 mm gap and no anatomy is shared; the sample CT's lesion lies in a test block.
 
 ## Training budget
-`{json.dumps(budget)}`, AdamW with poly decay, deep supervision (BCE+IoU on the GLM map, the
-weighted structure loss 1/2/4 on the LFM maps) plus a soft-Dice term, seed
-{prov.get("seed")}. Trained on {prov.get("device", "cpu")} in
-{minutes:.0f} minutes. Every model in the tables is its last epoch (`final.json`): on these
-validation blocks, which hold only small lesions, selecting by validation Dice picked early,
-barely trained epochs. The exact commands are in
-`scripts/train_bundled.py`; `docs/comparison.md` compares with the equally trained U-Net.
+{phases}
+AdamW with poly decay in every phase, deep supervision (BCE+IoU on the GLM map, the weighted
+structure loss 1/2/4 on the LFM maps) plus a soft-Dice term, seed {prov.get("seed")}. Every model
+in the tables is its last epoch (`final.json`): on these validation blocks, which hold only small
+lesions, selecting by validation Dice picked early, barely trained epochs. The exact commands
+are in `scripts/train_bundled.py`; `docs/comparison.md` compares with the equally trained U-Net.
 
 ## Held-out results (test split, measured on the bundled float16 files)
 {table}
