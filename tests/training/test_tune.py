@@ -70,6 +70,22 @@ def test_when_no_point_keeps_to_the_budget_the_fewest_false_positives_win_and_it
         choose_operating_point([point(0.5, 0, 0.0, 0.0, 1.0, lesions=0, targets=0)], 2.0)
 
 
+def test_a_point_that_keeps_to_the_budget_by_finding_nothing_is_not_chosen():
+    rows = [
+        point(0.5, 0, 0.6, 0.75, 40.0),
+        point(0.7, 0, 0.3, 0.5, 6.0, depth=7.0),
+        point(0.9, 0, 0.1, 0.0, 1.5, depth=10.0),  # within budget, but no target lesion found
+        point(0.95, 10, 0.0, 0.0, 0.2, depth=10.0),
+    ]
+    best, _, note = choose_operating_point(rows, max_fp_per_scan=2.0)
+    assert (best["threshold"], best["min_depth_mm"]) == (0.7, 7.0)
+    assert note.startswith("every grid point with at most 2 false positives per scan misses")
+    # Where nothing finds a target lesion at all, the fewest false positives still win.
+    best, _, note = choose_operating_point([rows[2], rows[3]], max_fp_per_scan=2.0)
+    assert best["threshold"] == 0.95
+    assert note.startswith("NO grid point finds any of them")
+
+
 def planted_case():
     """Two lesions (one large, one 4 mm) and specks of several sizes at several probabilities."""
     spacing = (2.0, 0.8, 0.8)

@@ -184,8 +184,9 @@ def choose_operating_point(
     sensitivity for lesions >= 10 mm and >= 20 HU (all lesions when the data has none of
     those); ties go to fewer false positives, then to the higher all-lesion sensitivity, then to
     the smaller minimum size and depth and the lower threshold (the point that hides the
-    least). When no point keeps to the budget, the point with the fewest false positives (ties:
-    the most sensitive), and the note says so.
+    least). When no point keeps to the budget, or those that do find none of the lesions, the
+    point with the fewest false positives among those that find some (ties: the most
+    sensitive), and the note says so.
     """
     if not rows:
         raise ValueError("the grid is empty")
@@ -213,17 +214,32 @@ def choose_operating_point(
         )
 
     within = [r for r in rows if r["fp_per_scan"] <= max_fp_per_scan + 1e-12]
-    if within:
+    # A point that keeps to the budget by finding nothing is no operating point for a reader.
+    if within and min(within, key=rank)[key] > 0:
         best = min(within, key=rank)
         note = (
             f"highest {criterion} with at most {max_fp_per_scan:g} false positives per scan: "
             f"{best[key]:.3f} at {best['fp_per_scan']:.2f} per scan"
         )
         return best, criterion, note
+    finding = [r for r in rows if r[key] > 0]
+    if within and finding:
+        best = min(finding, key=lambda r: (r["fp_per_scan"], *rank(r)))
+        note = (
+            f"every grid point with at most {max_fp_per_scan:g} false positives per scan misses "
+            f"all of them ({criterion} 0); chose the point with the fewest false positives that "
+            f"still finds some: {best[key]:.3f} at {best['fp_per_scan']:.2f} per scan."
+        )
+        return best, criterion, note
     best = min(rows, key=lambda r: (r["fp_per_scan"], *rank(r)))
+    failing = (
+        f"NO grid point finds any of them ({criterion} 0)"
+        if within
+        else f"NO grid point keeps to {max_fp_per_scan:g} false positives per scan"
+    )
     note = (
-        f"NO grid point keeps to {max_fp_per_scan:g} false positives per scan; chose the one "
-        f"with the fewest, {best['fp_per_scan']:.2f} per scan ({criterion} {best[key]:.3f}). "
+        f"{failing}; chose the one with the fewest false positives, "
+        f"{best['fp_per_scan']:.2f} per scan ({criterion} {best[key]:.3f}). "
         "Consider higher thresholds, larger minimum sizes or depths, or a better model."
     )
     return best, criterion, note
