@@ -44,7 +44,9 @@ def package(src: str, stem: Path, postprocess: dict | None = None, **extra) -> d
     """Store ``src`` as float16 at ``stem``; ``postprocess`` (else the source's own entry) is
     the operating point written into the JSON, and hashed with it."""
     model, meta = load_checkpoint(src)
-    prov = {**meta["provenance"], "packaged_from": str(Path(src).name), "stored_as": "float16"}
+    # Packaging a packaged file again (the MAE, unchanged between bundles) keeps its origin.
+    origin = meta["provenance"].get("packaged_from") or Path(src).name
+    prov = {**meta["provenance"], "packaged_from": str(origin), "stored_as": "float16"}
     postprocess = postprocess if postprocess is not None else meta.get("postprocess")
     tensors, _ = save_checkpoint(
         stem, model, meta["model_config"], meta["preprocessing"], prov, dtype=torch.float16,
@@ -168,13 +170,16 @@ def _minutes(started: str | None, date: str | None) -> float | None:
         return None
 
 
+def _crop_words(crop) -> str:
+    return "x".join(str(v) for v in crop) if isinstance(crop, (list, tuple)) else str(crop)
+
+
 def _phase_line(k: int, budget: dict, config: dict, minutes: float | None, device: str) -> str:
     """One training phase of a checkpoint as a Markdown list item."""
     sampling = config.get("sampling") or {}
     loss = config.get("loss") or {}
     offsets = (config.get("preprocess") or {}).get("slice_offsets_mm") or [0.0]
-    crop = budget.get("crop_size")
-    crop = "x".join(str(v) for v in crop) if isinstance(crop, list) else crop
+    crop = _crop_words(budget.get("crop_size"))
     parts = [
         f"{budget.get('epochs')} epochs x {budget.get('steps_per_epoch')} steps x batch "
         f"{budget.get('batch_size')} ({budget.get('samples')} crops of {crop})",
@@ -277,22 +282,29 @@ def main(argv=None) -> int:
     data_json = json.loads((Path(args.data) / "dataset.json").read_text())
     table = "\n".join([HEADER, *(row(n, r) for n, r in results.items())])
     if args.note:
-        table += "\n\n" + "\n".join(args.note)
+        table += "\n\n" + "\n\n".join(args.note)
     from napari_nstseg.inference.device import cpu_name
 
     hardware = f"{cpu_name()}, {platform.machine()}"
     with open(Path(args.seg).parent / "log.csv", newline="") as f:
         minutes = float(list(csv.DictReader(f))[-1]["elapsed_s"]) / 60
+    budget_words = (
+        f"{budget.get('epochs')} epochs x {budget.get('steps_per_epoch')} steps x batch "
+        f"{budget.get('batch_size')} of {_crop_words(budget.get('crop_size'))} crops"
+    )
+    if prov.get("initialised_from"):
+        budget_words += (
+            ", after the earlier phases listed in the model card, started from the weights of "
+            "the one before"
+        )
     comparison = f"""# CDI-NSTSEG vs U-Net on held-out lesion-insertion scans
 
 Measured {time.strftime("%Y-%m-%d")} with `python scripts/bundle_weights.py` (CPU: {hardware};
 torch {torch.__version__}) on the test split of `{data_json.get("name", Path(args.data).name)}`
 ({results[next(iter(results))]["detection"]["scans"]} held-out cases,
 {results[next(iter(results))]["detection"]["lesions"]} lesions; the split is by z-block of each
-source scan, see `napari_nstseg.training.lesions`). Identical data, budget
-({budget.get("epochs")} epochs x {budget.get("steps_per_epoch")} steps x batch
-{budget.get("batch_size")}, {budget.get("crop_size")} crops) and seed for every row unless a
-note below says otherwise. Slice Dice
+source scan, see `napari_nstseg.training.lesions`). Identical data, training budget
+({budget_words}) and seed for every row unless a note below says otherwise. Slice Dice
 is the mean over slices with lesion in each area group (SoSegFormer's size groups); a lesion
 counts as detected when the predicted components touching it reach Dice 0.1.
 
@@ -356,12 +368,14 @@ Contrast is against the local tissue (80 % hypodense), soft edge, the scan's noi
 in bone marrow or opacified vessels. Trained on the train split of
 `{Path(train_folder).name}` ({lesion_ranges(train_folder, "train")}); evaluated on the test
 split of `{Path(args.data).name}` ({lesion_ranges(args.data, "test")}); operating points are
-tuned on its validation split (`nstseg tune-postprocess`). Both folders come from one seed, so
-they share the split: train, validation and test are separate z-blocks of each scan with a
-15 mm gap and no anatomy is shared; the sample CT's lesion lies in a test block.
+chosen on validation blocks (`nstseg tune-postprocess`; the notes below say which). Both
+folders come from one seed, so they share the split: train, validation and test are separate
+z-blocks of each scan with a 15 mm gap and no anatomy is shared; the sample CT's lesion lies in
+a test block.
 
 ## Training budget
 {phases}
+
 AdamW with poly decay in every phase, deep supervision (BCE+IoU on the GLM map, the weighted
 structure loss 1/2/4 on the LFM maps) plus a soft-Dice term, seed {prov.get("seed")}. Every model
 in the tables is its last epoch (`final.json`): on these validation blocks, which hold only small

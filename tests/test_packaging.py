@@ -138,6 +138,7 @@ def test_bundled_weights_carry_the_tuned_operating_point_and_still_verify(tmp_pa
     # a tune.json from before the minimum depth existed still packages
     assert point == {"threshold": 0.4, "min_lesion_mm": 5.0, "min_depth_mm": 0.0}
     assert bundle.operating_point(str(tune_json), None, 3.0)["min_lesion_mm"] == 3.0
+    assert bundle.operating_point(str(tune_json), None, None, 4.0)["min_depth_mm"] == 4.0
     assert bundle.operating_point(None, None, None) is None
     with pytest.raises(SystemExit, match="unusable operating point"):
         bundle.operating_point(None, 1.5, None)
@@ -151,4 +152,42 @@ def test_bundled_weights_carry_the_tuned_operating_point_and_still_verify(tmp_pa
     assert set(seg.postprocess_sources.values()) == {"weights"}
     # Re-packaging keeps the recommendation unless a new one is given.
     bundle.package(str(tmp_path / "default.json"), tmp_path / "again")
-    assert read_metadata(tmp_path / "again.json")["postprocess"] == point
+    again = read_metadata(tmp_path / "again.json")
+    assert again["postprocess"] == point
+    assert again["provenance"]["packaged_from"] == "trained.json"  # the origin, not the copy
+
+
+def test_the_model_card_lists_every_training_phase_of_a_continued_run():
+    bundle = _bundle_script()
+    budget = {
+        "epochs": 2,
+        "steps_per_epoch": 3,
+        "batch_size": 4,
+        "samples": 24,
+        "crop_size": [64, 64],
+    }
+    first = {
+        "budget": {**budget, "samples": 100},
+        "started": "2026-01-01T10:00:00",
+        "date": "2026-01-01T10:30:00",
+        "device": "cuda",
+        "train_config": {"lr": 0.003, "loss": {"region": "image"}},
+    }
+    prov = {
+        "budget": budget,
+        "device": "cpu",
+        "initialised_from": first,
+        "train_config": {
+            "lr": 0.001,
+            "loss": {"region": "batch"},
+            "preprocess": {"slice_offsets_mm": [-3.0, 0.0, 3.0]},
+        },
+    }
+    lines = bundle.training_phases(prov, last_minutes=12.0).splitlines()
+    assert lines[0].startswith("- Phase 1: 2 epochs x 3 steps x batch 4 (100 crops of 64x64)")
+    assert "lr 0.003" in lines[0] and lines[0].endswith("30 min on cuda")
+    assert "2.5-D input (planes at -3, +0, +3 mm)" in lines[1] and "over the batch" in lines[1]
+    assert lines[1].endswith("12 min on cpu")
+    assert lines[2].startswith("- In all 124 training crops")
+    # A run trained in one go is one phase, without the total.
+    assert bundle.training_phases({**prov, "initialised_from": None}, 5.0).count("\n") == 0

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# How the bundled weights of 2026-12-01 were packaged: the extra test-split evaluations at
+# fixed operating points that docs/comparison.md lists, then bundle_weights.py with its notes.
+#   W1: phase-1 work folder of train_bundled.py (runs/default was the weights bundled before;
+#       runs/unet its U-Net), W2: phase-2 work folder, made with
+#   python scripts/train_bundled.py --work W2 --variants default unet --init default=bundled \
+#       --init unet=W1/runs/unet/final.json --mae-weights src/napari_nstseg/weights/mae.json \
+#       --epochs 40 --lr 1e-3 --positive-fraction 0.5 --region-loss batch --context-mm 3 \
+#       --tune-data TUNEVAL
+#   scripts/bundle_default.sh W1 W2 LESIONS   (LESIONS: W2's evaluation folder, `lesions`)
+set -euo pipefail
+W1=$1 W2=$2 LESIONS=$3
+EV=$W2/evals
+ev() {  # weights, out, threshold, min lesion, min depth
+  [ -f "$2/evaluation.json" ] || python -m napari_nstseg.cli evaluate "$1" --data "$LESIONS" \
+    --split test --out "$2" --device cpu --threshold "$3" --min-lesion-mm "$4" --min-depth-mm "$5"
+}
+ev "$W2/runs/default/final.json" "$EV/cdi_05" 0.5 0 0
+ev "$W2/runs/unet/final.json" "$EV/unet_d4" 0.5 0 4
+ev "$W2/runs/unet/final.json" "$EV/unet_05" 0.5 0 0
+ev "$W1/runs/default/final.json" "$EV/cdi_phase1" 0.5 0 0
+ev "$W1/runs/unet/final.json" "$EV/unet_phase1" 0.5 0 0
+# The tuned points: W2's tune_val/tune.json of each model (U-Net: 0.3 / 0 / 10 mm, CDI-NSTSEG's
+# is what train_bundled.py already evaluated, eval_test).
+ev "$W2/runs/unet/final.json" "$EV/unet_tuned" 0.3 0 10
+python scripts/bundle_weights.py --seg "$W2/runs/default/final.json" \
+  --mae "$W2/runs/default/mae.json" --data "$LESIONS" \
+  --threshold 0.5 --min-lesion-mm 0 --min-depth-mm 4 \
+  --compare "CDI-NSTSEG at threshold 0.5, no size or depth limit=$EV/cdi_05/evaluation.json" \
+  --compare "CDI-NSTSEG at its validation-tuned point=$W2/runs/default/eval_test/evaluation.json" \
+  --compare "U-Net, same data, phases, budget and seed=$EV/unet_d4/evaluation.json" \
+  --compare "U-Net at threshold 0.5, no size or depth limit=$EV/unet_05/evaluation.json" \
+  --compare "U-Net at its validation-tuned point=$EV/unet_tuned/evaluation.json" \
+  --compare "CDI-NSTSEG after phase 1 only (the weights bundled before)=$EV/cdi_phase1/evaluation.json" \
+  --compare "U-Net after phase 1 only=$EV/unet_phase1/evaluation.json" \
+  --note "Both models went through the same two phases (model card, 'Training budget'): phase 1, 55 epochs x 150 steps x batch 8 of 2-D crops, lr 3e-3, 70 % crops with lesion, IoU and Dice per crop; phase 2, started from phase 1's last weights, 40 x 150 x 8 of 2.5-D crops (the planes 3 mm above and below as extra input channels), lr 1e-3, 50 % crops with lesion, IoU and Dice over the batch so that false positives on lesion-free crops cost. CDI-NSTSEG's phase 1 ran on an AMD EPYC in float32, the U-Net's on this Intel Xeon under bf16 autocast; phase 2 ran here for both." \
+  --note "The bundled point, threshold 0.5 and lesions spanning at least 4 mm along z (2 slices of a 3 mm scan), was set on the validation split: there the tuned point (0.85 / 0 / 7 mm) finds 1 of the 16 lesions >= 10 mm and >= 20 HU at 4.0 false positives per scan, 0.5 / 0 / 4 mm finds 5 at 8.7 (threshold 0.5 without depth limit: 6 at 26). No point of the grid keeps either model within 2 false positives per scan while finding any of those lesions, so 'validation-tuned' rows are the points with the fewest false positives that still find some (\`nstseg tune-postprocess\`)." \
+  --note "The validation split used for that (the validation cases of \`lesions48\` and of a set of 8-16 mm lesions inserted into the same blocks, \`scripts/train_bundled.py --tune-data\`) holds 103 cases but only 16 lesions >= 10 mm and >= 20 HU: operating points chosen on it are coarse. The test split (the rows above) has 112 such lesions."
