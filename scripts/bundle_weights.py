@@ -99,9 +99,9 @@ def sample_check(weights: Path) -> dict:
     t0 = time.perf_counter()
     pred = seg.predict(ct.hu, ct.spacing)
     seconds = time.perf_counter() - t0
-    from scipy import ndimage
+    from napari_nstseg.metrics import label_lesions
 
-    labels, n = ndimage.label(pred.mask > 0)
+    labels, n = label_lesions(pred.mask > 0)  # 26-connected, as predict and evaluate count
     hits = sorted(set(np.unique(labels[truth])) - {0})
     # evaluate's rule: the predicted components touching the lesion must reach Dice 0.1
     touching = np.isin(labels, hits) if hits else np.zeros_like(truth)
