@@ -33,7 +33,7 @@ import psutil
 import torch
 
 from napari_nstseg.inference import EngineConfig, MapRequest, Segmenter
-from napari_nstseg.inference.device import cpu_name
+from napari_nstseg.inference.device import autocast_dtype, cpu_name
 from napari_nstseg.inference.engine import default_weights_path
 from napari_nstseg.models import ModelConfig, build_model
 from napari_nstseg.models.checkpoint import read_metadata
@@ -96,22 +96,22 @@ def synthetic_ct(slices: int, size: int, seed: int = 0) -> np.ndarray:
 
 
 def make_segmenter(
-    config: ModelConfig, prep: PreprocessConfig, device: str, batch: int
+    config: ModelConfig, prep: PreprocessConfig, device: str, batch: int, amp: bool = True
 ) -> Segmenter:
     torch.manual_seed(0)
     return Segmenter(
         build_model(config),
         prep,
         device,
-        EngineConfig(batch_size=batch, maps=MapRequest()),
+        EngineConfig(batch_size=batch, maps=MapRequest(), amp=amp),
     )
 
 
 def throughput(
     name: str, config: ModelConfig, prep: PreprocessConfig, device: str, vol: np.ndarray,
-    spacing: tuple[float, float, float], batch: int,
+    spacing: tuple[float, float, float], batch: int, amp: bool = True,
 ) -> Row:  # fmt: skip
-    seg = make_segmenter(config, prep, device, batch)
+    seg = make_segmenter(config, prep, device, batch, amp)
     est = seg.estimate(vol.shape, spacing)
     seg.predict(vol[:1], spacing)  # warm-up: lazy initialisation, kernel selection
     if seg.device.type == "cuda":
@@ -184,7 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--devices", default="cpu,cuda", help="comma list among cpu, cuda")
     p.add_argument("--skip-default", action="store_true", help="skip the width-64 network")
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument(
+        "--no-amp", action="store_true", help="float32 throughout (no bf16 or fp16 autocast)"
+    )
     args = p.parse_args(argv)
+    amp = not args.no_amp
 
     # The paper's network at 1 mm, then the bundled weights' configuration and an equally wide
     # U-Net at the bundled working spacing (random weights: speed does not depend on them).
@@ -204,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     for device in devices:
         for name, config, pre in configs:
-            rows.append(throughput(name, config, pre, device, vol, spacing, args.batch_size))
+            rows.append(throughput(name, config, pre, device, vol, spacing, args.batch_size, amp))
             r = rows[-1]
             print(
                 f"  {r.model} b={r.width} on {r.device}: {r.slices_per_s:.2f} slices/s", flush=True
@@ -217,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, config, pre in configs:
         if config.arch != "cdi_nstseg":
             continue
-        seg = make_segmenter(config, pre, "cpu", 1)
+        seg = make_segmenter(config, pre, "cpu", 1, amp)
         lat.append(
             (
                 name,
@@ -229,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\n## Inference throughput (napari-nstseg engine, untrained weights)\n")
     print("\n".join(hardware()))
+    for device in devices:
+        dtype = autocast_dtype(torch.device(device), amp)
+        precision = "float32" if dtype is None else f"{str(dtype).split('.')[-1]} autocast"
+        print(f"- {device}: {precision}")
     print(
         f"\nWhole volume: {args.slices} slices of {args.size} x {args.size} pixels of "
         f"{args.spacing} mm, each resampled to its model's working spacing (paper width: 1 mm; "
