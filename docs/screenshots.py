@@ -5,7 +5,7 @@ docks the widget, runs the whole volume and saves the window. Until trained weig
 it runs an UNTRAINED tiny network (its BatchNorm statistics measured on the scan so the maps are
 not flat), so every map in the picture is structured noise, not a segmentation.
 
-    xvfb-run -a .venv/bin/python docs/screenshots.py [--weights CHECKPOINT] [--out PATH]
+    xvfb-run -a .venv/bin/python docs/screenshots.py [--weights CHECKPOINT|bundled] [--out PATH]
 """
 
 from __future__ import annotations
@@ -40,7 +40,11 @@ def untrained_checkpoint(folder: Path, hu_zyx) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", help="checkpoint to run (default: an untrained tiny one)")
+    parser.add_argument(
+        "--weights",
+        help="checkpoint to run, or 'bundled' for the shipped weights as a user picks them "
+        "(default: an untrained tiny one)",
+    )
     parser.add_argument("--threshold", type=float, default=0.8)
     parser.add_argument("--out", default=str(ROOT / "docs" / "images" / "widget.png"))
     args = parser.parse_args()
@@ -49,7 +53,7 @@ def main() -> None:
     from qtpy.QtWidgets import QApplication
 
     from napari_nstseg._reader import read_layers
-    from napari_nstseg.widgets.dock import FROM_FILE, NSTSegWidget
+    from napari_nstseg.widgets.dock import BUNDLED, FROM_FILE, NSTSegWidget
 
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1600, 1000)
@@ -62,8 +66,11 @@ def main() -> None:
     widget = NSTSegWidget(viewer)
     viewer.window.add_dock_widget(widget, name="NSTSEG", area="right")
     widget.ct_layer.value = "sample CT"
-    widget.weights_source.value = FROM_FILE
-    widget.weights_file.value = weights
+    if weights == "bundled":
+        widget.weights_source.value = BUNDLED
+    else:
+        widget.weights_source.value = FROM_FILE
+        widget.weights_file.value = weights
     widget.device.value = "auto"
     widget.show_stage_probs.value = True
     widget.show_scale_weights.value = True
