@@ -71,6 +71,10 @@ def test_cli_help_and_info():
     info = json.loads(out.stdout)
     assert info["torch"].startswith("2.")
     assert "cpu" in info["devices"]
+    assert info["precision"] in ("float32", "bfloat16 autocast", "float16 autocast")
+    # The bundled weights say what they are and the operating point they recommend.
+    assert info["default_model"].startswith("CDI-NSTSEG, base width")
+    assert set(info["default_operating_point"]) == {"threshold", "min_lesion_mm", "min_depth_mm"}
 
 
 @pytest.mark.slow

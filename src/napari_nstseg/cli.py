@@ -35,15 +35,26 @@ def _info(args: argparse.Namespace) -> int:
             info[mod] = f"not available ({type(exc).__name__})"
     import torch
 
-    from napari_nstseg.inference.device import available_devices, device_name, select_device
+    from napari_nstseg.inference.device import (
+        autocast_dtype,
+        available_devices,
+        device_name,
+        select_device,
+    )
     from napari_nstseg.inference.engine import default_weights_path
 
     info["devices"] = available_devices()
-    info["default_device"] = device_name(select_device("auto"))
+    device = select_device("auto")
+    info["default_device"] = device_name(device)
+    # Results can differ in the last digits between bf16 and float32 machines: say which.
+    dtype = autocast_dtype(device)
+    info["precision"] = "float32" if dtype is None else f"{str(dtype).split('.')[-1]} autocast"
     if torch.cuda.is_available():
         info["cuda_version"] = torch.version.cuda
     weights = default_weights_path()
     info["default_weights"] = str(weights) if weights.exists() else f"missing ({weights})"
+    if weights.exists():
+        info.update(_weights_summary(weights))
     if args.json:
         print(json.dumps(info, indent=2))
     else:
@@ -51,6 +62,28 @@ def _info(args: argparse.Namespace) -> int:
         for key, value in info.items():
             print(f"{key:<{width}}  {value}")
     return 0
+
+
+def _weights_summary(path) -> dict[str, object]:
+    """What the bundled weights are and the operating point they recommend, from their JSON."""
+    from napari_nstseg.models.checkpoint import read_metadata
+    from napari_nstseg.postprocess import PostprocessConfig
+
+    try:
+        meta = read_metadata(path)
+    except Exception as exc:  # info must still print the rest
+        return {"default_model": f"unreadable ({exc})"}
+    model, pre = meta["model_config"], meta["preprocessing"]
+    arch = "U-Net" if model.get("arch") == "unet" else "CDI-NSTSEG"
+    offsets = pre.get("slice_offsets_mm") or [0.0]
+    joined = "/".join(f"{v:+g}" for v in offsets)
+    planes = "2-D" if len(offsets) == 1 else f"2.5-D (planes {joined} mm)"
+    point = PostprocessConfig.from_dict(meta.get("postprocess") or {})
+    return {
+        "default_model": f"{arch}, base width {model.get('base_width')}, {planes}, "
+        f"{pre.get('working_spacing_mm')} mm working spacing",
+        "default_operating_point": point.to_dict(),
+    }
 
 
 def _demo(args: argparse.Namespace) -> int:
