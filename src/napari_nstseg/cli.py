@@ -71,6 +71,7 @@ def _weights_summary(path) -> dict[str, object]:
 
     try:
         meta = read_metadata(path)
+        point = PostprocessConfig.from_dict(meta.get("postprocess") or {})
     except Exception as exc:  # info must still print the rest
         return {"default_model": f"unreadable ({exc})"}
     model, pre = meta["model_config"], meta["preprocessing"]
@@ -78,7 +79,6 @@ def _weights_summary(path) -> dict[str, object]:
     offsets = pre.get("slice_offsets_mm") or [0.0]
     joined = "/".join(f"{v:+g}" for v in offsets)
     planes = "2-D" if len(offsets) == 1 else f"2.5-D (planes {joined} mm)"
-    point = PostprocessConfig.from_dict(meta.get("postprocess") or {})
     return {
         "default_model": f"{arch}, base width {model.get('base_width')}, {planes}, "
         f"{pre.get('working_spacing_mm')} mm working spacing",
