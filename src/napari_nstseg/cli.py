@@ -39,6 +39,7 @@ def _info(args: argparse.Namespace) -> int:
         autocast_dtype,
         available_devices,
         device_name,
+        precision_name,
         select_device,
     )
     from napari_nstseg.inference.engine import default_weights_path
@@ -48,7 +49,7 @@ def _info(args: argparse.Namespace) -> int:
     info["default_device"] = device_name(device)
     # Results can differ in the last digits between bf16 and float32 machines: say which.
     dtype = autocast_dtype(device)
-    info["precision"] = "float32" if dtype is None else f"{str(dtype).split('.')[-1]} autocast"
+    info["precision"] = precision_name(dtype) + ("" if dtype is None else " autocast")
     if torch.cuda.is_available():
         info["cuda_version"] = torch.version.cuda
     weights = default_weights_path()

@@ -39,6 +39,11 @@ class PostprocessConfig:
             if not (math.isfinite(value) and value >= 0.0):
                 raise ValueError(f"{name} must be a size in mm, 0 or more, got {value!r}")
 
+    @property
+    def removes_lesions(self) -> bool:
+        """Whether this point drops lesions by size or depth (else the mask is the plain cut)."""
+        return self.min_lesion_mm > 0 or self.min_depth_mm > 0
+
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
 
@@ -89,6 +94,15 @@ def component_diameters_mm(
         else:
             out[i] = longest_axial_diameter_mm(labels[box] == i + 1, (sy, sx))[0]
     return out
+
+
+def component_depths_mm(boxes: Sequence[tuple[slice, ...] | None], spacing_z: float) -> np.ndarray:
+    """Extent along z (mm: slices spanned x slice spacing) of components 1..n, from their
+    ``ndimage.find_objects`` boxes; 0 for a label that does not occur."""
+    return np.array(
+        [0.0 if box is None else (box[0].stop - box[0].start) * float(spacing_z) for box in boxes],
+        np.float64,
+    )
 
 
 def remove_small_lesions(
@@ -156,12 +170,13 @@ def remove_small_lesions(
         drop |= component_diameters_mm(labels, boxes, sp[1:], below=limit) < limit
     if depth_limit > 0:
         first = z0 + crop[0].start
+        depths = component_depths_mm(boxes, sp[0])
         for i, box in enumerate(boxes):
             if box is None:
                 continue
             lo, hi = first + box[0].start, first + box[0].stop - 1
             measured = not (open_below[lo] or open_above[hi])
-            drop[i] |= measured and (hi - lo + 1) * sp[0] < depth_limit
+            drop[i] |= measured and depths[i] < depth_limit
     for i in np.flatnonzero(drop):
         box = boxes[i]
         part[box][labels[box] == i + 1] = 0

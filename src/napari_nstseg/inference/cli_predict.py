@@ -175,7 +175,7 @@ def run_predict(args: argparse.Namespace) -> int:
     import torch
 
     import napari_nstseg
-    from napari_nstseg.inference.device import autocast_dtype, device_name
+    from napari_nstseg.inference.device import autocast_dtype, device_name, precision_name
     from napari_nstseg.inference.engine import EngineConfig, Segmenter, default_weights_path
     from napari_nstseg.inference.prediction import MapRequest
     from napari_nstseg.io import read_ct, write_mask, write_volume
@@ -203,7 +203,7 @@ def run_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         threshold=args.threshold,
         min_lesion_mm=args.min_lesion_mm,
-        min_depth_mm=getattr(args, "min_depth_mm", None),
+        min_depth_mm=args.min_depth_mm,
     )
     seg = Segmenter.from_checkpoint(args.weights, args.device, config)
     point = operating_point(seg)
@@ -299,7 +299,7 @@ def run_predict(args: argparse.Namespace) -> int:
             "device": {
                 "name": str(seg.device),
                 "description": device_name(seg.device),
-                "autocast": str(amp).removeprefix("torch.") if amp else "float32",
+                "autocast": precision_name(amp),
                 "platform": platform.platform(),
             },
             "weights": {

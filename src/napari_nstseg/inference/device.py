@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
@@ -83,6 +84,19 @@ def cpu_has_native_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a torch build without oneDNN
         return False
+
+
+def autocast(device: torch.device, amp: bool = True) -> contextlib.AbstractContextManager:
+    """Mixed precision on ``device`` as :func:`autocast_dtype` chooses it; a no-op without."""
+    dtype = autocast_dtype(device, amp)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """An autocast dtype as a report names it: "bfloat16", "float16", or "float32" for none."""
+    return "float32" if dtype is None else str(dtype).removeprefix("torch.")
 
 
 def autocast_dtype(device: torch.device, amp: bool = True) -> torch.dtype | None:

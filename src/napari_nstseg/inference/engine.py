@@ -12,7 +12,6 @@ error the batch is halved and the run goes on.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import gc
 import math
@@ -27,7 +26,7 @@ import torch
 from torch import nn
 
 from napari_nstseg.inference.device import (
-    autocast_dtype,
+    autocast,
     device_memory_available,
     host_memory_available,
     select_device,
@@ -439,12 +438,6 @@ class Segmenter:
         return tuple(-(-n // m) * m for n in size)
 
     # -- one batch ---------------------------------------------------------------------------------
-    def _autocast(self, device: torch.device):
-        dtype = autocast_dtype(device, self.config.amp)
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=dtype)
-
     def _residual(
         self, hu: torch.Tensor, spacing_yx, z: Sequence[int], mae: nn.Module
     ) -> torch.Tensor:
@@ -490,7 +483,7 @@ class Segmenter:
         t1 = time.perf_counter()
         kwargs: dict[str, Any] = {}
         residual = None
-        with torch.inference_mode(), self._autocast(device):
+        with torch.inference_mode(), autocast(device, self.config.amp):
             if maps.residual or self.ssl_guidance:
                 centre = hu[:, pp.center_channel]
                 residual = self._residual(centre, spacing_yx, z, self._load_mae())
@@ -641,7 +634,7 @@ class Segmenter:
             pred.finish_mask(
                 pp.threshold, pp.min_lesion_mm, earlier=earlier, min_depth_mm=pp.min_depth_mm
             )
-            if pp.min_lesion_mm > 0 or pp.min_depth_mm > 0:
+            if pp.removes_lesions:
                 pred.add_time("lesion_filter", time.perf_counter() - t0)
             pred.add_time("total", time.perf_counter() - start)
 

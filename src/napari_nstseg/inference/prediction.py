@@ -207,12 +207,11 @@ class Prediction:
         if earlier is not None:
             stale = np.asarray(earlier, bool) & self.done
             changed = point != self.point
-            filters = point.min_lesion_mm > 0 or point.min_depth_mm > 0
-            if stale.any() and (changed or filters or self._filters()):
+            if stale.any() and (changed or point.removes_lesions or self.point.removes_lesions):
                 self.mask[stale] = self._cut(point.threshold, stale)
         self.threshold, self.min_lesion_mm = point.threshold, point.min_lesion_mm
         self.min_depth_mm = point.min_depth_mm
-        if self._filters() and self.done.any():
+        if point.removes_lesions and self.done.any():
             self.mask = remove_small_lesions(
                 self.mask,
                 self._spacing(),
@@ -225,9 +224,6 @@ class Prediction:
     def point(self) -> PostprocessConfig:
         """The operating point ``mask`` was made at."""
         return PostprocessConfig(self.threshold, self.min_lesion_mm, self.min_depth_mm)
-
-    def _filters(self) -> bool:
-        return self.min_lesion_mm > 0 or self.min_depth_mm > 0
 
     def _spacing(self) -> tuple[float, float, float]:
         if self.spacing is None:
@@ -278,7 +274,7 @@ class Prediction:
         point = PostprocessConfig(threshold, min_lesion_mm, min_depth_mm)
         out = self._cut(point.threshold)
         out[~self.done] = 0
-        if point.min_lesion_mm > 0 or point.min_depth_mm > 0:
+        if point.removes_lesions:
             out = remove_small_lesions(
                 out,
                 self._spacing(),

@@ -9,7 +9,6 @@ a run resumed from an epoch checkpoint continues exactly as if it had never stop
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import datetime as _dt
 import json
@@ -33,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from napari_nstseg._config import nested_from_dict, nested_to_dict
-from napari_nstseg.inference.device import autocast_dtype
+from napari_nstseg.inference.device import autocast
 from napari_nstseg.io.atomic import atomic_write
 from napari_nstseg.models import DeepSupervisionLoss, LossConfig, ModelConfig, build_model
 from napari_nstseg.models.checkpoint import (
@@ -652,13 +651,6 @@ class TrainResult:
     history: list[dict[str, Any]]
 
 
-def _autocast(device: torch.device, amp: bool):
-    dtype = autocast_dtype(device, amp)
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
 def _epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     return (int(seed) * 1_000_003 + int(epoch) * 7_919 + int(rank)) % (2**63 - 1)
 
@@ -977,7 +969,7 @@ class _SegValidation:
         for batch in self.loader:
             x = batch["image"].to(ctx.device)
             y = batch["mask"].to(ctx.device)
-            with _autocast(ctx.device, self.amp):
+            with autocast(ctx.device, self.amp):
                 out = self.forward(x)
                 loss = self.loss_fn(out, y)
             loss_sum += torch.tensor([float(loss) * len(x), len(x)], dtype=torch.float64)
@@ -1083,7 +1075,7 @@ def _run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
     def step(batch: dict[str, Any], global_step: int) -> dict[str, torch.Tensor]:
         x = batch["image"].to(device, non_blocking=True, memory_format=torch.channels_last)
         y = batch["mask"].to(device, non_blocking=True)
-        with _autocast(device, cfg.amp):
+        with autocast(device, cfg.amp):
             return loss_fn.terms(forward(net, x, global_step), y)
 
     optimizer = _make_optimizer(cfg, model)
@@ -1272,7 +1264,7 @@ class _MAEValidation:
             torch.manual_seed(self.seed)
             for batch in self.loader:
                 x = batch["image"].to(ctx.device)
-                with _autocast(ctx.device, self.amp):
+                with autocast(ctx.device, self.amp):
                     loss, _, _ = self.model(x)
                 total += torch.tensor([float(loss) * len(x), len(x)], dtype=torch.float64)
         total = ctx.all_sum(total.to(ctx.device)).cpu()
@@ -1319,7 +1311,7 @@ def _run_mae(cfg: MAEPretrainConfig, ctx: DistContext) -> TrainResult:
 
     def step(batch: dict[str, Any], global_step: int) -> dict[str, torch.Tensor]:
         x = batch["image"].to(device, non_blocking=True)
-        with _autocast(device, cfg.amp):
+        with autocast(device, cfg.amp):
             loss, _, _ = net(x)
         return {"reconstruction": loss}
 

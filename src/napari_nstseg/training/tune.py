@@ -20,7 +20,11 @@ from scipy import ndimage
 
 from napari_nstseg.inference.prediction import binarize_probability
 from napari_nstseg.metrics import label_lesions
-from napari_nstseg.postprocess import PostprocessConfig, component_diameters_mm
+from napari_nstseg.postprocess import (
+    PostprocessConfig,
+    component_depths_mm,
+    component_diameters_mm,
+)
 from napari_nstseg.training.evaluate import (
     TARGET_NAME,
     engine_for_split,
@@ -113,9 +117,7 @@ def sweep_case(
         boxes = ndimage.find_objects(labels, max_label=n)
         below = min(positive) if positive else None
         diam = np.concatenate([[0.0], component_diameters_mm(labels, boxes, sp[1:], below)])
-        depth = np.array(
-            [0.0] + [(b[0].stop - b[0].start) * sp[0] if b is not None else 0.0 for b in boxes]
-        )
+        depth = np.concatenate([[0.0], component_depths_mm(boxes, sp[0])])
         sizes = np.bincount(labels.ravel(), minlength=n + 1).astype(np.float64)
         both = (labels > 0) & (gt_labels > 0)
         pairs, inter = np.unique(

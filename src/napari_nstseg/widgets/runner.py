@@ -96,7 +96,7 @@ class PredictionSteps:
         self.segmenter = segmenter.with_config(
             threshold=request.threshold,
             min_lesion_mm=request.min_lesion_mm,
-            min_depth_mm=getattr(request, "min_depth_mm", 0.0),
+            min_depth_mm=request.min_depth_mm,
         )
         roi = request.roi
         self._events: Iterator[Any] = self.segmenter.iter_predict(
