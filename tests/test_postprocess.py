@@ -170,3 +170,16 @@ def test_depth_is_not_judged_where_the_neighbouring_slice_was_not_segmented():
     np.testing.assert_array_equal(
         remove_small_lesions(mask[4], (1.0, 1.0), 0, min_depth_mm=4), mask[4]
     )
+
+
+def test_a_lesion_exactly_at_the_depth_limit_stays_whatever_the_rounding_of_the_spacing():
+    """3 slices of a scan whose header says 2.3333333 mm span 7 mm to a reader, although the
+    product falls 1e-7 short: a lesion at the limit is kept, one a slice less deep is not."""
+    mask = np.zeros((9, 20, 20), np.uint8)
+    mask[3:6, 5:10, 5:10] = 1
+    mask[7:8, 12:17, 12:17] = 1  # one slice less deep would be 2 slices; this is 1
+    spacing = (2.3333333, 0.7, 0.7)
+    assert 3 * spacing[0] < 7.0  # the case is a real floating-point edge
+    kept = remove_small_lesions(mask, spacing, 0, min_depth_mm=7)
+    assert kept[3:6].all(axis=0).sum() == 25 and not kept[7].any()
+    assert not remove_small_lesions(mask, spacing, 0, min_depth_mm=7.001).any()

@@ -96,6 +96,18 @@ def component_diameters_mm(
     return out
 
 
+# Sizes are voxel counts times spacings read from headers as decimals: 3 slices of a
+# 2.3333333 mm scan, or 3 pixels of 0.7 mm (2.0999999999999996 in floating point), must meet a
+# 7 mm or 2.1 mm limit, so a measure within this of the limit counts as reaching it.
+LIMIT_TOLERANCE_MM = 1e-6
+
+
+def below_limit(sizes_mm: np.ndarray, limit_mm: float) -> np.ndarray:
+    """Which of ``sizes_mm`` fall short of ``limit_mm`` (a lesion size or depth limit): the one
+    comparison the engine's filter and the operating-point sweep share."""
+    return np.asarray(sizes_mm, np.float64) < float(limit_mm) - LIMIT_TOLERANCE_MM
+
+
 def component_depths_mm(boxes: Sequence[tuple[slice, ...] | None], spacing_z: float) -> np.ndarray:
     """Extent along z (mm: slices spanned x slice spacing) of components 1..n, from their
     ``ndimage.find_objects`` boxes; 0 for a label that does not occur."""
@@ -167,16 +179,17 @@ def remove_small_lesions(
     boxes = ndimage.find_objects(labels, max_label=n)
     drop = np.zeros(n, bool)
     if limit > 0:
-        drop |= component_diameters_mm(labels, boxes, sp[1:], below=limit) < limit
+        cut = limit - LIMIT_TOLERANCE_MM
+        drop |= below_limit(component_diameters_mm(labels, boxes, sp[1:], below=cut), limit)
     if depth_limit > 0:
         first = z0 + crop[0].start
-        depths = component_depths_mm(boxes, sp[0])
+        shallow = below_limit(component_depths_mm(boxes, sp[0]), depth_limit)
         for i, box in enumerate(boxes):
             if box is None:
                 continue
             lo, hi = first + box[0].start, first + box[0].stop - 1
             measured = not (open_below[lo] or open_above[hi])
-            drop[i] |= measured and depths[i] < depth_limit
+            drop[i] |= measured and bool(shallow[i])
     for i in np.flatnonzero(drop):
         box = boxes[i]
         part[box][labels[box] == i + 1] = 0

@@ -135,6 +135,21 @@ def test_the_sweep_counts_what_evaluate_counts_on_the_post_processed_mask():
     assert row["scans"] == 2 and row["fp_per_scan"] == 1.0 and row["sensitivity"] == 1.0
 
 
+def test_the_sweep_and_the_engine_filter_agree_on_a_lesion_exactly_at_the_limit():
+    """A lesion 3 slices deep in a scan whose header says 2.3333333 mm: at a 7 mm minimum depth
+    the sweep and the engine's filter both keep it, so the chosen point means on the scan what
+    it meant in the sweep."""
+    gt = np.zeros((9, 20, 20), np.uint8)
+    gt[3:6, 5:10, 5:10] = 1
+    final = gt * np.uint8(255)
+    spacing = (2.3333333, 0.7, 0.7)
+    swept = sweep_case(final, gt, spacing, (0.5,), (0.0,), targets=[0], depths_mm=(7.0, 7.1))
+    for d in (7.0, 7.1):
+        kept = remove_small_lesions(gt, spacing, 0, min_depth_mm=d).any()
+        assert swept[(0.5, 0.0, d)]["detected"] == int(kept), d
+    assert swept[(0.5, 0.0, 7.0)]["detected"] == 1
+
+
 def test_evaluation_scores_the_post_processed_mask():
     """Planted specks are false positives at min lesion 0 and gone at 5 mm; the probability
     metrics (MAE) do not change with the operating point."""

@@ -21,7 +21,9 @@ from scipy import ndimage
 from napari_nstseg.inference.prediction import binarize_probability
 from napari_nstseg.metrics import label_lesions
 from napari_nstseg.postprocess import (
+    LIMIT_TOLERANCE_MM,
     PostprocessConfig,
+    below_limit,
     component_depths_mm,
     component_diameters_mm,
 )
@@ -115,7 +117,7 @@ def sweep_case(
     for t in thresholds:
         labels, n = label_lesions(binarize_probability(final, t))
         boxes = ndimage.find_objects(labels, max_label=n)
-        below = min(positive) if positive else None
+        below = min(positive) - LIMIT_TOLERANCE_MM if positive else None
         diam = np.concatenate([[0.0], component_diameters_mm(labels, boxes, sp[1:], below)])
         depth = np.concatenate([[0.0], component_depths_mm(boxes, sp[0])])
         sizes = np.bincount(labels.ravel(), minlength=n + 1).astype(np.float64)
@@ -127,7 +129,7 @@ def sweep_case(
         touches = np.zeros(n + 1, bool)
         touches[p_ids] = True
         for m, d in ((m, d) for m in sizes_mm for d in depths_mm):
-            kept = (diam >= m) & (depth >= d - 1e-9)
+            kept = ~below_limit(diam, m) & ~below_limit(depth, d)
             kept[0] = False
             sel = kept[p_ids]
             g = g_ids[sel]
