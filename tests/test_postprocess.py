@@ -183,3 +183,11 @@ def test_a_lesion_exactly_at_the_depth_limit_stays_whatever_the_rounding_of_the_
     kept = remove_small_lesions(mask, spacing, 0, min_depth_mm=7)
     assert kept[3:6].all(axis=0).sum() == 25 and not kept[7].any()
     assert not remove_small_lesions(mask, spacing, 0, min_depth_mm=7.001).any()
+
+
+def test_operating_points_match_up_to_float_noise_only():
+    """A spin box's 0.35 and a JSON file's 0.35 are one point; 0.36 is another."""
+    point = PostprocessConfig(0.35, 5.0, 4.0)
+    assert 0.05 * 7 != 0.35 and point.matches(PostprocessConfig(0.05 * 7, 5.0, 4.0))
+    assert not point.matches(PostprocessConfig(0.36, 5.0, 4.0))
+    assert not point.matches(PostprocessConfig(0.35, 5.0, 0.0))

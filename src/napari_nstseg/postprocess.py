@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,13 @@ class PostprocessConfig:
     def removes_lesions(self) -> bool:
         """Whether this point drops lesions by size or depth (else the mask is the plain cut)."""
         return self.min_lesion_mm > 0 or self.min_depth_mm > 0
+
+    def matches(self, other: PostprocessConfig) -> bool:
+        """The same point up to float noise (a spin box's 0.35 against a JSON file's 0.35)."""
+        return all(
+            math.isclose(a, b, rel_tol=0.0, abs_tol=1e-9)
+            for a, b in zip(astuple(self), astuple(other), strict=True)
+        )
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)

@@ -206,7 +206,7 @@ class Prediction:
         point = PostprocessConfig(threshold, min_lesion_mm, min_depth_mm)
         if earlier is not None:
             stale = np.asarray(earlier, bool) & self.done
-            changed = point != self.point
+            changed = not point.matches(self.point)
             if stale.any() and (changed or point.removes_lesions or self.point.removes_lesions):
                 self.mask[stale] = self._cut(point.threshold, stale)
         self.threshold, self.min_lesion_mm = point.threshold, point.min_lesion_mm

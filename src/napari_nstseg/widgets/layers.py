@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from napari_nstseg.io.volume import METADATA_KEY, Geometry, geometry_from_metadata
+from napari_nstseg.postprocess import PostprocessConfig
 
 SCALE_NAMES = ("0.5x", "1.0x", "1.5x")
 _SCALE_COLORMAPS = ("red", "green", "blue")
@@ -247,15 +248,7 @@ class PredictionView:
         self, threshold: float, min_lesion_mm: float = 0.0, min_depth_mm: float = 0.0
     ) -> np.ndarray:
         """The tumor mask at this operating point (the engine's own mask when it used it)."""
-        own = getattr(self.prediction, "threshold", None)
-        own_min = float(getattr(self.prediction, "min_lesion_mm", 0.0))
-        own_depth = float(getattr(self.prediction, "min_depth_mm", 0.0))
-        if (
-            own is not None
-            and abs(float(own) - threshold) < 1e-9
-            and abs(own_min - min_lesion_mm) < 1e-9
-            and abs(own_depth - min_depth_mm) < 1e-9
-        ):
+        if PostprocessConfig(threshold, min_lesion_mm, min_depth_mm).matches(self.prediction.point):
             return self.mask
         return self.prediction.mask_at(threshold, min_lesion_mm, min_depth_mm)
 
