@@ -7,7 +7,8 @@
 #       --init unet=W1/runs/unet/final.json --mae-weights src/napari_nstseg/weights/mae.json \
 #       --epochs 40 --lr 1e-3 --positive-fraction 0.5 --region-loss batch --context-mm 3 \
 #       --tune-data TUNEVAL
-#   scripts/bundle_default.sh W1 W2 LESIONS   (LESIONS: W2's evaluation folder, `lesions`)
+#   scripts/bundle_default.sh W1 W2 LESIONS   (LESIONS: the evaluation folder, `lesions48` here;
+#       its name is the one the model card gives)
 set -euo pipefail
 W1=$1 W2=$2 LESIONS=$3
 EV=$W2/evals
@@ -23,6 +24,19 @@ ev "$W1/runs/unet/final.json" "$EV/unet_phase1" 0.5 0 0
 # The tuned points: W2's tune_val/tune.json of each model (U-Net: 0.3 / 0 / 10 mm, CDI-NSTSEG's
 # is what train_bundled.py already evaluated, eval_test).
 ev "$W2/runs/unet/final.json" "$EV/unet_tuned" 0.3 0 10
+# The ablations trained so far through the same two phases (scripts/train_bundled.py
+# --variants V, phase 2 --init V=W1/runs/V/final.json; train_bundled.py evaluated each at its
+# tuned point, eval_test): each also at the bundled point.
+ABLATIONS=()
+declare -A WHAT=([no-sfm]="without SFM (mean of the scales)" [no-glm]="without GLM"
+  [no-lfm]="without LFM stages" [single-scale]="single scale (1.0x only)")
+for V in no-sfm no-glm no-lfm single-scale; do
+  tuned=$W2/runs/$V/eval_test/evaluation.json
+  [ -f "$tuned" ] || continue
+  ev "$W2/runs/$V/final.json" "$EV/${V}_d4" 0.5 0 4
+  ABLATIONS+=(--compare "CDI-NSTSEG ${WHAT[$V]}, same phases=$EV/${V}_d4/evaluation.json")
+  ABLATIONS+=(--compare "CDI-NSTSEG ${WHAT[$V]} at its validation-tuned point=$tuned")
+done
 python scripts/bundle_weights.py --seg "$W2/runs/default/final.json" \
   --mae "$W2/runs/default/mae.json" --data "$LESIONS" \
   --threshold 0.5 --min-lesion-mm 0 --min-depth-mm 4 \
@@ -33,6 +47,7 @@ python scripts/bundle_weights.py --seg "$W2/runs/default/final.json" \
   --compare "U-Net at its validation-tuned point=$EV/unet_tuned/evaluation.json" \
   --compare "CDI-NSTSEG after phase 1 only (the weights bundled before)=$EV/cdi_phase1/evaluation.json" \
   --compare "U-Net after phase 1 only=$EV/unet_phase1/evaluation.json" \
-  --note "Both models went through the same two phases (model card, 'Training budget'): phase 1, 55 epochs x 150 steps x batch 8 of 2-D crops, lr 3e-3, 70 % crops with lesion, IoU and Dice per crop; phase 2, started from phase 1's last weights, 40 x 150 x 8 of 2.5-D crops (the planes 3 mm above and below as extra input channels), lr 1e-3, 50 % crops with lesion, IoU and Dice over the batch so that false positives on lesion-free crops cost. CDI-NSTSEG's phase 1 ran on an AMD EPYC in float32, the U-Net's on this Intel Xeon under bf16 autocast; phase 2 ran here for both." \
+  "${ABLATIONS[@]}" \
+  --note "Every model went through the same two phases (model card, 'Training budget'): phase 1, 55 epochs x 150 steps x batch 8 of 2-D crops, lr 3e-3, 70 % crops with lesion, IoU and Dice per crop; phase 2, started from phase 1's last weights, 40 x 150 x 8 of 2.5-D crops (the planes 3 mm above and below as extra input channels), lr 1e-3, 50 % crops with lesion, IoU and Dice over the batch so that false positives on lesion-free crops cost. CDI-NSTSEG's phase 1 ran on an AMD EPYC in float32, the U-Net's and the ablations' on this Intel Xeon under bf16 autocast; phase 2 ran here for all. Ablations not in the table (of no SFM, no GLM, no LFM stages, single scale) are not trained yet." \
   --note "The bundled point, threshold 0.5 and lesions spanning at least 4 mm along z (2 slices of a 3 mm scan), was set on the validation split: there the tuned point (0.85 / 0 / 7 mm) finds 1 of the 16 lesions >= 10 mm and >= 20 HU at 4.0 false positives per scan, 0.5 / 0 / 4 mm finds 5 at 8.7 (threshold 0.5 without depth limit: 6 at 26). No point of the grid keeps either model within 2 false positives per scan while finding any of those lesions, so 'validation-tuned' rows are the points with the fewest false positives that still find some (\`nstseg tune-postprocess\`)." \
   --note "The validation split used for that (the validation cases of \`lesions48\` and of a set of 8-16 mm lesions inserted into the same blocks, \`scripts/train_bundled.py --tune-data\`) holds 103 cases but only 16 lesions >= 10 mm and >= 20 HU: operating points chosen on it are coarse. The test split (the rows above) has 112 such lesions."
