@@ -80,6 +80,16 @@ def test_files_are_safetensors_and_json_named_by_stem(tmp_path):
         assert load_checkpoint(name)[1]["tensors"] == meta["tensors"]
 
 
+def test_the_same_weights_make_the_same_files(tmp_path):
+    """Packaging again must not change a byte (the JSON records the tensor file's sha256, and
+    a bundle re-made from the same weights should not show up as changed)."""
+    files = set()
+    for k in range(8):
+        _, stem = save_tiny_mae(tmp_path / str(k))
+        files.add(tuple(p.read_bytes() for p in checkpoint_paths(stem)))
+    assert len(files) == 1
+
+
 def test_float16_storage_loads_into_a_float32_model(tmp_path):
     model, stem = save_tiny_mae(tmp_path, dtype=torch.float16)
     _, stem32 = save_tiny_mae(tmp_path, name="mae32")

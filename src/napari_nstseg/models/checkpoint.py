@@ -115,7 +115,9 @@ def save_checkpoint(
             t = t.to(dtype)
         # Clones so tensors sharing storage are saved as independent entries.
         tensors[name] = t.contiguous().clone()
-    header = {"format": "pt", "nstseg_json_sha256": _content_sha256(meta)}
+    # One key only: safetensors writes its metadata in hash-map order, which changes from run to
+    # run, and the same weights must make the same file (the JSON records its sha256).
+    header = {"nstseg_json_sha256": _content_sha256(meta)}
     atomic_write(tensor_path, lambda tmp: save_file(tensors, tmp, metadata=header))
 
     meta["tensors"] = {
