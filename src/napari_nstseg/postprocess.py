@@ -103,9 +103,9 @@ def component_diameters_mm(
     return out
 
 
-# Sizes are voxel counts times spacings read from headers as decimals: 3 slices of a
-# 2.3333333 mm scan, or 3 pixels of 0.7 mm (2.0999999999999996 in floating point), must meet a
-# 7 mm or 2.1 mm limit, so a measure within this of the limit counts as reaching it.
+# Sizes are voxel counts times spacings read from headers as rounded decimals: 3 slices of a
+# scan whose header says 2.3333333 mm span 6.9999999 mm, and meet a 7 mm limit as a reader
+# means it, so a measure within this of the limit counts as reaching it.
 LIMIT_TOLERANCE_MM = 1e-6
 
 
