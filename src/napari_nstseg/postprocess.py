@@ -75,34 +75,6 @@ def _spacing_zyx(spacing: Sequence[float], ndim: int) -> tuple[float, float, flo
     return sp  # type: ignore[return-value]
 
 
-def component_diameters_mm(
-    labels: np.ndarray,
-    boxes: Sequence[tuple[slice, ...] | None],
-    spacing_yx: Sequence[float],
-    below: float | None = None,
-) -> np.ndarray:
-    """Longest axial diameter (mm) of components 1..n of a (z, y, x) label array.
-
-    ``boxes`` is ``ndimage.find_objects(labels)``. With ``below``, a component whose in-plane
-    bounding-box diagonal (edge to edge, an upper bound of its Feret diameter) is already under
-    ``below`` gets that diagonal instead of the exact diameter: enough to know it is smaller,
-    and what keeps thousands of specks cheap.
-    """
-    sy, sx = (float(s) for s in spacing_yx)
-    out = np.zeros(len(boxes), np.float64)
-    for i, box in enumerate(boxes):
-        if box is None:
-            continue
-        diagonal = math.hypot(
-            (box[-2].stop - box[-2].start) * sy, (box[-1].stop - box[-1].start) * sx
-        )
-        if below is not None and diagonal < below:
-            out[i] = diagonal
-        else:
-            out[i] = longest_axial_diameter_mm(labels[box] == i + 1, (sy, sx))[0]
-    return out
-
-
 # Sizes are voxel counts times spacings read from headers as rounded decimals: 3 slices of a
 # scan whose header says 2.3333333 mm span 6.9999999 mm, and meet a 7 mm limit as a reader
 # means it, so a measure within this of the limit counts as reaching it.
@@ -113,6 +85,34 @@ def below_limit(sizes_mm: np.ndarray, limit_mm: float) -> np.ndarray:
     """Which of ``sizes_mm`` fall short of ``limit_mm`` (a lesion size or depth limit): the one
     comparison the engine's filter and the operating-point sweep share."""
     return np.asarray(sizes_mm, np.float64) < float(limit_mm) - LIMIT_TOLERANCE_MM
+
+
+def component_diameters_mm(
+    labels: np.ndarray,
+    boxes: Sequence[tuple[slice, ...] | None],
+    spacing_yx: Sequence[float],
+    below: float | None = None,
+) -> np.ndarray:
+    """Longest axial diameter (mm) of components 1..n of a (z, y, x) label array.
+
+    ``boxes`` is ``ndimage.find_objects(labels)``. With ``below`` (a size limit), a component
+    whose in-plane bounding-box diagonal (edge to edge, an upper bound of its Feret diameter) is
+    already under it by :func:`below_limit` gets that diagonal instead of the exact diameter:
+    enough to know it is smaller, and what keeps thousands of specks cheap.
+    """
+    sy, sx = (float(s) for s in spacing_yx)
+    out = np.zeros(len(boxes), np.float64)
+    for i, box in enumerate(boxes):
+        if box is None:
+            continue
+        diagonal = math.hypot(
+            (box[-2].stop - box[-2].start) * sy, (box[-1].stop - box[-1].start) * sx
+        )
+        if below is not None and below_limit(diagonal, below):
+            out[i] = diagonal
+        else:
+            out[i] = longest_axial_diameter_mm(labels[box] == i + 1, (sy, sx))[0]
+    return out
 
 
 def component_depths_mm(boxes: Sequence[tuple[slice, ...] | None], spacing_z: float) -> np.ndarray:
@@ -186,8 +186,7 @@ def remove_small_lesions(
     boxes = ndimage.find_objects(labels, max_label=n)
     drop = np.zeros(n, bool)
     if limit > 0:
-        cut = limit - LIMIT_TOLERANCE_MM
-        drop |= below_limit(component_diameters_mm(labels, boxes, sp[1:], below=cut), limit)
+        drop |= below_limit(component_diameters_mm(labels, boxes, sp[1:], below=limit), limit)
     if depth_limit > 0:
         first = z0 + crop[0].start
         shallow = below_limit(component_depths_mm(boxes, sp[0]), depth_limit)

@@ -21,7 +21,6 @@ from scipy import ndimage
 from napari_nstseg.inference.prediction import binarize_probability
 from napari_nstseg.metrics import label_lesions
 from napari_nstseg.postprocess import (
-    LIMIT_TOLERANCE_MM,
     PostprocessConfig,
     below_limit,
     component_depths_mm,
@@ -117,7 +116,7 @@ def sweep_case(
     for t in thresholds:
         labels, n = label_lesions(binarize_probability(final, t))
         boxes = ndimage.find_objects(labels, max_label=n)
-        below = min(positive) - LIMIT_TOLERANCE_MM if positive else None
+        below = min(positive) if positive else None
         diam = np.concatenate([[0.0], component_diameters_mm(labels, boxes, sp[1:], below)])
         depth = np.concatenate([[0.0], component_depths_mm(boxes, sp[0])])
         sizes = np.bincount(labels.ravel(), minlength=n + 1).astype(np.float64)
