@@ -33,7 +33,7 @@ import psutil
 import torch
 
 from napari_nstseg.inference import EngineConfig, MapRequest, Segmenter
-from napari_nstseg.inference.device import autocast_dtype, cpu_name, precision_name
+from napari_nstseg.inference.device import cpu_name, precision_label
 from napari_nstseg.inference.engine import default_weights_path
 from napari_nstseg.models import ModelConfig, build_model
 from napari_nstseg.models.checkpoint import read_metadata
@@ -234,8 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n## Inference throughput (napari-nstseg engine, untrained weights)\n")
     print("\n".join(hardware()))
     for device in devices:
-        dtype = autocast_dtype(torch.device(device), amp)
-        print(f"- {device}: {precision_name(dtype)}" + ("" if dtype is None else " autocast"))
+        print(f"- {device}: {precision_label(torch.device(device), amp)}")
     print(
         f"\nWhole volume: {args.slices} slices of {args.size} x {args.size} pixels of "
         f"{args.spacing} mm, each resampled to its model's working spacing (paper width: 1 mm; "

@@ -36,10 +36,9 @@ def _info(args: argparse.Namespace) -> int:
     import torch
 
     from napari_nstseg.inference.device import (
-        autocast_dtype,
         available_devices,
         device_name,
-        precision_name,
+        precision_label,
         select_device,
     )
     from napari_nstseg.inference.engine import default_weights_path
@@ -48,8 +47,7 @@ def _info(args: argparse.Namespace) -> int:
     device = select_device("auto")
     info["default_device"] = device_name(device)
     # Results can differ in the last digits between bf16 and float32 machines: say which.
-    dtype = autocast_dtype(device)
-    info["precision"] = precision_name(dtype) + ("" if dtype is None else " autocast")
+    info["precision"] = precision_label(device)
     if torch.cuda.is_available():
         info["cuda_version"] = torch.version.cuda
     weights = default_weights_path()

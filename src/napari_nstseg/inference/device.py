@@ -99,6 +99,12 @@ def precision_name(dtype: torch.dtype | None) -> str:
     return "float32" if dtype is None else str(dtype).removeprefix("torch.")
 
 
+def precision_label(device: torch.device, amp: bool = True) -> str:
+    """What ``device`` computes in, for people: "float32", or e.g. "bfloat16 autocast"."""
+    dtype = autocast_dtype(device, amp)
+    return precision_name(dtype) + ("" if dtype is None else " autocast")
+
+
 def autocast_dtype(device: torch.device, amp: bool = True) -> torch.dtype | None:
     """Mixed-precision type for ``device``: bf16 on CUDA (fp16 where bf16 is missing), fp16 on
     MPS, bf16 on CPUs with native bf16 (about 1.5x faster convolutions there), none on other
