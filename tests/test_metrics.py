@@ -128,6 +128,8 @@ def test_lesion_detection_sensitivity_and_false_positives():
     pred[6, 50:55, 5:10] = 1  # touches nothing: one false positive
     res = detect_lesions(pred, gt, spacing)
     assert res.n_lesions == 2 and res.n_detected == 1 and res.false_positives == 1
+    # Where the false positive is, voxel for voxel (the evaluation counts recurring sites).
+    assert res.false_positive_mask.sum() == 25 and res.false_positive_mask[6, 50:55, 5:10].all()
     big = res.lesions[0]
     assert big["detected"] and big["dice"] == pytest.approx(2 * 4 / (4 + 3 * 25 * 25))
     # With a Dice criterion the token overlap no longer counts as a detection.

@@ -341,6 +341,9 @@ class DetectionResult:
     lesions: list[dict]  # one per ground-truth lesion: measurements + detected, dice, size_group
     false_positives: int
     predicted_components: int
+    # The voxels of the false-positive components, (z, y, x): where the model errs, for the
+    # evaluation's count of sites that recur in every copy of a source region.
+    false_positive_mask: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_lesions(self) -> int:
@@ -389,8 +392,13 @@ def detect_lesions(
         row["size_group"] = diameter_bin(les["longest_axial_diameter_mm"], diameter_bins_mm)
         out.append(row)
     out.sort(key=lambda r: r["label"])
-    fps = n_pred - len(touched_pred)
-    return DetectionResult(lesions=out, false_positives=int(fps), predicted_components=n_pred)
+    untouched = sorted(set(range(1, n_pred + 1)) - touched_pred)
+    return DetectionResult(
+        lesions=out,
+        false_positives=len(untouched),
+        predicted_components=n_pred,
+        false_positive_mask=np.isin(pred_labels, untouched),
+    )
 
 
 def summarize_detection(

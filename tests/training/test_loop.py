@@ -22,7 +22,7 @@ from napari_nstseg.metrics import PIXEL_METRICS, STRUCTURE_METRICS
 from napari_nstseg.models import ModelConfig
 from napari_nstseg.models.checkpoint import load_checkpoint, read_metadata
 from napari_nstseg.training.data import AugmentConfig, SamplingConfig
-from napari_nstseg.training.evaluate import EvalConfig, evaluate
+from napari_nstseg.training.evaluate import EvalConfig, evaluate, format_table
 from napari_nstseg.training.loop import (
     MAEPretrainConfig,
     TrainConfig,
@@ -382,6 +382,38 @@ def test_evaluate_writes_every_metric_and_group(reference, dataset, tmp_path):
     assert {r["group"] for r in rows if r["section"] == "slices area"} == set(groups)
     with open(tmp_path / "lesions.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 2
+
+
+def test_evaluate_reports_each_source_region_of_a_lesion_set(reference, dataset, tmp_path):
+    """Copies of one z-block (dataset.json "cases", as make-lesions writes it) are tallied
+    together, and the regions add up to the whole split."""
+    import shutil
+
+    _, result = reference
+    data = tmp_path / "regions"
+    shutil.copytree(dataset, data)
+    meta = json.loads((data / "dataset.json").read_text())
+    meta["split"]["test"] = ["case3", "case4"]
+    meta["split"].update(train=["case0", "case1"], val=["case2"])
+    meta["cases"] = {cid: {"source": "/src/scan.nii.gz", "z_range_display": [0, 8]}
+                     for cid in ("case3", "case4")}  # fmt: skip
+    (data / "dataset.json").write_text(json.dumps(meta))
+    res = evaluate(result.best, data, "test", out=tmp_path / "eval",
+                   config=EvalConfig(device="cpu", structure=False), verbose=False)  # fmt: skip
+    region = res["by_region"]["scan.nii.gz z000-008"]
+    det = res["detection"]
+    assert region["scans"] == det["scans"] == 2
+    assert (region["lesions"], region["detected"]) == (det["lesions"], det["detected"])
+    assert region["false_positives"] == det["false_positives"]
+    assert region["target_lesions"] == res["lesions_by_table"][">=10 mm and >=20 HU"]["lesions"]
+    assert region["recurring_fp_sites"] is not None  # two copies on one grid
+    with open(tmp_path / "eval" / "evaluation.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["section"] == "detection region"]
+    assert [r["group"] for r in rows] == ["scan.nii.gz z000-008"]
+    assert "by source region" in format_table(res)
+    assert "by_region" not in evaluate(result.best, dataset, "test", out=tmp_path / "plain",
+                                       config=EvalConfig(device="cpu", structure=False),
+                                       verbose=False)  # fmt: skip
 
 
 def test_evaluate_command_takes_weights_and_data(reference, dataset, tmp_path, capsys):

@@ -11,7 +11,7 @@ import csv
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from napari_nstseg.metrics import (
     summarize_detection,
 )
 from napari_nstseg.training.data import default_label_values, foreground, load_case
+from napari_nstseg.training.regions import RegionTally, format_regions, read_case_regions
 
 # Lesions a reader should not miss (the brief's target): at least this large and contrasted.
 TARGET_DIAMETER_MM = 10.0
@@ -135,6 +136,7 @@ def _match_table(
                 "matched": bool(matched),
                 "detected": bool(matched and best["detected"]),
                 "dice": float(best["dice"]) if matched else 0.0,
+                "target": target_lesion(les),
             }
         )
     return out
@@ -272,16 +274,24 @@ def evaluate(
         structure=cfg.structure,
         diameter_bins_mm=tuple(cfg.diameter_bins_mm),
     )
+    regions = RegionTally(read_case_regions(data_folder))
     case_rows, detections, lesion_rows = [], [], []
     for case in cases:
         hu, labels, spacing = load_case(case)
         gt = foreground(labels, label_values)
         pred = engine.predict(hu, spacing)
         row, det = score_case(pred.probability("final"), pred.mask, gt, spacing, cfg, slices)
-        detections.append(det)
+        matched = (
+            _match_table(table[case.case_id], det.lesions, spacing)
+            if case.case_id in table
+            else None
+        )
+        regions.add(case.case_id, det, matched)
+        # Only the region tally needs where the false positives are; a scan's mask is not kept.
+        detections.append(replace(det, false_positive_mask=None))
         case_rows.append({"case": case.case_id, **row})
-        if case.case_id in table:
-            for row in _match_table(table[case.case_id], det.lesions, spacing):
+        if matched is not None:
+            for row in matched:
                 lesion_rows.append({"case": case.case_id, **row})
         else:
             for les in det.lesions:
@@ -328,6 +338,8 @@ def evaluate(
     }
     if table:
         result["lesions_by_table"] = _lesion_groups(lesion_rows, cfg)
+    if regions:
+        result["by_region"] = regions.results()
     out_dir = Path(out) if out is not None else Path(weights).resolve().parent / f"eval_{split}"
     write_results(result, case_rows, lesion_rows, out_dir)
     result["files"] = {
@@ -406,6 +418,16 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
                         "sensitivity": values["sensitivity"],
                     }
                 )
+    for name, r in (result.get("by_region") or {}).items():
+        rows.append(
+            {
+                "section": "detection region",
+                "group": name,
+                "n": r["lesions"],
+                "sensitivity": r["sensitivity"],
+                "fp_per_scan": r["fp_per_scan"],
+            }
+        )
     return rows
 
 
@@ -493,6 +515,9 @@ def format_table(result: dict[str, Any]) -> str:
         "  ".join("-" * w for w in widths),
     ]
     lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)) for b in body]
+    if result.get("by_region"):
+        lines.append("by source region (copies of one z-block share its anatomy):")
+        lines += [f"  {line}" for line in format_regions(result["by_region"])]
     return "\n".join(lines)
 
 
