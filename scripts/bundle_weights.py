@@ -147,6 +147,32 @@ HEADER = (
 )
 
 
+REGION_HEADER = (
+    "| model | source region (z-block) | scans | sensitivity >= 10 mm and >= 20 HU | "
+    "false positives per scan | false-positive sites flagged in >= half of the copies "
+    "(their share of the false-positive voxels) |\n|---|---|---:|---:|---:|---:|"
+)
+
+
+def region_rows(name: str, res: dict) -> list[str]:
+    """One row per source region of an evaluation (`nstseg evaluate`'s ``by_region``)."""
+    out = []
+    for region, r in (res.get("by_region") or {}).items():
+        target = r["target_sensitivity"]
+        sites = (
+            "-"
+            if r["recurring_fp_sites"] is None
+            else f"{r['recurring_fp_sites']} ({100 * r['recurring_fp_share']:.0f} %)"
+        )
+        out.append(
+            f"| {name} | {region} | {r['scans']} | "
+            f"{fmt(target if r['target_lesions'] else None)} "
+            f"({r['target_detected']}/{r['target_lesions']}) | {fmt(r['fp_per_scan'], 2)} | "
+            f"{sites} |"
+        )
+    return out
+
+
 def lesion_ranges(folder: str | Path, split: str | None = None) -> str:
     """Lesion sizes, contrasts and count of a lesion folder's lesions.csv, as one phrase."""
     path = Path(folder) / "lesions.csv"
@@ -283,6 +309,16 @@ def main(argv=None) -> int:
     table = "\n".join([HEADER, *(row(n, r) for n, r in results.items())])
     if args.note:
         table += "\n\n" + "\n\n".join(args.note)
+    regions = [line for n, r in results.items() for line in region_rows(n, r)]
+    if regions:
+        table += (
+            "\n\n### Per source region\n\nEach test block is one anatomy, copied with other "
+            "lesions in every case of it, so a normal structure a model takes for tumour comes "
+            "back in every copy: the false positives per scan above measure how a model treats "
+            "these few anatomies. The last column counts those structures (`nstseg evaluate`, "
+            "'by source region'; rows for the evaluations that recorded it).\n\n"
+            + "\n".join([REGION_HEADER, *regions])
+        )
     from napari_nstseg.inference.device import cpu_name
 
     hardware = f"{cpu_name()}, {platform.machine()}"

@@ -195,3 +195,19 @@ def test_the_model_card_lists_every_training_phase_of_a_continued_run():
     assert lines[2].startswith("- In all 124 training crops")
     # A run trained in one go is one phase, without the total.
     assert bundle.training_phases({**prov, "initialised_from": None}, 5.0).count("\n") == 0
+
+
+def test_the_comparison_gives_each_source_region_its_row():
+    bundle = _bundle_script()
+    region = {"scans": 48, "target_lesions": 20, "target_detected": 5,
+              "target_sensitivity": 0.25, "fp_per_scan": 14.146, "recurring_fp_sites": 15,
+              "recurring_fp_share": 0.987}  # fmt: skip
+    no_targets = {**region, "target_lesions": 0, "target_detected": 0,
+                  "target_sensitivity": float("nan"), "recurring_fp_sites": None}  # fmt: skip
+    rows = bundle.region_rows("CDI", {"by_region": {"a z000-030": region, "b z0-9": no_targets}})
+    assert rows == [
+        "| CDI | a z000-030 | 48 | 0.250 (5/20) | 14.15 | 15 (99 %) |",
+        "| CDI | b z0-9 | 48 | - (0/0) | 14.15 | - |",
+    ]
+    assert bundle.region_rows("old evaluation", {"detection": {}}) == []
+    assert bundle.REGION_HEADER.count("|---") == 6  # one column per cell
