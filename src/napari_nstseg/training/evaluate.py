@@ -1,6 +1,7 @@
 """Held-out evaluation of a checkpoint as users get it (the inference engine on whole scans): the
 papers' pixel metrics per lesion-size group (SoSegFormer 004), volume Dice, and lesion-level
-detection sensitivity and false positives per scan, also per size and contrast from lesions.csv.
+detection sensitivity and false positives per scan, also per size, contrast and organ from
+lesions.csv.
 Pixel counts and detection are taken on the post-processed mask (threshold + small lesions
 removed, the operating point users get); MAE, S- and E-measure on the probability.
 """
@@ -82,6 +83,9 @@ def read_lesion_table(folder: str | Path) -> dict[str, list[dict[str, Any]]]:
                     "centre_zyx": tuple(float(row[f"centre_{a}"]) for a in "zyx"),
                     "diameter_mm": float(row["diameter_axial_max_mm"]),
                     "contrast_hu": float(row["contrast_measured_hu"]),
+                    # make-lesions records the organ a lesion was placed in ('soft tissue'
+                    # outside the organ labels); other tables may not.
+                    "organ": row.get("organ") or None,
                 }
             except (KeyError, ValueError) as exc:
                 raise ValueError(
@@ -163,12 +167,18 @@ def _lesion_groups(rows: list[dict[str, Any]], cfg: EvalConfig) -> dict[str, Any
         for name in _bin_names(cfg.contrast_bins_hu, "HU")
     }
     target = [r for r in rows if target_lesion(r)]
-    return {
+    groups = {
         "all": _sensitivity(rows),
         TARGET_NAME: _sensitivity(target),
         "by_diameter": by_size,
         "by_contrast": by_contrast,
     }
+    organs = sorted({r["organ"] for r in rows if r.get("organ")})
+    if organs:
+        groups["by_organ"] = {
+            name: _sensitivity([r for r in rows if r.get("organ") == name]) for name in organs
+        }
+    return groups
 
 
 def _split_cases(data_folder: str | Path, split: str):
@@ -399,7 +409,7 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     table = result.get("lesions_by_table")
     if table:
         for group, values in table.items():
-            if group in ("by_diameter", "by_contrast"):
+            if group in ("by_diameter", "by_contrast", "by_organ"):
                 for sub, v in values.items():
                     rows.append(
                         {
@@ -454,6 +464,7 @@ def write_results(
         "lesion_id",
         "diameter_mm",
         "contrast_hu",
+        "organ",
         "matched",
         "detected",
         "dice",

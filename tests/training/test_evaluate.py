@@ -1,0 +1,37 @@
+"""Lesion groups of `nstseg evaluate` read from a make-lesions lesions.csv."""
+
+import csv
+
+import pytest
+
+from napari_nstseg.training.evaluate import EvalConfig, _lesion_groups, read_lesion_table
+
+
+def _table(path, organs):
+    with open(path / "lesions.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["case", "lesion_id", "organ", "centre_z", "centre_y",
+                                               "centre_x", "diameter_axial_max_mm",
+                                               "contrast_measured_hu"])  # fmt: skip
+        writer.writeheader()
+        for i, organ in enumerate(organs):
+            writer.writerow({"case": "c0", "lesion_id": i + 1, "organ": organ, "centre_z": i,
+                             "centre_y": 5, "centre_x": 5, "diameter_axial_max_mm": 12,
+                             "contrast_measured_hu": -30})  # fmt: skip
+
+
+def test_sensitivity_per_organ_the_lesion_was_placed_in(tmp_path):
+    _table(tmp_path, ["kidney_left", "kidney_left", "soft tissue", "liver"])
+    hits = (True, False, True, False)
+    table = read_lesion_table(tmp_path)["c0"]
+    rows = [{**les, "matched": True, "detected": h} for les, h in zip(table, hits, strict=True)]
+    groups = _lesion_groups(rows, EvalConfig())
+    assert list(groups["by_organ"]) == ["kidney_left", "liver", "soft tissue"]
+    assert groups["by_organ"]["kidney_left"] == {"lesions": 2, "detected": 1, "sensitivity": 0.5}
+    assert groups["by_organ"]["soft tissue"]["sensitivity"] == pytest.approx(1.0)
+
+
+def test_a_table_without_organs_has_no_organ_groups(tmp_path):
+    _table(tmp_path, ["", ""])
+    rows = [{**les, "matched": True, "detected": True} for les in read_lesion_table(tmp_path)["c0"]]
+    assert all(les["organ"] is None for les in rows)
+    assert "by_organ" not in _lesion_groups(rows, EvalConfig())
