@@ -162,7 +162,7 @@ def region_rows(name: str, res: dict) -> list[str]:
         sites = (
             "-"
             if r["recurring_fp_sites"] is None
-            else f"{r['recurring_fp_sites']} ({100 * r['recurring_fp_share']:.0f} %)"
+            else f"{r['recurring_fp_sites']} ({100 * r['recurring_fp_share']:.1f} %)"
         )
         out.append(
             f"| {name} | {region} | {r['scans']} | "

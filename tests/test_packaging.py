@@ -206,7 +206,7 @@ def test_the_comparison_gives_each_source_region_its_row():
                   "target_sensitivity": float("nan"), "recurring_fp_sites": None}  # fmt: skip
     rows = bundle.region_rows("CDI", {"by_region": {"a z000-030": region, "b z0-9": no_targets}})
     assert rows == [
-        "| CDI | a z000-030 | 48 | 0.250 (5/20) | 14.15 | 15 (99 %) |",
+        "| CDI | a z000-030 | 48 | 0.250 (5/20) | 14.15 | 15 (98.7 %) |",
         "| CDI | b z0-9 | 48 | - (0/0) | 14.15 | - |",
     ]
     assert bundle.region_rows("old evaluation", {"detection": {}}) == []

@@ -72,7 +72,7 @@ def test_a_structure_flagged_in_every_copy_is_one_recurring_site():
     lines = format_regions(res)
     assert lines[0].startswith("a.nii.gz z000-006: 4 scans, sensitivity 0.750 (3/4)")
     assert "1.25 false positives per scan" in lines[0]
-    assert "1 site(s) flagged in at least half of the copies hold 99 %" in lines[0]
+    assert "1 site(s) flagged in at least half of the copies hold 99.5 %" in lines[0]
 
 
 def test_copies_on_different_grids_report_counts_but_no_sites():

@@ -138,7 +138,7 @@ def format_regions(by_region: dict[str, dict[str, Any]]) -> list[str]:
         )
         sites = (
             f"; {r['recurring_fp_sites']} site(s) flagged in at least half of the copies hold "
-            f"{100 * r['recurring_fp_share']:.0f} % of its false-positive voxels"
+            f"{100 * r['recurring_fp_share']:.1f} % of its false-positive voxels"
             if r["recurring_fp_sites"] is not None and r["false_positives"]
             else ""
         )
