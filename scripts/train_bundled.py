@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -196,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lesions-per-scan", nargs=2, type=int, default=(3, 8))
     p.add_argument("--split", nargs=3, type=float, default=(0.55, 0.15, 0.30))
     p.add_argument("--lesion-seed", type=int, default=7)
+    p.add_argument("--lesion-workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="processes making lesion cases (the data do not depend on it)")  # fmt: skip
     p.add_argument("--epochs", type=int, default=55)
     p.add_argument("--steps-per-epoch", type=int, default=150)
     p.add_argument("--batch-size", type=int, default=8)
@@ -252,10 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     scans = [str(args.data / s) for s in SCANS]
     organs = work / "example_ct_organs.nii.gz"
     tune = work / "tune"
-    folders = [(lesions, None, args.copies), (train, args.train_diameter_mm, args.copies)]
+    # Only the splits each folder is used for (the cases are those of the full set).
+    folders = [(lesions, None, args.copies, ("val", "test")),
+               (train, args.train_diameter_mm, args.copies, ("train", "val"))]  # fmt: skip
     if args.tune_data is None:
-        folders.append((tune, args.tune_diameter_mm, args.tune_copies))
-    for folder, diameters, copies in folders:
+        folders.append((tune, args.tune_diameter_mm, args.tune_copies, ("val",)))
+    for folder, diameters, copies, splits in folders:
         if (folder / "dataset.json").is_file():
             continue
         if not args.dry_run and not organs.is_file():
@@ -265,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
                    str(copies), "--seed", str(args.lesion_seed),
                    "--organ-labels", f"{scans[0]}={organs}",
                    "--lesions-per-scan", *map(str, args.lesions_per_scan),
-                   "--split", *map(str, args.split), *extra), args.dry_run)  # fmt: skip
+                   "--split", *map(str, args.split), "--splits", *splits,
+                   "--workers", str(args.lesion_workers), *extra), args.dry_run)  # fmt: skip
 
     mae = work / "runs" / "mae"
     mae_weights = args.mae_weights.resolve() if args.mae_weights else mae / "final.json"

@@ -307,3 +307,49 @@ def test_make_lesions_command(tmp_path, capsys):
     bad = parser.parse_args([*argv, "--contrast-hu", "5", "40"])
     with pytest.raises(SystemExit, match="make-lesions: contrast_hu"):
         bad.func(bad)
+    # one scan split by scan goes whole to the training split: asking for test only says so
+    none = parser.parse_args([*argv, "-o", str(tmp_path / "none"), "--splits", "test"])
+    with pytest.raises(SystemExit, match=r"falls in the test split \(the regions: train\)"):
+        none.func(none)
+
+
+@pytest.mark.filterwarnings("ignore:skipped case")
+def test_dataset_same_in_worker_processes_and_by_split(tmp_path):
+    # a researcher with many cores makes the set with --workers, and an evaluation set needs
+    # only val and test: the cases, their order in dataset.json and lesions.csv, and every
+    # voxel must not depend on either
+    hu, _ = phantom(shape=(60, 40, 40), spacing=(2.0, 1.5, 1.5), seed=4)
+    _save(tmp_path / "a.nii.gz", np.transpose(hu, (2, 1, 0)), np.diag([1.5, 1.5, 2.0, 1.0]))
+    cfg = small_config(diameter_mm=(4.0, 7.0), lesions_per_scan=(1, 3), shell_mm=2.0)
+    split = SplitConfig(fractions=(0.4, 0.3, 0.3), guard_mm=6.0, min_block_mm=20.0)
+    scans = [tmp_path / "a.nii.gz"]
+    full = make_lesion_dataset(scans, tmp_path / "full", 3, cfg, 5, None, split)
+    part = make_lesion_dataset(
+        scans, tmp_path / "part", 3, cfg, 5, None, split, workers=2, splits=("val", "test")
+    )
+    meta_full, meta_part = (json.loads((f / "dataset.json").read_text()) for f in (full, part))
+    assert meta_full["splits_made"] == ["train", "val", "test"]
+    assert meta_part["splits_made"] == ["val", "test"] and meta_part["split"]["train"] == []
+    for key in ("val", "test"):
+        assert meta_part["split"][key] == meta_full["split"][key] != []
+    kept = set(meta_part["split"]["val"] + meta_part["split"]["test"])
+    assert meta_part["cases"] == {c: v for c, v in meta_full["cases"].items() if c in kept}
+    assert meta_part["skipped"] == [s for s in meta_full["skipped"] if s["case"] in kept]
+    assert meta_part["training"] == [
+        e for e in meta_full["training"] if e["label"].split("/")[-1][:-7] in kept
+    ]
+
+    def lesion_rows(folder):
+        with open(folder / "lesions.csv") as f:
+            return list(csv.DictReader(f))
+
+    assert lesion_rows(part) == [r for r in lesion_rows(full) if r["case"] in kept]
+    for entry in meta_part["training"]:
+        for key in ("image", "label"):
+            a, b = (nib.load(f / entry[key]) for f in (full, part))
+            assert np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
+            assert a.header == b.header
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        make_lesion_dataset(scans, tmp_path / "w0", 1, cfg, workers=0)
+    with pytest.raises(ValueError, match="splits must be some of train, val, test"):
+        make_lesion_dataset(scans, tmp_path / "w0", 1, cfg, splits=("validation",))

@@ -45,8 +45,11 @@ from __future__ import annotations
 import csv
 import json
 import math
+import multiprocessing
 import re
 import warnings
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -567,11 +570,16 @@ def make_lesion_dataset(
     licence: str = (
         "Apache-2.0 (source scans: TotalSegmentator, Wasserthal et al., Radiology: AI 2023)"
     ),
+    workers: int = 1,
+    splits: tuple[str, ...] = SPLITS,
 ) -> Path:
     """Write an MSD-layout folder of CT cases with inserted lesions; returns the folder.
 
     ``organ_labels`` maps a scan path to an organ label map on that scan's grid (TotalSegmentator
     ids, see ``LesionConfig.target_organs``). Every case's lesions are in lesions.csv/.json.
+    ``workers`` > 1 makes the cases in that many processes; the folder is the same byte for byte.
+    ``splits`` makes only those splits' cases (e.g. val and test for an evaluation set); they
+    are the cases the full set would hold.
     """
     from ..io.readers import read_ct, read_mask
 
@@ -582,6 +590,11 @@ def make_lesion_dataset(
         split = SplitConfig(fractions=tuple(split))
     if n_copies < 1:
         raise ValueError(f"n_copies must be at least 1, got {n_copies}")
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown or not splits:
+        raise ValueError(f"splits must be some of {', '.join(SPLITS)}, got {list(splits)}")
     scans = [Path(s) for s in scans]
     if not scans:
         raise ValueError("make_lesion_dataset needs at least one scan")
@@ -603,25 +616,35 @@ def make_lesion_dataset(
     training, rows, skipped = [], [], []
     split_cases: dict[str, list[str]] = {s: [] for s in SPLITS}
     cases_meta = {}
+    jobs, tasks = [], []
     for r_index, region in enumerate(regions):
         vol = volumes[region.scan_index]
         hu, geometry = _crop_z(vol, region.z0, region.z1)
         organs = organ_maps[region.scan_index]
         organs = None if organs is None else organs[region.z0 : region.z1]
-        for copy in range(n_copies):
+        for copy in range(n_copies if region.split in splits else 0):
             case = f"{stems[region.scan_index]}_z{region.z0:03d}-{region.z1:03d}_c{copy:02d}"
-            rng = np.random.default_rng([seed, region.scan_index, r_index, copy])
-            try:
-                new_hu, mask, records = insert_lesions(
-                    hu, geometry.spacing, organs, config, rng, scan=scans[region.scan_index].name
-                )
-            except ValueError as e:
-                warnings.warn(f"skipped case {case}: {e}", stacklevel=2)
-                skipped.append({"case": case, "reason": str(e)})
+            jobs.append((case, region, geometry, copy))
+            # Each case's generator comes from its own key, so the order (or process) in which
+            # cases are made does not change them.
+            tasks.append(
+                (hu, organs, geometry, config, (seed, region.scan_index, r_index, copy),
+                 scans[region.scan_index].name, out, case)
+            )  # fmt: skip
+    if not jobs:
+        raise ValueError(
+            f"no source region of {len(scans)} scan(s) falls in the {' or '.join(splits)} split "
+            f"(the regions: {', '.join(sorted({r.split for r in regions}))})"
+        )
+    with _case_runner(workers) as run_cases:
+        for (case, region, geometry, copy), (records, error) in zip(
+            jobs, run_cases(_make_case, tasks), strict=True
+        ):
+            if error is not None:
+                warnings.warn(f"skipped case {case}: {error}", stacklevel=2)
+                skipped.append({"case": case, "reason": error})
                 continue
             image_name = f"{case}_0000.nii.gz"
-            save_on_source_grid(out / "imagesTr" / image_name, new_hu, geometry, np.int16)
-            save_on_source_grid(out / "labelsTr" / f"{case}.nii.gz", mask > 0, geometry, np.uint8)
             training.append(
                 {"image": f"./imagesTr/{image_name}", "label": f"./labelsTr/{case}.nii.gz"}
             )
@@ -675,6 +698,7 @@ def make_lesion_dataset(
             )
         ),
         "split_fractions": list(split.fractions),
+        "splits_made": [s for s in SPLITS if s in splits],
         "lesions": "lesions.csv",
         "lesion_config": _jsonable(asdict(config)),
         "seed": seed,
@@ -683,6 +707,34 @@ def make_lesion_dataset(
     }
     (out / "dataset.json").write_text(json.dumps(dataset, indent=1))
     return out
+
+
+def _make_case(task) -> tuple[list[LesionRecord] | None, str | None]:
+    """Insert one case's lesions and write its image and mask: (records, None) or (None, why)."""
+    hu, organs, geometry, config, key, scan_name, out, case = task
+    rng = np.random.default_rng(list(key))
+    try:
+        new_hu, mask, records = insert_lesions(
+            hu, geometry.spacing, organs, config, rng, scan=scan_name
+        )
+    except ValueError as e:
+        return None, str(e)
+    save_on_source_grid(out / "imagesTr" / f"{case}_0000.nii.gz", new_hu, geometry, np.int16)
+    save_on_source_grid(out / "labelsTr" / f"{case}.nii.gz", mask > 0, geometry, np.uint8)
+    return records, None
+
+
+@contextmanager
+def _case_runner(workers: int):
+    """An ordered map over cases: in this process, or in a pool of ``workers`` processes."""
+    if workers == 1:
+        yield map
+        return
+    # spawn, not fork: the caller may hold threads (PyTorch's, napari's) that fork would copy
+    # in whatever state they are in.
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        yield lambda fn, items: pool.map(fn, items)
 
 
 def _jsonable(d: dict) -> dict:

@@ -50,6 +50,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--split-by", choices=("zblock", "scan"), default=s.by)
     p.add_argument("--guard-mm", type=float, default=s.guard_mm)
+    p.add_argument(
+        "--splits",
+        nargs="+",
+        choices=("train", "val", "test"),
+        default=("train", "val", "test"),
+        help="make only these splits' cases (each the same as in the full set)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes making cases in parallel (the result does not depend on it)",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -78,7 +91,15 @@ def run(args: argparse.Namespace) -> int:
         )
         split = SplitConfig(fractions=tuple(args.split), by=args.split_by, guard_mm=args.guard_mm)
         out = make_lesion_dataset(
-            args.scans, args.out, args.copies, config, args.seed, labels or None, split
+            args.scans,
+            args.out,
+            args.copies,
+            config,
+            args.seed,
+            labels or None,
+            split,
+            workers=args.workers,
+            splits=tuple(args.splits),
         )
     except ValueError as e:  # bad settings or unreadable scans: one sentence, no traceback
         raise SystemExit(f"make-lesions: {e}") from None
