@@ -28,14 +28,13 @@ ev "$W2/runs/unet/final.json" "$EV/unet_tuned" 0.3 0 10
 # --variants V, phase 2 --init V=W1/runs/V/final.json; train_bundled.py evaluated each at its
 # tuned point, eval_test): each also at the bundled point.
 ABLATIONS=()
-declare -A WHAT=([no-sfm]="without SFM (mean of the scales)" [no-glm]="without GLM"
-  [no-lfm]="without LFM stages" [single-scale]="single scale (1.0x only)")
+source "$(dirname "$0")/variant_names.sh"
 for V in no-sfm no-glm no-lfm single-scale; do
   tuned=$W2/runs/$V/eval_test/evaluation.json
   [ -f "$tuned" ] || continue
   ev "$W2/runs/$V/final.json" "$EV/${V}_d4" 0.5 0 4
-  ABLATIONS+=(--compare "CDI-NSTSEG ${WHAT[$V]}, same phases=$EV/${V}_d4/evaluation.json")
-  ABLATIONS+=(--compare "CDI-NSTSEG ${WHAT[$V]} at its validation-tuned point=$tuned")
+  ABLATIONS+=(--compare "${NAME[$V]}, same phases=$EV/${V}_d4/evaluation.json")
+  ABLATIONS+=(--compare "${NAME[$V]} at its validation-tuned point=$tuned")
 done
 python scripts/bundle_weights.py --seg "$W2/runs/default/final.json" \
   --mae "$W2/runs/default/mae.json" --data "$LESIONS" \

@@ -243,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--device", default="auto")
     p.add_argument("--nproc", type=int, default=1, help="processes per node under torchrun")
+    p.add_argument("--train-only", action="store_true",
+                   help="train only (an earlier phase): no operating point, test evaluation or "
+                   "results.md")  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = p.parse_args(argv)
 
@@ -295,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         tune_data = args.tune_data.resolve() if args.tune_data else work / "tuneval"
         if args.tune_data is None and not args.dry_run:
             merge_validation(tune_data, {"l48": lesions, "t24": tune})
+        if args.train_only:
+            continue
         run(nstseg(args, "tune-postprocess", weights, "--data", str(tune_data), "--split", "val",
                    "--max-fp-per-scan", str(args.max_fp_per_scan), "--out",
                    str(out / "tune_val"), "--device", args.device), args.dry_run)  # fmt: skip
@@ -303,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
                    "--out", str(out / "eval_test"), "--device", args.device,
                    *point), args.dry_run)  # fmt: skip
 
-    if not args.dry_run:
+    if not args.dry_run and not args.train_only:
         table = comparison_table(work, list(args.variants))
         header = (
             f"# CDI-NSTSEG ablations on {lesions.name} (held-out test split)\n\n"

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# On the GPU machine of the `device` tool: scripts/ablation.sh for VARIANTs on CUDA, with
+# results in $OUT. Prepare here with scripts/device_kit.sh, then
+#   run(command="bash scripts/device_ablation.sh no-sfm", carry=[".whl", ".data"], timeout_s=600)
+# The chain runs detached in /tmp/abl and this call waits for it up to WAIT_S seconds (default
+# 540), then returns what is done: status.txt, log.txt, rows.md, evals.tgz (evaluations,
+# operating points, training logs) and weights_VARIANT.tgz (its phase-2 weights, else phase 1's).
+# While the machine is still warm (30 s), the same call again waits for the rest; a fresh
+# machine starts over. DEVICE=cpu with P1_ARGS/P2_ARGS of a tiny budget tries it on a CPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${OUT:?run this through the device tool, which sets OUT}"
+[ $# -ge 1 ] || { echo "usage: $0 VARIANT..." >&2; exit 2; }
+W=/tmp/abl
+if [ ! -d /tmp/site ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl
+fi
+export PYTHONPATH=$PWD/src:/tmp/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+DEVICE=${DEVICE:-cuda}
+python3 -c 'import sys, torch
+cuda = sys.argv[1] == "cuda"
+assert torch.cuda.is_available() or not cuda, "no CUDA device"
+print(torch.__version__, torch.cuda.get_device_name() if cuda else "cpu")' "$DEVICE" \
+  | tee "$OUT/status.txt"
+if ! { [ -f $W/pid ] && kill -0 "$(cat $W/pid)" 2>/dev/null; } && [ ! -f $W/rows.md ]; then
+  mkdir -p $W
+  DEVICE=$DEVICE DATA=$PWD/.data/totalsegmentator LESION_WORKERS=$(nproc) PYTHON=python3 \
+    setsid nohup bash scripts/ablation.sh $W "$@" > $W/log.txt 2>&1 < /dev/null &
+  echo $! > $W/pid
+fi
+end=$((SECONDS + ${WAIT_S:-540}))
+while kill -0 "$(cat $W/pid)" 2>/dev/null && [ $SECONDS -lt $end ]; do sleep 5; done
+if [ -f $W/rows.md ]; then echo done >> "$OUT/status.txt"; cp $W/rows.md "$OUT/"
+elif kill -0 "$(cat $W/pid)" 2>/dev/null; then echo "still running" >> "$OUT/status.txt"
+else echo "stopped before the end: see log.txt" >> "$OUT/status.txt"; fi
+tail -c 200000 $W/log.txt > "$OUT/log.txt"
+cd $W
+shopt -s nullglob
+tar czf "$OUT/evals.tgz" evals p2/runs/*/eval_test/evaluation.json p2/runs/*/tune_val/tune.json \
+  p?/runs/*/log.csv p?/runs/*/train_config.json p1/*/dataset.json 2>/dev/null || true
+for V in "$@"; do
+  for p in p2 p1; do
+    if [ -f $p/runs/$V/final.json ]; then
+      tar czf "$OUT/weights_$V.tgz" $p/runs/$V/final.{json,safetensors}
+      break
+    fi
+  done
+done
+ls -la "$OUT"

@@ -1,0 +1,84 @@
+"""The training and packaging scripts under scripts/: what they run and what they print."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _evaluation(sensitivity_big: float, detected: int, fp: float) -> dict:
+    group = {"dice": 0.05}
+    return {
+        "pixel": {"groups": {"area<1%": group, "area<10%": group, "all": group}},
+        "volume": {"dice": 0.03},
+        "detection": {"sensitivity": 0.08, "fp_per_scan": fp},
+        "lesions_by_table": {
+            ">=10 mm and >=20 HU": {
+                "lesions": 112,
+                "detected": detected,
+                "sensitivity": sensitivity_big,
+            }
+        },
+        "postprocess": {"threshold": 0.5, "min_lesion_mm": 0.0, "min_depth_mm": 4.0},
+        "by_region": {
+            "example_ct.nii.gz z061-092": {
+                "scans": 48,
+                "target_lesions": 83,
+                "target_detected": detected,
+                "target_sensitivity": detected / 83,
+                "fp_per_scan": fp,
+                "recurring_fp_sites": 15,
+                "recurring_fp_share": 0.988,
+            }
+        },
+    }
+
+
+def test_comparison_rows_prints_both_tables_for_a_later_model(tmp_path, capsys):
+    # an ablation trained after the tables were written gets rows in their exact format
+    path = tmp_path / "evaluation.json"
+    path.write_text(json.dumps(_evaluation(0.25, 28, 8.5416)))
+    rows = _script("comparison_rows")
+    assert rows.main([f"CDI-NSTSEG without SFM, same phases={path}"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    bundle = _script("bundle_weights")
+    assert out[:2] == bundle.HEADER.splitlines()
+    assert out[2] == (
+        "| CDI-NSTSEG without SFM, same phases | 0.50 / 0 mm / 4 mm | 0.050 | 0.050 | 0.050 | "
+        "0.030 | 0.080 | 0.250 (28/112) | 8.54 |"
+    )
+    assert out[4:6] == bundle.REGION_HEADER.splitlines()
+    assert out[6] == (
+        "| CDI-NSTSEG without SFM, same phases | example_ct.nii.gz z061-092 | 48 | "
+        "0.337 (28/83) | 8.54 | 15 (98.8 %) |"
+    )
+    with pytest.raises(SystemExit):
+        rows.main([f"no equals sign {path}"])
+    assert "expected NAME=EVALUATION_JSON" in capsys.readouterr().err
+
+
+def test_train_bundled_makes_only_the_splits_each_folder_needs(capsys):
+    script = _script("train_bundled")
+    assert script.main(["--work", "/tmp/nstseg-dry", "--variants", "no-sfm", "--dry-run",
+                        "--train-only", "--lesion-workers", "3"]) == 0  # fmt: skip
+    commands = [c for c in capsys.readouterr().out.splitlines() if c.startswith("+ ")]
+    made = {c.split(" -o ")[1].split()[0]: c for c in commands if "make-lesions" in c}
+    assert {Path(k).name for k in made} == {"lesions", "train", "tune"}
+    splits = {Path(k).name: c.split("--splits ")[1].split(" --")[0] for k, c in made.items()}
+    assert splits == {"lesions": "val test", "train": "train val", "tune": "val"}
+    assert all("--workers 3" in c for c in made.values())
+    # an earlier phase trains only: no operating point, no test evaluation
+    assert any(" train " in c for c in commands)
+    assert not any("tune-postprocess" in c or " evaluate " in c for c in commands)
