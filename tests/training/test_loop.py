@@ -152,6 +152,9 @@ def test_best_and_final_checkpoints_load_with_provenance(reference, dataset):
     assert prov["training_data"]["cases"] == {"train": 3, "val": 1, "test": 1}
     assert prov["budget"]["epochs"] == 3 and prov["budget"]["samples"] == 36
     assert "val_dice" in prov["metrics"] and prov["date"] and "git" in prov
+    # on a CPU, training runs in float32 unless told otherwise (it is faster there than bf16
+    # autocast, benchmarks/train_speed.py), and the checkpoint says what it ran in
+    assert prov["device"] == "cpu" and prov["precision"] == "float32"
     best_dice = max(float(r["val_dice_pooled"]) for r in read_log(cfg.out))
     assert prov["metrics"]["val_dice_pooled"] == pytest.approx(best_dice, rel=1e-4)
     assert prov["selected_by"] == "val_dice_pooled"
@@ -261,6 +264,20 @@ def test_channels_must_match_the_context_planes(dataset, tmp_path):
         tiny_config(
             dataset, tmp_path, preprocess=PreprocessConfig(slice_offsets_mm=(-2.0, 0.0, 2.0))
         )
+
+
+def test_precision_flags_of_train(tmp_path, capsys):
+    from napari_nstseg.cli import build_parser
+    from napari_nstseg.training.cli_train import build_train_config
+
+    parser = build_parser()
+    base = ["train", "--data", str(tmp_path), "--out", str(tmp_path / "run")]
+    amp = [build_train_config(parser.parse_args(base + flag)).amp
+           for flag in ([], ["--amp"], ["--no-amp"])]  # fmt: skip
+    assert amp == [None, True, False]  # None: autocast on GPUs only
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--amp", "--no-amp"])
+    assert "not allowed with argument" in capsys.readouterr().err
 
 
 def test_variants_and_overrides():

@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from napari_nstseg._config import nested_from_dict, nested_to_dict
-from napari_nstseg.inference.device import autocast
+from napari_nstseg.inference.device import autocast, precision_label
 from napari_nstseg.io.atomic import atomic_write
 from napari_nstseg.models import DeepSupervisionLoss, LossConfig, ModelConfig, build_model
 from napari_nstseg.models.checkpoint import (
@@ -153,7 +153,9 @@ class TrainConfig:
     ``weight_decay`` None: 1e-4 for AdamW, 5e-4 for SGD (the reference). The learning rate
     decays per iteration as lr * (1 - t / T) ** poly_power; SGD biases get 2x lr, as in the
     reference. ``val_max_slices`` caps validation (every lesion slice first, then evenly spaced
-    slices without lesion) when whole-slice validation would cost too much. ``init_weights``: a
+    slices without lesion) when whole-slice validation would cost too much. ``amp`` None:
+    mixed precision on GPUs, float32 on CPUs, where bf16 autocast trains slower even with native
+    bf16 (benchmarks/train_speed.py); True or False force it either way. ``init_weights``: a
     segmentation checkpoint to start from instead of random weights (fine-tuning, or a longer
     run continued with a new schedule); its architecture and preprocessing must be this run's.
     ``mae_weights``: a
@@ -179,7 +181,7 @@ class TrainConfig:
     allow_small_batch: bool = False
     val_batch_size: int | None = None
     val_max_slices: int | None = None
-    amp: bool = True
+    amp: bool | None = None
     seed: int = 0
     num_workers: int | None = None
     device: str = "auto"
@@ -844,7 +846,9 @@ def _prepare_out(cfg: Any, ctx: DistContext, kind: str) -> Path:
     mine = {"kind": kind, **cfg.to_dict()}
     if saved.is_file():
         previous = json.loads(saved.read_text())
-        volatile = {"resume", "epochs", "num_workers", "device", "progress", "out", "keep_epochs"}
+        # Precision goes with the device (as on a resumed run that moved to another machine).
+        volatile = {"resume", "epochs", "num_workers", "device", "amp", "progress", "out",
+                    "keep_epochs"}  # fmt: skip
         differ = sorted(
             k
             for k in set(previous) | set(mine)
@@ -1071,11 +1075,12 @@ def _run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
         return module(x, residual=residual.to(x.dtype))
 
     loss_fn = DeepSupervisionLoss(cfg.loss)
+    amp = device.type != "cpu" if cfg.amp is None else cfg.amp
 
     def step(batch: dict[str, Any], global_step: int) -> dict[str, torch.Tensor]:
         x = batch["image"].to(device, non_blocking=True, memory_format=torch.channels_last)
         y = batch["mask"].to(device, non_blocking=True)
-        with autocast(device, cfg.amp):
+        with autocast(device, amp):
             return loss_fn.terms(forward(net, x, global_step), y)
 
     optimizer = _make_optimizer(cfg, model)
@@ -1096,7 +1101,7 @@ def _run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
             loss_fn,
             lambda x: forward(model, x, None),
             workers,
-            cfg.amp,
+            amp,
             cfg.val_max_slices,
         )
     else:
@@ -1122,6 +1127,7 @@ def _run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
             "git": commit,
             "torch": torch.__version__,
             "device": str(device),
+            "precision": precision_label(device, amp),
             "world_size": ctx.world,
             "budget": {
                 "epochs": cfg.epochs,
