@@ -26,7 +26,8 @@ ev "$W1/runs/unet/final.json" "$EV/unet_phase1" 0.5 0 0
 ev "$W2/runs/unet/final.json" "$EV/unet_tuned" 0.3 0 10
 # The ablations trained so far through the same two phases (scripts/train_bundled.py
 # --variants V, phase 2 --init V=W1/runs/V/final.json; train_bundled.py evaluated each at its
-# tuned point, eval_test): each also at the bundled point.
+# tuned point, eval_test): each also at the bundled point. `scripts/ablation.sh WORK V` does all
+# of that for V (W1 = WORK/p1, W2 = WORK/p2).
 ABLATIONS=()
 source "$(dirname "$0")/variant_names.sh"
 for V in no-sfm no-glm no-lfm single-scale; do
