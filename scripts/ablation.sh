@@ -4,11 +4,12 @@
 # bundled one, and print its rows for docs/comparison.md and the model card.
 #   scripts/ablation.sh WORK VARIANT...      e.g. scripts/ablation.sh runs/abl no-sfm
 # Environment: DEVICE (auto), DATA (the source scans; train_bundled.py's default: ../shared),
-# LESION_WORKERS (make-lesions processes), P1_ARGS / P2_ARGS (extra train_bundled.py arguments
-# of each phase, after the recipe's, so they win: a smoke run sets a tiny budget there).
-# WORK/p1 holds the data and phase 1, WORK/p2 phase 2 with tune_val/ and eval_test/ per
-# variant, WORK/p2/evals/VARIANT_d4 the bundled point, WORK/rows.md the rows. Run it again after an
-# interruption: finished steps are kept and training resumes from its last epoch.
+# LESION_WORKERS (make-lesions processes), INTO (see the end), P1_ARGS / P2_ARGS (extra
+# train_bundled.py arguments of each phase, after the recipe's, so they win: a smoke run sets a
+# tiny budget there). WORK/p1 holds the data and phase 1, WORK/p2 phase 2 with tune_val/ and
+# eval_test/ per variant, WORK/p2/evals/VARIANT_d4 the bundled point, WORK/rows.md the rows.
+# Run it again after an interruption: finished steps are kept and training resumes from its
+# last epoch.
 set -euo pipefail
 [ $# -ge 2 ] || { echo "usage: $0 WORK VARIANT..." >&2; exit 2; }
 cd "$(dirname "$0")/.."
@@ -53,4 +54,6 @@ for V in "${VARIANTS[@]}"; do
   ROWS+=("${NAME[$V]}, same phases=$out/evaluation.json")
   ROWS+=("${NAME[$V]} at its validation-tuned point=$W/p2/runs/$V/eval_test/evaluation.json")
 done
-$PY scripts/comparison_rows.py "${ROWS[@]}" | tee "$W/rows.md"
+# INTO: markdown files whose tables get the rows (docs/comparison.md and the model card).
+# shellcheck disable=SC2086  # INTO is a list of paths
+$PY scripts/comparison_rows.py "${ROWS[@]}" ${INTO:+--into $INTO} | tee "$W/rows.md"

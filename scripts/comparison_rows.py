@@ -1,11 +1,14 @@
 #!/usr/bin/env python
 """Rows of docs/comparison.md's tables for test-split evaluations, without re-packaging.
 
-    python scripts/comparison_rows.py "NAME=runs/x/eval_test/evaluation.json" ...
+    python scripts/comparison_rows.py "NAME=runs/x/eval_test/evaluation.json" ... \
+        [--into docs/comparison.md src/napari_nstseg/weights/MODEL_CARD.md]
 
 Prints the comparison header and one row per evaluation, then the per-source-region header and
 rows, in bundle_weights.py's format, so that a model trained later (an ablation) can be added
-to tables bundle_weights.py wrote from evaluations that are no longer at hand.
+to tables bundle_weights.py wrote from evaluations that are no longer at hand. ``--into``
+writes them into those files' tables: at the end of each table, in place of any rows of the
+same model names (running it again changes nothing).
 """
 
 from __future__ import annotations
@@ -19,9 +22,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bundle_weights import HEADER, REGION_HEADER, region_rows, row  # noqa: E402
 
 
+def _model(line: str) -> str:
+    return line.split("|")[1].strip()
+
+
+def insert_rows(text: str, header: str, rows: list[str], where: str) -> str:
+    """``text`` with ``rows`` at the end of the table under ``header``, replacing the rows of
+    the same models."""
+    lines = text.split("\n")
+    head = header.split("\n")
+    starts = [i for i in range(len(lines)) if lines[i : i + len(head)] == head]
+    if not starts:
+        raise ValueError(f"{where} has no table with the header {head[0][:60]}...")
+    start = starts[0] + len(head)
+    end = start
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    names = {_model(r) for r in rows}
+    kept = [line for line in lines[start:end] if _model(line) not in names]
+    return "\n".join(lines[:start] + kept + rows + lines[end:])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("evaluations", nargs="+", metavar="NAME=EVALUATION_JSON")
+    ap.add_argument("--into", nargs="+", type=Path, default=[], metavar="MARKDOWN",
+                    help="write the rows into these files' tables")  # fmt: skip
     args = ap.parse_args(argv)
     results = {}
     for item in args.evaluations:
@@ -29,10 +55,20 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or not name or not Path(path).is_file():
             ap.error(f"expected NAME=EVALUATION_JSON of an existing file, got {item!r}")
         results[name] = json.loads(Path(path).read_text())
-    print("\n".join([HEADER, *(row(n, r) for n, r in results.items())]))
+    rows = [row(n, r) for n, r in results.items()]
     regions = [line for n, r in results.items() for line in region_rows(n, r)]
+    print("\n".join([HEADER, *rows]))
     if regions:
         print("\n" + "\n".join([REGION_HEADER, *regions]))
+    for path in args.into:
+        try:
+            text = insert_rows(path.read_text(), HEADER, rows, str(path))
+            if regions:
+                text = insert_rows(text, REGION_HEADER, regions, str(path))
+        except (OSError, ValueError) as e:
+            ap.error(str(e))
+        path.write_text(text)
+        print(f"wrote the rows into {path}")
     return 0
 
 

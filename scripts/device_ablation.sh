@@ -7,6 +7,11 @@
 # operating points, training logs) and weights_VARIANT.tgz (its phase-2 weights, else phase 1's).
 # While the machine is still warm (30 s), the same call again waits for the rest; a fresh
 # machine starts over. DEVICE=cpu with P1_ARGS/P2_ARGS of a tiny budget tries it on a CPU.
+# Back here, with evals.tgz unpacked in E: the rows go into the docs' tables with
+#   python scripts/comparison_rows.py "NAME, same phases=E/p2/evals/V_d4/evaluation.json" \
+#     "NAME at its validation-tuned point=E/p2/runs/V/eval_test/evaluation.json" \
+#     --into docs/comparison.md src/napari_nstseg/weights/MODEL_CARD.md
+# (NAME from scripts/variant_names.sh, as rows.md spells them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${OUT:?run this through the device tool, which sets OUT}"

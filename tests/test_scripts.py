@@ -69,6 +69,38 @@ def test_comparison_rows_prints_both_tables_for_a_later_model(tmp_path, capsys):
     assert "expected NAME=EVALUATION_JSON" in capsys.readouterr().err
 
 
+def test_comparison_rows_go_into_the_tables_of_the_docs(tmp_path, capsys):
+    # the rows of a later model land at the end of both tables of comparison.md and the model
+    # card, the text around them untouched; a second run replaces them instead of adding more
+    path = tmp_path / "evaluation.json"
+    path.write_text(json.dumps(_evaluation(0.25, 28, 8.5416)))
+    rows = _script("comparison_rows")
+    name = "CDI-NSTSEG without SFM (mean of the scales), same phases"
+    docs = []
+    for source in (ROOT / "docs/comparison.md", ROOT / "src/napari_nstseg/weights/MODEL_CARD.md"):
+        docs.append(tmp_path / source.name)
+        docs[-1].write_text(source.read_text())
+    before = [d.read_text().splitlines() for d in docs]
+    assert rows.main([f"{name}={path}", "--into", *map(str, docs)]) == 0
+    path.write_text(json.dumps(_evaluation(0.30, 34, 7.0)))  # measured again
+    assert rows.main([f"{name}={path}", "--into", *map(str, docs)]) == 0
+    for doc, old in zip(docs, before, strict=True):
+        new = doc.read_text().splitlines()
+        assert len(new) == len(old) + 2  # one row in each table
+        added = [i for i, line in enumerate(new) if name in line]
+        assert len(added) == 2 and "0.300 (34/112)" in new[added[0]]
+        assert "example_ct.nii.gz z061-092 | 48 | 0.410 (34/83) | 7.00" in new[added[1]]
+        for i in added:  # each the last row of its table
+            assert new[i - 1].startswith("| ")
+            assert i + 1 == len(new) or not new[i + 1].startswith("|")
+        assert [line for line in new if name not in line] == old
+    capsys.readouterr()
+    docs[0].write_text("# no tables here\n")
+    with pytest.raises(SystemExit):
+        rows.main([f"{name}={path}", "--into", str(docs[0])])
+    assert "has no table with the header" in capsys.readouterr().err
+
+
 def test_train_bundled_makes_only_the_splits_each_folder_needs(capsys):
     script = _script("train_bundled")
     assert script.main(["--work", "/tmp/nstseg-dry", "--variants", "no-sfm", "--dry-run",
