@@ -129,6 +129,8 @@ def budget(args: argparse.Namespace) -> list[str]:
            "--noise-hu", str(args.noise_hu), "--context-mm", str(args.context_mm),
            "--hard-pixel-fraction", str(args.hard_pixel_fraction),
            "--region-loss", args.region_loss]  # fmt: skip
+    if args.amp:
+        out.append("--amp")
     if args.steps_per_epoch:
         out += ["--steps-per-epoch", str(args.steps_per_epoch)]
     if args.val_max_slices:
@@ -242,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mae-crop-size", type=int, default=128)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--device", default="auto")
+    p.add_argument("--amp", action="store_true",
+                   help="bf16 autocast on a CPU too (train's CPU default is float32, faster "
+                   "there; the weights of 2026-12-01 were trained under autocast)")  # fmt: skip
     p.add_argument("--nproc", type=int, default=1, help="processes per node under torchrun")
     p.add_argument("--train-only", action="store_true",
                    help="train only (an earlier phase): no operating point, test evaluation or "

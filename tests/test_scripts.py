@@ -112,5 +112,9 @@ def test_train_bundled_makes_only_the_splits_each_folder_needs(capsys):
     assert splits == {"lesions": "val test", "train": "train val", "tune": "val"}
     assert all("--workers 3" in c for c in made.values())
     # an earlier phase trains only: no operating point, no test evaluation
-    assert any(" train " in c for c in commands)
+    trains = [c for c in commands if "cli train " in c]
+    assert len(trains) == 1 and "--amp" not in trains[0]  # float32 on a CPU unless asked
     assert not any("tune-postprocess" in c or " evaluate " in c for c in commands)
+    assert script.main(["--work", "/tmp/nstseg-dry", "--variants", "no-sfm", "--dry-run",
+                        "--train-only", "--amp"]) == 0  # fmt: skip
+    assert "--amp" in next(c for c in capsys.readouterr().out.splitlines() if "cli train " in c)
