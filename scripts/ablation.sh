@@ -13,14 +13,14 @@
 set -euo pipefail
 [ $# -ge 2 ] || { echo "usage: $0 WORK VARIANT..." >&2; exit 2; }
 cd "$(dirname "$0")/.."
-W=$(python -c 'import sys, pathlib; print(pathlib.Path(sys.argv[1]).resolve())' "$1")
+PY=${PYTHON:-python}
+W=$($PY -c 'import sys, pathlib; print(pathlib.Path(sys.argv[1]).resolve())' "$1")
 shift
 VARIANTS=("$@")
 source scripts/variant_names.sh
 for V in "${VARIANTS[@]}"; do
   [ -n "${NAME[$V]:-}" ] || { echo "unknown variant $V (one of ${!NAME[*]})" >&2; exit 2; }
 done
-PY=${PYTHON:-python}
 COMMON=(--device "${DEVICE:-auto}" --mae-weights src/napari_nstseg/weights/mae.json)
 [ -n "${DATA:-}" ] && COMMON+=(--data "$DATA")
 [ -n "${LESION_WORKERS:-}" ] && COMMON+=(--lesion-workers "$LESION_WORKERS")

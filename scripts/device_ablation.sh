@@ -42,7 +42,7 @@ else echo "stopped before the end: see log.txt" >> "$OUT/status.txt"; fi
 tail -c 200000 $W/log.txt > "$OUT/log.txt"
 cd $W
 shopt -s nullglob
-tar czf "$OUT/evals.tgz" evals p2/runs/*/eval_test/evaluation.json p2/runs/*/tune_val/tune.json \
+tar czf "$OUT/evals.tgz" p2/evals p2/runs/*/eval_test/evaluation.json p2/runs/*/tune_val/tune.json \
   p?/runs/*/log.csv p?/runs/*/train_config.json p1/*/dataset.json 2>/dev/null || true
 for V in "$@"; do
   for p in p2 p1; do
