@@ -734,7 +734,7 @@ def _case_runner(workers: int):
     # in whatever state they are in.
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        yield lambda fn, items: pool.map(fn, items)
+        yield pool.map
 
 
 def _jsonable(d: dict) -> dict:

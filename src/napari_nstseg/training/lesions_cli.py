@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .lesions import LesionConfig, SplitConfig, make_lesion_dataset
+from .lesions import SPLITS, LesionConfig, SplitConfig, make_lesion_dataset
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -53,8 +53,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--splits",
         nargs="+",
-        choices=("train", "val", "test"),
-        default=("train", "val", "test"),
+        choices=SPLITS,
+        default=SPLITS,
         help="make only these splits' cases (each the same as in the full set)",
     )
     p.add_argument(
