@@ -114,14 +114,9 @@ def test_built_wheel_contains_manifest_and_data(tmp_path):
 
 
 def _bundle_script():
-    import importlib.util
+    from script_helpers import load_script
 
-    spec = importlib.util.spec_from_file_location(
-        "bundle_weights", ROOT / "scripts" / "bundle_weights.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bundle_weights")
 
 
 def test_bundled_weights_carry_the_tuned_operating_point_and_still_verify(tmp_path):

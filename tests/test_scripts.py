@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from script_helpers import ROOT, load_script
 
 
 def _evaluation(sensitivity_big: float, detected: int, fp: float) -> dict:
@@ -50,10 +42,10 @@ def test_comparison_rows_prints_both_tables_for_a_later_model(tmp_path, capsys):
     # an ablation trained after the tables were written gets rows in their exact format
     path = tmp_path / "evaluation.json"
     path.write_text(json.dumps(_evaluation(0.25, 28, 8.5416)))
-    rows = _script("comparison_rows")
+    rows = load_script("comparison_rows")
     assert rows.main([f"CDI-NSTSEG without SFM, same phases={path}"]) == 0
     out = capsys.readouterr().out.splitlines()
-    bundle = _script("bundle_weights")
+    bundle = load_script("bundle_weights")
     assert out[:2] == bundle.HEADER.splitlines()
     assert out[2] == (
         "| CDI-NSTSEG without SFM, same phases | 0.50 / 0 mm / 4 mm | 0.050 | 0.050 | 0.050 | "
@@ -74,7 +66,7 @@ def test_comparison_rows_go_into_the_tables_of_the_docs(tmp_path, capsys):
     # card, the text around them untouched; a second run replaces them instead of adding more
     path = tmp_path / "evaluation.json"
     path.write_text(json.dumps(_evaluation(0.25, 28, 8.5416)))
-    rows = _script("comparison_rows")
+    rows = load_script("comparison_rows")
     name = "CDI-NSTSEG without SFM (mean of the scales), same phases"
     docs = []
     for source in (ROOT / "docs/comparison.md", ROOT / "src/napari_nstseg/weights/MODEL_CARD.md"):
@@ -102,7 +94,7 @@ def test_comparison_rows_go_into_the_tables_of_the_docs(tmp_path, capsys):
 
 
 def test_train_bundled_makes_only_the_splits_each_folder_needs(capsys):
-    script = _script("train_bundled")
+    script = load_script("train_bundled")
     assert script.main(["--work", "/tmp/nstseg-dry", "--variants", "no-sfm", "--dry-run",
                         "--train-only", "--lesion-workers", "3"]) == 0  # fmt: skip
     commands = [c for c in capsys.readouterr().out.splitlines() if c.startswith("+ ")]
