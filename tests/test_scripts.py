@@ -67,11 +67,12 @@ def test_comparison_rows_go_into_the_tables_of_the_docs(tmp_path, capsys):
     path = tmp_path / "evaluation.json"
     path.write_text(json.dumps(_evaluation(0.25, 28, 8.5416)))
     rows = load_script("comparison_rows")
-    name = "CDI-NSTSEG without SFM (mean of the scales), same phases"
+    name = "CDI-NSTSEG trained later, same phases"
     docs = []
     for source in (ROOT / "docs/comparison.md", ROOT / "src/napari_nstseg/weights/MODEL_CARD.md"):
         docs.append(tmp_path / source.name)
         docs[-1].write_text(source.read_text())
+        assert name not in source.read_text()
     before = [d.read_text().splitlines() for d in docs]
     assert rows.main([f"{name}={path}", "--into", *map(str, docs)]) == 0
     path.write_text(json.dumps(_evaluation(0.30, 34, 7.0)))  # measured again
