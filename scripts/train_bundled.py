@@ -245,8 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", action="store_true",
-                   help="bf16 autocast on a CPU too (train's CPU default is float32, faster "
-                   "there; the weights of 2026-12-01 were trained under autocast)")  # fmt: skip
+                   help="bf16 autocast on a CPU too (train's CPU default is float32; which is "
+                   "faster depends on the CPU; the weights of 2026-12-01 were trained under "
+                   "autocast)")  # fmt: skip
     p.add_argument("--nproc", type=int, default=1, help="processes per node under torchrun")
     p.add_argument("--train-only", action="store_true",
                    help="train only (an earlier phase): no operating point, test evaluation or "

@@ -152,8 +152,8 @@ def test_best_and_final_checkpoints_load_with_provenance(reference, dataset):
     assert prov["training_data"]["cases"] == {"train": 3, "val": 1, "test": 1}
     assert prov["budget"]["epochs"] == 3 and prov["budget"]["samples"] == 36
     assert "val_dice" in prov["metrics"] and prov["date"] and "git" in prov
-    # on a CPU, training runs in float32 unless told otherwise (it is faster there than bf16
-    # autocast, benchmarks/train_speed.py), and the checkpoint says what it ran in
+    # on a CPU, training runs in float32 unless told otherwise (whether bf16 autocast is faster
+    # depends on the CPU), and the checkpoint says what it ran in
     assert prov["device"] == "cpu" and prov["precision"] == "float32"
     best_dice = max(float(r["val_dice_pooled"]) for r in read_log(cfg.out))
     assert prov["metrics"]["val_dice_pooled"] == pytest.approx(best_dice, rel=1e-4)

@@ -44,8 +44,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     precision.add_argument(
         "--amp",
         action="store_true",
-        help="bf16 autocast on a CPU with native bf16 too (train's default there: float32, "
-        "which trains faster; on GPUs autocast is the default)",
+        help="bf16 autocast on a CPU with native bf16 too (train's default there: float32; "
+        "which is faster depends on the CPU, see benchmarks/train_speed.py; on GPUs autocast "
+        "is the default)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

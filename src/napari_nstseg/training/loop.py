@@ -154,8 +154,9 @@ class TrainConfig:
     decays per iteration as lr * (1 - t / T) ** poly_power; SGD biases get 2x lr, as in the
     reference. ``val_max_slices`` caps validation (every lesion slice first, then evenly spaced
     slices without lesion) when whole-slice validation would cost too much. ``amp`` None:
-    mixed precision on GPUs, float32 on CPUs, where bf16 autocast trains slower even with native
-    bf16 (benchmarks/train_speed.py); True or False force it either way. ``init_weights``: a
+    mixed precision on GPUs, float32 on CPUs, where bf16 autocast trains slower on some CPUs
+    with native bf16 and faster on others (benchmarks/train_speed.py: an Intel Xeon vs an AMD
+    EPYC); True or False force it either way. ``init_weights``: a
     segmentation checkpoint to start from instead of random weights (fine-tuning, or a longer
     run continued with a new schedule); its architecture and preprocessing must be this run's.
     ``mae_weights``: a
