@@ -96,22 +96,23 @@ def synthetic_ct(slices: int, size: int, seed: int = 0) -> np.ndarray:
 
 
 def make_segmenter(
-    config: ModelConfig, prep: PreprocessConfig, device: str, batch: int, amp: bool = True
+    config: ModelConfig, prep: PreprocessConfig, device: str, batch: int, options: dict
 ) -> Segmenter:
+    """``options``: EngineConfig fields the command line set (amp, channels_last)."""
     torch.manual_seed(0)
     return Segmenter(
         build_model(config),
         prep,
         device,
-        EngineConfig(batch_size=batch, maps=MapRequest(), amp=amp),
+        EngineConfig(batch_size=batch, maps=MapRequest(), **options),
     )
 
 
 def throughput(
     name: str, config: ModelConfig, prep: PreprocessConfig, device: str, vol: np.ndarray,
-    spacing: tuple[float, float, float], batch: int, amp: bool = True,
+    spacing: tuple[float, float, float], batch: int, options: dict,
 ) -> Row:  # fmt: skip
-    seg = make_segmenter(config, prep, device, batch, amp)
+    seg = make_segmenter(config, prep, device, batch, options)
     est = seg.estimate(vol.shape, spacing)
     seg.predict(vol[:1], spacing)  # warm-up: lazy initialisation, kernel selection
     if seg.device.type == "cuda":
@@ -187,8 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--no-amp", action="store_true", help="float32 throughout (no bf16 or fp16 autocast)"
     )
+    p.add_argument(
+        "--no-channels-last", action="store_true",
+        help="convolutions in NCHW layout (the engine's default on CPUs and CUDA: NHWC)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     amp = not args.no_amp
+    options = {"amp": amp, "channels_last": not args.no_channels_last}
 
     # The paper's network at 1 mm, then the bundled weights' configuration and an equally wide
     # U-Net at the bundled working spacing (random weights: speed does not depend on them).
@@ -208,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     for device in devices:
         for name, config, pre in configs:
-            rows.append(throughput(name, config, pre, device, vol, spacing, args.batch_size, amp))
+            rows.append(
+                throughput(name, config, pre, device, vol, spacing, args.batch_size, options)
+            )
             r = rows[-1]
             print(
                 f"  {r.model} b={r.width} on {r.device}: {r.slices_per_s:.2f} slices/s", flush=True
@@ -221,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, config, pre in configs:
         if config.arch != "cdi_nstseg":
             continue
-        seg = make_segmenter(config, pre, "cpu", 1, amp)
+        seg = make_segmenter(config, pre, "cpu", 1, options)
         lat.append(
             (
                 name,
@@ -234,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n## Inference throughput (napari-nstseg engine, untrained weights)\n")
     print("\n".join(hardware()))
     for device in devices:
-        print(f"- {device}: {precision_label(torch.device(device), amp)}")
+        layout = "NHWC (channels_last)" if options["channels_last"] else "NCHW"
+        print(f"- {device}: {precision_label(torch.device(device), amp)}, {layout}")
     print(
         f"\nWhole volume: {args.slices} slices of {args.size} x {args.size} pixels of "
         f"{args.spacing} mm, each resampled to its model's working spacing (paper width: 1 mm; "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -40,6 +42,21 @@ def test_results_do_not_depend_on_batch_size(tiny_model, make_ct):
         np.testing.assert_allclose(a.astype(float), b.astype(float), atol=2e-3)
     clear = np.abs(one.final.astype(float) - 0.5) > 0.01
     assert np.array_equal(one.mask[clear], four.mask[clear])
+
+
+def test_channels_last_layout_gives_the_same_prediction(tiny_model, make_ct):
+    """NHWC is the CPU default for speed; it must not change what the user gets."""
+    vol = make_ct((3, 32, 40))
+    nhwc = segmenter(copy.deepcopy(tiny_model), prob_dtype="float16")
+    conv = next(m for m in nhwc.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    nchw = nhwc.with_config(channels_last=False)
+    assert nchw.model is not nhwc.model
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)  # self left as it was
+    a, b = nhwc.predict(vol, SPACING), nchw.predict(vol, SPACING)
+    np.testing.assert_allclose(a.final.astype(float), b.final.astype(float), atol=2e-3)
+    for x, y in zip(a.stages, b.stages, strict=True):
+        np.testing.assert_allclose(x.astype(float), y.astype(float), atol=2e-3)
 
 
 def test_a_whole_float_batch_size_runs_like_the_integer(bright, make_ct):

@@ -92,6 +92,9 @@ class EngineConfig:
       :attr:`Segmenter.postprocess` holds the values in use.
     - ``amp``: bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX), fp16 on
       MPS; other CPUs run float32.
+    - ``channels_last``: convolutions in NHWC memory layout on CPUs and CUDA (as training runs
+      them); oneDNN ran them 1.4-2.3x faster than NCHW on a 2-core Xeon (benchmarks/throughput.py
+      --no-channels-last) and results agree up to floating-point rounding. MPS runs NCHW.
     - ``maps``: which maps to keep when a call does not say.
     - ``prob_dtype``: "uint8" (0..255) or "float16" storage of probability maps.
     - ``residual_masks``: complementary MAE masks per slice for the SSL residual map.
@@ -103,6 +106,7 @@ class EngineConfig:
     min_lesion_mm: float | None = None
     min_depth_mm: float | None = None
     amp: bool = True
+    channels_last: bool = True
     maps: MapRequest = field(default_factory=MapRequest)
     prob_dtype: str = "uint8"
     residual_masks: int = 4
@@ -314,7 +318,7 @@ class Segmenter:
         self.preprocessing = preprocessing
         self.meta = meta or {}
         self.weights_path = weights_path
-        self.model = model.eval().to(self.device)
+        self.model = model.eval().to(self.device, memory_format=self._memory_format(self.device))
         model_cfg = getattr(model, "config", None)
         self.ssl_guidance = bool(getattr(model_cfg, "ssl_guidance", False))
         self.arch = getattr(model_cfg, "arch", type(model).__name__)
@@ -478,7 +482,7 @@ class Segmenter:
         x = window_normalize(hu.reshape(n * c, *hu.shape[2:]), pp)
         # A fixed pad value (air): the slices' own minimum would make results depend on batching.
         x, info = resample_slices_to_working(x, spacing_yx, pp, pad_value=normalized_air(pp))
-        x = x.reshape(n, c, *x.shape[-2:])
+        x = x.reshape(n, c, *x.shape[-2:]).contiguous(memory_format=self._memory_format(device))
         _synchronize(device)
         t1 = time.perf_counter()
         kwargs: dict[str, Any] = {}
@@ -715,7 +719,12 @@ class Segmenter:
         if device == self.device:
             return self.model, self._mae
         mae = copy.deepcopy(self._mae).to(device) if self._mae is not None else None
-        return copy.deepcopy(self.model).to(device), mae
+        return copy.deepcopy(self.model).to(device, memory_format=self._memory_format(device)), mae
+
+    def _memory_format(self, device: torch.device) -> torch.memory_format:
+        if self.config.channels_last and device.type in ("cpu", "cuda"):
+            return torch.channels_last
+        return torch.contiguous_format
 
     def _slice_cost(
         self, device: torch.device, shape_yx: tuple[int, int], sp_yx, maps: MapRequest
@@ -781,8 +790,8 @@ class Segmenter:
 
         Counting every module output as if none were ever freed is usually well above the true
         peak (inference mode frees most of them at once), the safe side for "does it fit". The
-        probe is a working-grid slice of side up to ``CPU_PROBE_SIDE``; its time (after a warm-up
-        at half the side) and memory are scaled linearly in the pixel count to the real working
+        probe is a working-grid slice of side up to ``CPU_PROBE_SIDE``; its memory and time (of a
+        second, hook-free call) are scaled linearly in the pixel count to the real working
         size: convolutions dominate the cost, and the non-local attention, quadratic in pixels,
         runs at stride 16 where it is minor.
         """
@@ -800,8 +809,6 @@ class Segmenter:
                 if isinstance(t, torch.Tensor):
                     total[0] += t.numel() * t.element_size()
 
-        warm = (max(m, side // 2 // m * m),) * 2
-        self._infer(model, device, self._dummy_slices(1, warm, device), sp, [0], maps, {})
         hu = self._dummy_slices(1, probe, device)
         handles = [
             sub.register_forward_hook(hook)
@@ -810,13 +817,16 @@ class Segmenter:
             if not list(sub.children())
         ]
         try:
-            t0 = time.perf_counter()
             self._infer(model, device, hu, sp, [0], maps, {})
-            _synchronize(device)
-            seconds = time.perf_counter() - t0
         finally:
             for h in handles:
                 h.remove()
+        # Timed apart from the hooked call, which pays for the hooks, lazy initialisation and
+        # oneDNN's kernels for a new shape: timing that one put estimates at 2-3x the real run.
+        t0 = time.perf_counter()
+        self._infer(model, device, hu, sp, [0], maps, {})
+        _synchronize(device)
+        seconds = time.perf_counter() - t0
         scale = (wy * wx) / (side * side)
         return _SliceCost(
             fixed_bytes=0,
@@ -933,6 +943,11 @@ class Segmenter:
         """The same loaded model with some EngineConfig fields changed (no reload)."""
         other = copy.copy(self)
         other.config = replace(self.config, **changes)
+        if other.config.channels_last != self.config.channels_last:
+            # Module.to changes a module in place, and this one is shared with self.
+            other.model = copy.deepcopy(self.model).to(
+                memory_format=other._memory_format(other.device)
+            )
         other._costs = {}
         other._resolve_postprocess()
         return other
