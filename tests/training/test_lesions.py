@@ -353,3 +353,35 @@ def test_dataset_same_in_worker_processes_and_by_split(tmp_path):
         make_lesion_dataset(scans, tmp_path / "w0", 1, cfg, workers=0)
     with pytest.raises(ValueError, match="splits must be some of train, val, test"):
         make_lesion_dataset(scans, tmp_path / "w0", 1, cfg, splits=("validation",))
+
+
+@pytest.mark.filterwarnings("ignore:skipped case")
+def test_later_copies_are_new_lesions_in_the_same_blocks(tmp_path):
+    # scoring a model on new lesions in the anatomy it trained on: copies 2-3 made on their own
+    # are copies 2-3 of a 4-copy set, voxel for voxel, and none of them is a copy 0-1 case
+    hu, _ = phantom(shape=(60, 40, 40), spacing=(2.0, 1.5, 1.5), seed=4)
+    _save(tmp_path / "a.nii.gz", np.transpose(hu, (2, 1, 0)), np.diag([1.5, 1.5, 2.0, 1.0]))
+    cfg = small_config(diameter_mm=(4.0, 7.0), lesions_per_scan=(1, 3), shell_mm=2.0)
+    split = SplitConfig(fractions=(0.4, 0.3, 0.3), guard_mm=6.0, min_block_mm=20.0)
+    scans = [tmp_path / "a.nii.gz"]
+    full = make_lesion_dataset(scans, tmp_path / "full", 4, cfg, 5, None, split, splits=("train",))
+    later = make_lesion_dataset(
+        scans, tmp_path / "later", 2, cfg, 5, None, split, splits=("train",), first_copy=2
+    )
+    meta_full, meta_later = (json.loads((f / "dataset.json").read_text()) for f in (full, later))
+    assert meta_later["first_copy"] == 2
+    assert [meta_later["cases"][c]["copy"] for c in meta_later["split"]["train"]] == [2, 3]
+    assert meta_later["split"]["train"] == meta_full["split"]["train"][2:]
+    for case in meta_later["split"]["train"]:
+        for sub, name in (("imagesTr", f"{case}_0000.nii.gz"), ("labelsTr", f"{case}.nii.gz")):
+            a, b = (np.asarray(nib.load(f / sub / name).dataobj) for f in (full, later))
+            assert np.array_equal(a, b)
+    first = np.asarray(
+        nib.load(full / "labelsTr" / f"{meta_full['split']['train'][0]}.nii.gz").dataobj
+    )
+    third = np.asarray(
+        nib.load(later / "labelsTr" / f"{meta_later['split']['train'][0]}.nii.gz").dataobj
+    )
+    assert not np.array_equal(first, third)
+    with pytest.raises(ValueError, match="first_copy must be at least 0"):
+        make_lesion_dataset(scans, tmp_path / "neg", 1, cfg, first_copy=-1)

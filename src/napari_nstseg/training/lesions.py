@@ -572,6 +572,7 @@ def make_lesion_dataset(
     ),
     workers: int = 1,
     splits: tuple[str, ...] = SPLITS,
+    first_copy: int = 0,
 ) -> Path:
     """Write an MSD-layout folder of CT cases with inserted lesions; returns the folder.
 
@@ -579,7 +580,9 @@ def make_lesion_dataset(
     ids, see ``LesionConfig.target_organs``). Every case's lesions are in lesions.csv/.json.
     ``workers`` > 1 makes the cases in that many processes; the folder is the same byte for byte.
     ``splits`` makes only those splits' cases (e.g. val and test for an evaluation set); they
-    are the cases the full set would hold.
+    are the cases the full set would hold. ``first_copy`` numbers the copies from there: copies
+    ``first_copy`` on are new lesions in the same regions, e.g. to score a model on new lesions
+    in the anatomy it was trained on (copies 0 to ``first_copy`` - 1 are its training cases).
     """
     from ..io.readers import read_ct, read_mask
 
@@ -590,6 +593,8 @@ def make_lesion_dataset(
         split = SplitConfig(fractions=tuple(split))
     if n_copies < 1:
         raise ValueError(f"n_copies must be at least 1, got {n_copies}")
+    if first_copy < 0:
+        raise ValueError(f"first_copy must be at least 0, got {first_copy}")
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     unknown = sorted(set(splits) - set(SPLITS))
@@ -622,7 +627,8 @@ def make_lesion_dataset(
         hu, geometry = _crop_z(vol, region.z0, region.z1)
         organs = organ_maps[region.scan_index]
         organs = None if organs is None else organs[region.z0 : region.z1]
-        for copy in range(n_copies if region.split in splits else 0):
+        copies = range(first_copy, first_copy + n_copies) if region.split in splits else ()
+        for copy in copies:
             case = f"{stems[region.scan_index]}_z{region.z0:03d}-{region.z1:03d}_c{copy:02d}"
             jobs.append((case, region, geometry, copy))
             # Each case's generator comes from its own key, so the order (or process) in which
@@ -702,6 +708,7 @@ def make_lesion_dataset(
         "lesions": "lesions.csv",
         "lesion_config": _jsonable(asdict(config)),
         "seed": seed,
+        "first_copy": first_copy,
         "cases": cases_meta,
         "skipped": skipped,
     }

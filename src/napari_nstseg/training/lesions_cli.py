@@ -22,6 +22,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("scans", nargs="+", type=Path, help="CT scans (NIfTI, MHA, NRRD, DICOM folder)")
     p.add_argument("-o", "--out", type=Path, required=True, help="output dataset folder")
     p.add_argument("--copies", type=int, default=4, help="lesion copies per source region")
+    p.add_argument(
+        "--first-copy", type=int, default=0, metavar="N",
+        help="number the copies from N: new lesions in the same regions, e.g. --splits train "
+        "--first-copy 48 scores a model on new lesions in the anatomy its 48 copies trained it on",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--organ-labels",
@@ -100,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
             split,
             workers=args.workers,
             splits=tuple(args.splits),
+            first_copy=args.first_copy,
         )
     except ValueError as e:  # bad settings or unreadable scans: one sentence, no traceback
         raise SystemExit(f"make-lesions: {e}") from None
