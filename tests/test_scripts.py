@@ -111,3 +111,54 @@ def test_train_bundled_makes_only_the_splits_each_folder_needs(capsys):
     assert script.main(["--work", "/tmp/nstseg-dry", "--variants", "no-sfm", "--dry-run",
                         "--train-only", "--amp"]) == 0  # fmt: skip
     assert "--amp" in next(c for c in capsys.readouterr().out.splitlines() if "cli train " in c)
+
+
+def _msd_folder(folder: Path, lesions: dict[str, tuple]) -> None:
+    """One region 'a_z000-004' of 4 x 16 x 16 soft tissue (40 HU); a box lesion per case."""
+    import nibabel as nib
+    import numpy as np
+
+    for sub in ("imagesTr", "labelsTr"):
+        (folder / sub).mkdir(parents=True)
+    for case, box in lesions.items():
+        mask = np.zeros((16, 16, 4), np.uint8)  # NIfTI (x, y, z)
+        mask[box] = 1
+        affine = np.diag([1.0, 1.0, 2.0, 1.0])
+        nib.save(nib.Nifti1Image(np.full(mask.shape, 40, np.int16), affine),
+                 folder / "imagesTr" / f"{case}_0000.nii.gz")  # fmt: skip
+        nib.save(nib.Nifti1Image(mask, affine), folder / "labelsTr" / f"{case}.nii.gz")
+    split = {"train": list(lesions), "val": [], "test": []}
+    (folder / "dataset.json").write_text(json.dumps({"split": split}))
+
+
+def test_false_positives_at_training_sites_are_counted_there(tmp_path):
+    """A model that flags a training lesion's site in every new copy, and another spot once,
+    has 4/5 of its false-positive voxels and all the recurring ones at training sites; a hit
+    on the new lesion is not a false positive."""
+    import numpy as np
+
+    from napari_nstseg.io import read_mask
+
+    site, elsewhere = np.s_[2:6, 2:6, 1:3], np.s_[2:4, 10:12, 1:3]
+    new = np.s_[10:14, 2:6, 1:3]
+    other = np.s_[10:14, 10:14, 1:3]
+    _msd_folder(tmp_path / "train", {"a_z000-004_c00": site, "a_z000-004_c01": other})
+    _msd_folder(tmp_path / "eval", {f"a_z000-004_c{c:02d}": new for c in range(2, 6)})
+    _msd_folder(tmp_path / "flags", {"site": site, "once": elsewhere})
+    calls = []
+
+    def predict(ct):
+        calls.append(ct)
+        flags = [read_mask(tmp_path / "flags/labelsTr/site.nii.gz", like=ct.geometry) > 0]
+        if len(calls) == 1:
+            flags.append(read_mask(tmp_path / "flags/labelsTr/once.nii.gz", like=ct.geometry) > 0)
+        truth = read_mask(tmp_path / "eval/labelsTr/a_z000-004_c02.nii.gz", like=ct.geometry) > 0
+        return np.logical_or.reduce([truth, *flags])
+
+    fp_sites = load_script("fp_at_training_sites")
+    rows = fp_sites.site_shares(tmp_path / "train", tmp_path / "eval", "train", predict)
+    assert len(calls) == 4
+    (region, n, soft, fp, recurring), = rows  # fmt: skip
+    assert (region, n) == ("a_z000-004", 4)
+    assert soft == pytest.approx(64 / 1024)  # two 4 x 4 x 2 training lesions in 16 x 16 x 4
+    assert fp == pytest.approx(32 / 40) and recurring == 1.0

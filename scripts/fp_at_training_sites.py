@@ -1,0 +1,94 @@
+"""Do a model's false positives sit where its training lesions were? (memorised sites)
+
+For every source region (z-block) of EVAL's split: the union of the lesion masks of TRAIN's
+cases of that region (the lesions the model was trained on), the model's false-positive voxels
+on EVAL's cases of the region (new lesions in the same anatomy: `nstseg make-lesions --splits
+train --first-copy N`), and how much of each lies in that union, against the share of the
+region's soft tissue (-100 to 250 HU) the union covers. Far more than that share means the
+model has learnt sites of these scans rather than what a lesion looks like.
+
+    python scripts/fp_at_training_sites.py TRAIN EVAL [--split train] [--weights W]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from napari_nstseg.inference.engine import Segmenter, default_weights_path
+from napari_nstseg.io import read_ct, read_mask
+from napari_nstseg.metrics import label_lesions
+
+
+def by_region(folder: Path, split: str) -> dict[str, list[str]]:
+    cases = json.loads((folder / "dataset.json").read_text())["split"][split]
+    out: dict[str, list[str]] = defaultdict(list)
+    for case in cases:
+        out[re.sub(r"_c\d+$", "", case)].append(case)
+    return out
+
+
+def _share(cover: np.ndarray, where: np.ndarray) -> float:
+    return float(cover[where].mean()) if where.any() else float("nan")
+
+
+def site_shares(train: Path, evaluate: Path, split: str, predict) -> list[tuple]:
+    """(region, cases, share of soft tissue under training lesions, share of false-positive
+    voxels there, share of recurring ones there) per region of EVAL's split that TRAIN trained
+    on; ``predict(ct)`` gives a boolean mask on the scan's grid."""
+    trained = by_region(train, "train")
+    rows = []
+    for region, cases in by_region(evaluate, split).items():
+        if region not in trained:
+            continue
+        cover = None
+        for case in trained[region]:
+            ct = read_ct(train / "imagesTr" / f"{case}_0000.nii.gz")
+            m = read_mask(train / "labelsTr" / f"{case}.nii.gz", like=ct.geometry) > 0
+            cover = m if cover is None else cover | m
+        soft = (ct.hu > -100) & (ct.hu < 250)
+        fp_count = np.zeros(cover.shape, np.int32)
+        for case in cases:
+            ct = read_ct(evaluate / "imagesTr" / f"{case}_0000.nii.gz")
+            truth = read_mask(evaluate / "labelsTr" / f"{case}.nii.gz", like=ct.geometry) > 0
+            labels, _ = label_lesions(predict(ct))
+            hits = sorted(set(np.unique(labels[truth])) - {0})
+            fp_count += (labels > 0) & ~np.isin(labels, hits)
+        rows.append(
+            (
+                region,
+                len(cases),
+                _share(cover, soft),
+                _share(cover, fp_count > 0),
+                _share(cover, fp_count >= len(cases) / 2),
+            )
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("train", type=Path, help="MSD folder the model was trained on")
+    p.add_argument("eval", type=Path, help="MSD folder of new lesions in the same regions")
+    p.add_argument("--split", default="train", help="EVAL's split to score (default train)")
+    p.add_argument("--weights", default=None, help="checkpoint (default: the bundled one)")
+    args = p.parse_args(argv)
+    seg = Segmenter.from_checkpoint(args.weights or default_weights_path(), device="cpu")
+    rows = site_shares(
+        args.train, args.eval, args.split, lambda ct: seg.predict(ct.hu, ct.spacing).mask > 0
+    )
+    print("| region | soft tissue under training lesions | false-positive voxels there "
+          "| recurring (>= half the copies) false-positive voxels there |")  # fmt: skip
+    print("|---|---:|---:|---:|")
+    for region, n, *shares in rows:
+        print(f"| {region} ({n} cases) | " + " | ".join(f"{s:.1%}" for s in shares) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
