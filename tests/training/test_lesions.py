@@ -313,16 +313,21 @@ def test_make_lesions_command(tmp_path, capsys):
         none.func(none)
 
 
+def _three_block_scan(tmp_path):
+    """A 120 mm phantom long enough for a train, a val and a test block; small lesions."""
+    hu, _ = phantom(shape=(60, 40, 40), spacing=(2.0, 1.5, 1.5), seed=4)
+    _save(tmp_path / "a.nii.gz", np.transpose(hu, (2, 1, 0)), np.diag([1.5, 1.5, 2.0, 1.0]))
+    cfg = small_config(diameter_mm=(4.0, 7.0), lesions_per_scan=(1, 3), shell_mm=2.0)
+    split = SplitConfig(fractions=(0.4, 0.3, 0.3), guard_mm=6.0, min_block_mm=20.0)
+    return [tmp_path / "a.nii.gz"], cfg, split
+
+
 @pytest.mark.filterwarnings("ignore:skipped case")
 def test_dataset_same_in_worker_processes_and_by_split(tmp_path):
     # a researcher with many cores makes the set with --workers, and an evaluation set needs
     # only val and test: the cases, their order in dataset.json and lesions.csv, and every
     # voxel must not depend on either
-    hu, _ = phantom(shape=(60, 40, 40), spacing=(2.0, 1.5, 1.5), seed=4)
-    _save(tmp_path / "a.nii.gz", np.transpose(hu, (2, 1, 0)), np.diag([1.5, 1.5, 2.0, 1.0]))
-    cfg = small_config(diameter_mm=(4.0, 7.0), lesions_per_scan=(1, 3), shell_mm=2.0)
-    split = SplitConfig(fractions=(0.4, 0.3, 0.3), guard_mm=6.0, min_block_mm=20.0)
-    scans = [tmp_path / "a.nii.gz"]
+    scans, cfg, split = _three_block_scan(tmp_path)
     full = make_lesion_dataset(scans, tmp_path / "full", 3, cfg, 5, None, split)
     part = make_lesion_dataset(
         scans, tmp_path / "part", 3, cfg, 5, None, split, workers=2, splits=("val", "test")
@@ -359,11 +364,7 @@ def test_dataset_same_in_worker_processes_and_by_split(tmp_path):
 def test_later_copies_are_new_lesions_in_the_same_blocks(tmp_path):
     # scoring a model on new lesions in the anatomy it trained on: copies 2-3 made on their own
     # are copies 2-3 of a 4-copy set, voxel for voxel, and none of them is a copy 0-1 case
-    hu, _ = phantom(shape=(60, 40, 40), spacing=(2.0, 1.5, 1.5), seed=4)
-    _save(tmp_path / "a.nii.gz", np.transpose(hu, (2, 1, 0)), np.diag([1.5, 1.5, 2.0, 1.0]))
-    cfg = small_config(diameter_mm=(4.0, 7.0), lesions_per_scan=(1, 3), shell_mm=2.0)
-    split = SplitConfig(fractions=(0.4, 0.3, 0.3), guard_mm=6.0, min_block_mm=20.0)
-    scans = [tmp_path / "a.nii.gz"]
+    scans, cfg, split = _three_block_scan(tmp_path)
     full = make_lesion_dataset(scans, tmp_path / "full", 4, cfg, 5, None, split, splits=("train",))
     later = make_lesion_dataset(
         scans, tmp_path / "later", 2, cfg, 5, None, split, splits=("train",), first_copy=2
