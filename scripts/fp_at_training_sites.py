@@ -13,8 +13,6 @@ model has learnt sites of these scans rather than what a lesion looks like.
 from __future__ import annotations
 
 import argparse
-import json
-import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -23,13 +21,17 @@ import numpy as np
 from napari_nstseg.inference.engine import Segmenter, default_weights_path
 from napari_nstseg.io import read_ct, read_mask
 from napari_nstseg.metrics import label_lesions
+from napari_nstseg.training.data import Case, find_cases
+from napari_nstseg.training.regions import RECURRING_SHARE, read_case_regions
 
 
-def by_region(folder: Path, split: str) -> dict[str, list[str]]:
-    cases = json.loads((folder / "dataset.json").read_text())["split"][split]
-    out: dict[str, list[str]] = defaultdict(list)
-    for case in cases:
-        out[re.sub(r"_c\d+$", "", case)].append(case)
+def by_region(folder: Path, split: str) -> dict[str, list[Case]]:
+    """The split's cases of a `make-lesions` folder, by source region."""
+    regions = read_case_regions(folder)
+    out: dict[str, list[Case]] = defaultdict(list)
+    for case in find_cases(folder):
+        if case.split == split and case.case_id in regions:
+            out[regions[case.case_id]].append(case)
     return out
 
 
@@ -48,14 +50,14 @@ def site_shares(train: Path, evaluate: Path, split: str, predict) -> list[tuple]
             continue
         cover = None
         for case in trained[region]:
-            ct = read_ct(train / "imagesTr" / f"{case}_0000.nii.gz")
-            m = read_mask(train / "labelsTr" / f"{case}.nii.gz", like=ct.geometry) > 0
+            ct = read_ct(case.image)
+            m = read_mask(case.label, like=ct.geometry) > 0
             cover = m if cover is None else cover | m
         soft = (ct.hu > -100) & (ct.hu < 250)
         fp_count = np.zeros(cover.shape, np.int32)
         for case in cases:
-            ct = read_ct(evaluate / "imagesTr" / f"{case}_0000.nii.gz")
-            truth = read_mask(evaluate / "labelsTr" / f"{case}.nii.gz", like=ct.geometry) > 0
+            ct = read_ct(case.image)
+            truth = read_mask(case.label, like=ct.geometry) > 0
             labels, _ = label_lesions(predict(ct))
             hits = sorted(set(np.unique(labels[truth])) - {0})
             fp_count += (labels > 0) & ~np.isin(labels, hits)
@@ -65,7 +67,7 @@ def site_shares(train: Path, evaluate: Path, split: str, predict) -> list[tuple]
                 len(cases),
                 _share(cover, soft),
                 _share(cover, fp_count > 0),
-                _share(cover, fp_count >= len(cases) / 2),
+                _share(cover, fp_count >= RECURRING_SHARE * len(cases)),
             )
         )
     return rows

@@ -114,7 +114,7 @@ def test_train_bundled_makes_only_the_splits_each_folder_needs(capsys):
 
 
 def _msd_folder(folder: Path, lesions: dict[str, tuple]) -> None:
-    """One region 'a_z000-004' of 4 x 16 x 16 soft tissue (40 HU); a box lesion per case."""
+    """One region (a.nii.gz z000-004) of 4 x 16 x 16 soft tissue (40 HU); a box lesion per case."""
     import nibabel as nib
     import numpy as np
 
@@ -128,7 +128,8 @@ def _msd_folder(folder: Path, lesions: dict[str, tuple]) -> None:
                  folder / "imagesTr" / f"{case}_0000.nii.gz")  # fmt: skip
         nib.save(nib.Nifti1Image(mask, affine), folder / "labelsTr" / f"{case}.nii.gz")
     split = {"train": list(lesions), "val": [], "test": []}
-    (folder / "dataset.json").write_text(json.dumps({"split": split}))
+    cases = {c: {"source": "/data/a.nii.gz", "z_range_display": [0, 4]} for c in lesions}
+    (folder / "dataset.json").write_text(json.dumps({"split": split, "cases": cases}))
 
 
 def test_false_positives_at_training_sites_are_counted_there(tmp_path):
@@ -159,6 +160,6 @@ def test_false_positives_at_training_sites_are_counted_there(tmp_path):
     rows = fp_sites.site_shares(tmp_path / "train", tmp_path / "eval", "train", predict)
     assert len(calls) == 4
     (region, n, soft, fp, recurring), = rows  # fmt: skip
-    assert (region, n) == ("a_z000-004", 4)
+    assert (region, n) == ("a.nii.gz z000-004", 4)
     assert soft == pytest.approx(64 / 1024)  # two 4 x 4 x 2 training lesions in 16 x 16 x 4
     assert fp == pytest.approx(32 / 40) and recurring == 1.0
