@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from lesion_helpers import AIR, BONE, NOISE_HU, SOFT, SPACING, phantom
+from lesion_helpers import save_int16 as _save
 from napari_nstseg.io.readers import read_ct
 from napari_nstseg.training.lesions import (
     LesionConfig,
@@ -21,30 +23,7 @@ from napari_nstseg.training.lesions import (
     make_lesion_dataset,
 )
 
-AIR, SOFT, BONE, FAT = 0, 1, 2, 3
-SPACING = (2.5, 0.8, 0.8)  # anisotropic, as clinical CT: thick slices, fine in-plane
-NOISE_HU = 10.0
 FULL = np.ones((3, 3, 3), dtype=bool)
-
-
-def phantom(shape=(24, 80, 80), spacing=SPACING, seed=0, noise=NOISE_HU):
-    """Body ellipse of soft tissue (40 HU) in air, with a bone disc and a fat pad; white noise."""
-    nz, ny, nx = shape
-    _, sy, sx = spacing
-    yy, xx = np.mgrid[:ny, :nx].astype(float)
-    yy = (yy - ny / 2) * sy
-    xx = (xx - nx / 2) * sx
-    body = (yy / (0.45 * ny * sy)) ** 2 + (xx / (0.47 * nx * sx)) ** 2 <= 1
-    bone = (yy - 8) ** 2 + (xx + 8) ** 2 <= 6**2
-    fat = body & (xx > 0.3 * nx * sx)
-    cls2d = np.where(body, SOFT, AIR)
-    cls2d[fat] = FAT
-    cls2d[bone] = BONE
-    classes = np.broadcast_to(cls2d, shape).copy()
-    values = np.array([-1000.0, 40.0, 700.0, -100.0])
-    rng = np.random.default_rng(seed)
-    hu = values[classes] + rng.normal(0.0, noise, shape)
-    return hu.astype(np.float32), classes
 
 
 def small_config(**kw) -> LesionConfig:
@@ -192,10 +171,6 @@ def test_organ_targets_and_clear_error_without_tissue():
         insert_lesions(air, SPACING, config=small_config(max_attempts=20), scan="air.nii")
     with pytest.raises(ValueError, match="organ labels of shape"):
         insert_lesions(hu, SPACING, organs[:-1], cfg)
-
-
-def _save(path, hu, affine):
-    nib.save(nib.Nifti1Image(np.round(hu).astype(np.int16), affine), path)
 
 
 def test_dataset_writer_msd_layout_split_by_region(tmp_path):

@@ -50,7 +50,7 @@ import re
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import nibabel as nib
@@ -169,6 +169,19 @@ class LesionConfig:
             raise ValueError(f"lesions_per_scan must be 0 < low <= high, got {(nlo, nhi)}")
         if self.edge_softness_mm is not None and self.edge_softness_mm < 0:
             raise ValueError(f"edge_softness_mm must be >= 0, got {self.edge_softness_mm}")
+
+
+def lesion_config_from_dict(d: dict) -> LesionConfig:
+    """The LesionConfig a dataset.json records (``lesion_config``), tuples and organ ids
+    restored; keys it does not know are errors, missing ones take their defaults."""
+    names = {f.name for f in fields(LesionConfig)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"unknown lesion settings: {', '.join(unknown)}")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    if "target_organs" in kwargs:
+        kwargs["target_organs"] = {int(k): str(v) for k, v in kwargs["target_organs"].items()}
+    return LesionConfig(**kwargs)
 
 
 @dataclass
@@ -358,22 +371,90 @@ def axial_max_diameter_mm(mask_zyx: np.ndarray, spacing_zyx) -> float:
 
 
 # -- insertion ----------------------------------------------------------------------------------
-def insert_lesions(
+@dataclass
+class LesionSites:
+    """Where lesions may go in one volume: the tissue masks every placement is checked against,
+    computed once per volume (``lesion_sites``)."""
+
+    hu: np.ndarray  # (z, y, x) float32 HU, the volume as it was before any lesion
+    spacing: np.ndarray  # (3,) mm
+    config: LesionConfig
+    body: np.ndarray
+    soft: np.ndarray  # soft tissue in the body, away from bone and opacified vessels
+    organ_labels: np.ndarray | None
+    organ_candidates: dict[int, np.ndarray]  # flat voxel indices of soft tissue per organ
+    tissue_flat: np.ndarray  # flat voxel indices of soft tissue outside the target organs
+    sigma_mm: float  # of the edge blur
+    shell_outer_mm: float  # outer radius of the measuring shell beyond the support
+
+    def draw_centre(self, rng: np.random.Generator) -> tuple[np.ndarray, int | None] | None:
+        """A candidate voxel (z, y, x) and its target organ id (None: other soft tissue), drawn
+        as insert_lesions draws them; None when the drawn kind of tissue has no voxel."""
+        organ_id = None
+        candidates = self.tissue_flat
+        if self.organ_candidates and rng.random() < self.config.organ_fraction:
+            ids = sorted(self.organ_candidates)
+            organ_id = ids[int(rng.integers(len(ids)))]
+            candidates = self.organ_candidates[organ_id]
+        if candidates.size == 0:
+            return None
+        voxel = candidates[rng.integers(candidates.size)]
+        return np.array(np.unravel_index(voxel, self.hu.shape)), organ_id
+
+    def box_margin(self, shape: _LesionShape) -> np.ndarray:
+        """Half size (z, y, x) in voxels of the box that holds a lesion and its shell."""
+        return np.ceil((shape.extent_mm + self.shell_outer_mm) / self.spacing).astype(int) + 1
+
+    def tissue_ok(self, sl: tuple[slice, ...], support: np.ndarray, organ_id: int | None) -> bool:
+        """Whether the tissue under a lesion's support in box ``sl`` may hold it: inside the
+        body, soft tissue (median, range, share), and mostly inside its organ if it has one."""
+        c = self.config
+        original = self.hu[sl][support]
+        if not self.body[sl][support].all():
+            return False
+        if not c.median_hu[0] <= float(np.median(original)) <= c.median_hu[1]:
+            return False
+        if original.min() < c.never_hu[0] or original.max() > c.never_hu[1]:
+            return False
+        if self.soft[sl][support].mean() < c.min_soft_fraction:
+            return False
+        return organ_id is None or (self.organ_labels[sl][support] == organ_id).mean() >= (
+            c.min_in_organ
+        )
+
+    def shell(
+        self,
+        sl: tuple[slice, ...],
+        profile: np.ndarray,
+        support: np.ndarray,
+        zone: np.ndarray,
+        organ_id: int | None,
+    ) -> np.ndarray | None:
+        """The ring of tissue around a lesion where its contrast is measured, or None where it
+        is too small or the tissue under the lesion does not match it (then "contrast to the
+        local tissue" is undefined: the lesion would straddle liver and vessel, muscle and
+        fat)."""
+        shell = (profile < 0.02) & zone & self.soft[sl]
+        if organ_id is not None:
+            in_organ = shell & (self.organ_labels[sl] == organ_id)
+            shell = in_organ if in_organ.sum() >= 10 else shell
+        if shell.sum() < 5:
+            return None
+        step = float(self.hu[sl][support].mean() - self.hu[sl][shell].mean())
+        if abs(step) > self.config.max_background_step_hu:
+            return None
+        return shell
+
+
+def lesion_sites(
     hu_zyx: np.ndarray,
     spacing_zyx,
     organ_labels: np.ndarray | None = None,
     config: LesionConfig | None = None,
-    rng: np.random.Generator | None = None,
     scan: str = "",
-) -> tuple[np.ndarray, np.ndarray, list[LesionRecord]]:
-    """Insert synthetic lesions into a CT volume (z, y, x) in HU.
-
-    Returns the new float32 HU volume, an int16 instance mask (lesion k has value k, the
-    support where the profile >= 0.5) and one record per lesion. ``rng`` defaults to one seeded
-    with ``config.seed``, so equal inputs give equal outputs.
-    """
+) -> LesionSites:
+    """The tissue masks of a CT volume (z, y, x) in HU where ``config``'s lesions may go."""
     config = config or LesionConfig()
-    rng = rng if rng is not None else np.random.default_rng(config.seed)
     hu = np.asarray(hu_zyx, dtype=np.float32)
     name = scan or "the volume"
     if hu.ndim != 3:
@@ -407,7 +488,36 @@ def insert_lesions(
             cand = np.flatnonzero(soft & (organ_labels == oid))
             if cand.size:
                 organ_candidates[oid] = cand
-    tissue_flat = np.flatnonzero(tissue_candidates)
+    return LesionSites(
+        hu, spacing, config, body, soft, organ_labels, organ_candidates,
+        np.flatnonzero(tissue_candidates), sigma_mm, shell_outer_mm,
+    )  # fmt: skip
+
+
+def single_component(support: np.ndarray) -> bool:
+    """Whether a lesion's support is one 26-connected piece (a perturbed shape can split)."""
+    return bool(support.any()) and ndimage.label(support, _FULL_CONNECTIVITY)[1] == 1
+
+
+def insert_lesions(
+    hu_zyx: np.ndarray,
+    spacing_zyx,
+    organ_labels: np.ndarray | None = None,
+    config: LesionConfig | None = None,
+    rng: np.random.Generator | None = None,
+    scan: str = "",
+) -> tuple[np.ndarray, np.ndarray, list[LesionRecord]]:
+    """Insert synthetic lesions into a CT volume (z, y, x) in HU.
+
+    Returns the new float32 HU volume, an int16 instance mask (lesion k has value k, the
+    support where the profile >= 0.5) and one record per lesion. ``rng`` defaults to one seeded
+    with ``config.seed``, so equal inputs give equal outputs.
+    """
+    config = config or LesionConfig()
+    rng = rng if rng is not None else np.random.default_rng(config.seed)
+    sites = lesion_sites(hu_zyx, spacing_zyx, organ_labels, config, scan)
+    hu, spacing = sites.hu, sites.spacing
+    name = scan or "the volume"
 
     new = hu.copy()
     mask = np.zeros(hu.shape, dtype=np.int16)
@@ -417,20 +527,15 @@ def insert_lesions(
     for _ in range(config.max_attempts):
         if len(records) == n_wanted:
             break
-        organ_id = None
-        candidates = tissue_flat
-        if organ_candidates and rng.random() < config.organ_fraction:
-            ids = sorted(organ_candidates)
-            organ_id = ids[int(rng.integers(len(ids)))]
-            candidates = organ_candidates[organ_id]
-        if candidates.size == 0:
+        drawn = sites.draw_centre(rng)
+        if drawn is None:
             continue
-        centre = np.array(np.unravel_index(candidates[rng.integers(candidates.size)], hu.shape))
+        centre, organ_id = drawn
         centre = centre + rng.uniform(-0.5, 0.5, 3)
         lo_d, hi_d = config.diameter_mm
         diameter = float(np.exp(rng.uniform(np.log(lo_d), np.log(hi_d))))
         shape = _LesionShape.random(rng, diameter, config)
-        half = np.ceil((shape.extent_mm + shell_outer_mm) / spacing).astype(int) + 1
+        half = sites.box_margin(shape)
         if reserved[tuple(np.round(centre).astype(int))]:
             continue
         box_lo = np.round(centre).astype(int) - half
@@ -439,38 +544,15 @@ def insert_lesions(
             continue
         box_shape = tuple(int(v) for v in box_hi - box_lo)
         sl = tuple(slice(int(a), int(b)) for a, b in zip(box_lo, box_hi, strict=True))
-        profile = lesion_profile(shape, centre, box_lo, box_shape, spacing, sigma_mm)
+        profile = lesion_profile(shape, centre, box_lo, box_shape, spacing, sites.sigma_mm)
         support = profile >= 0.5
-        if not support.any() or ndimage.label(support, _FULL_CONNECTIVITY)[1] != 1:
+        if not single_component(support) or not sites.tissue_ok(sl, support, organ_id):
             continue
-        original = hu[sl][support]
-        if not body[sl][support].all():
-            continue
-        median = float(np.median(original))
-        if not config.median_hu[0] <= median <= config.median_hu[1]:
-            continue
-        if original.min() < config.never_hu[0] or original.max() > config.never_hu[1]:
-            continue
-        if soft[sl][support].mean() < config.min_soft_fraction:
-            continue
-        if organ_id is not None and (organ_labels[sl][support] == organ_id).mean() < (
-            config.min_in_organ
-        ):
-            continue
-        dist = ndimage.distance_transform_edt(~support, sampling=spacing)
-        zone = dist <= shell_outer_mm
+        zone = ndimage.distance_transform_edt(~support, sampling=spacing) <= sites.shell_outer_mm
         if (reserved[sl] & zone).any():
             continue
-        shell = (profile < 0.02) & zone & soft[sl]
-        if organ_id is not None:
-            in_organ = shell & (organ_labels[sl] == organ_id)
-            shell = in_organ if in_organ.sum() >= 10 else shell
-        if shell.sum() < 5:
-            continue
-        # Contrast against the local tissue is only defined where the tissue under the lesion
-        # matches its surroundings (not straddling liver and vessel, muscle and fat).
-        step = float(original.mean() - hu[sl][shell].mean())
-        if abs(step) > config.max_background_step_hu:
+        shell = sites.shell(sl, profile, support, zone, organ_id)
+        if shell is None:
             continue
 
         contrast = _draw_contrast(rng, config)
@@ -709,6 +791,21 @@ def make_lesion_dataset(
         "lesion_config": _jsonable(asdict(config)),
         "seed": seed,
         "first_copy": first_copy,
+        # Every source region, made or not, and the organ labels (absolute paths): what training
+        # with lesions inserted on the fly (training/online_lesions.py) starts from.
+        "regions": [
+            {
+                "source": str(scans[r.scan_index].resolve()),
+                "split": r.split,
+                "z_range_display": [r.z0, r.z1],
+            }
+            for r in regions
+        ],
+        "organ_labels": {
+            str(p.resolve()): str(labels_by_scan[p.resolve()].resolve())
+            for p in scans
+            if p.resolve() in labels_by_scan
+        },
         "cases": cases_meta,
         "skipped": skipped,
     }
