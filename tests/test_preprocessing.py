@@ -12,6 +12,7 @@ from napari_nstseg.preprocessing import (
     resample_slices_to_working,
     roi_box,
     window_normalize,
+    working_resampling_matrices,
 )
 
 
@@ -174,3 +175,18 @@ def test_slice_offsets_config_is_checked_and_round_trips():
     for bad in [(), (-3.0, 3.0), (3.0, 0.0), (0.0, float("nan"))]:
         with pytest.raises(ValueError, match="slice_offsets_mm"):
             PreprocessConfig(slice_offsets_mm=bad)
+
+
+@pytest.mark.parametrize(
+    "shape, spacing",
+    [((120, 100), (0.8, 0.7)), ((60, 90), (2.0, 1.0)), ((50, 50), (3.0, 3.0))],
+    ids=["shrink", "enlarge-one-shrink-other", "enlarge"],
+)
+def test_resampling_matrices_are_the_whole_slice_resampling(shape, spacing):
+    # a lesion inserted on the fly reaches the working grid through these maps: they must be
+    # exactly what resampling the whole slice does, antialiasing included
+    cfg = PreprocessConfig(working_spacing_mm=1.5, pad_multiple=1)
+    s = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    whole, _ = resample_slices_to_working(s, spacing, cfg)
+    rows, cols = working_resampling_matrices(shape, spacing, cfg)
+    np.testing.assert_allclose(rows @ s @ cols.T, whole, atol=1e-5)

@@ -231,8 +231,11 @@ def _check_spacing(spacing_yx: Sequence[float]) -> tuple[float, float]:
     return sp
 
 
-def _interpolate(stack: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
-    """(N, H, W) float tensor -> (N, h, w); pixel-edge aligned so geometry round-trips."""
+def _interpolate(
+    stack: torch.Tensor, size: tuple[int, int], mode: str, antialias: bool | None = None
+) -> torch.Tensor:
+    """(N, H, W) float tensor -> (N, h, w); pixel-edge aligned so geometry round-trips.
+    ``antialias`` None: when either axis shrinks."""
     if tuple(stack.shape[-2:]) == tuple(size):
         return stack
     x = stack[:, None]
@@ -240,11 +243,29 @@ def _interpolate(stack: torch.Tensor, size: tuple[int, int], mode: str) -> torch
         # "nearest-exact" samples at pixel centres; plain "nearest" is shifted by half a pixel.
         y = F.interpolate(x, size=size, mode="nearest-exact")
     else:
-        downsampling = size[0] < x.shape[-2] or size[1] < x.shape[-1]
-        y = F.interpolate(
-            x, size=size, mode="bilinear", align_corners=False, antialias=downsampling
-        )
+        if antialias is None:
+            antialias = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+        y = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=antialias)
     return y[:, 0]
+
+
+def working_resampling_matrices(
+    shape_yx: Sequence[int], spacing_yx: Sequence[float], cfg: PreprocessConfig | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The linear maps (h, H) and (w, W) with which ``resample_slices_to_working`` (linear
+    mode, before padding) takes a slice S of ``shape_yx`` to the working grid: My @ S @ Mx.T.
+
+    Bilinear resampling, antialiased or not, is separable, so a small change confined to a box
+    of the slice (an inserted lesion) can be taken to the working grid through the rows and
+    columns of these maps that touch the box, without resampling the whole slice again.
+    """
+    cfg = cfg or PreprocessConfig()
+    h_in, w_in = (int(n) for n in shape_yx)
+    h, w = working_shape((h_in, w_in), _check_spacing(spacing_yx), cfg.working_spacing_mm)
+    antialias = h < h_in or w < w_in  # as the whole-slice call decides it, for both axes
+    my = _interpolate(torch.eye(h_in)[None], (h, h_in), "linear", antialias)[0]
+    mx = _interpolate(torch.eye(w_in)[None], (w_in, w), "linear", antialias)[0].T
+    return my.numpy().copy(), mx.numpy().copy()
 
 
 def resample_slices_to_working(
