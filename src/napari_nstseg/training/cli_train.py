@@ -100,6 +100,14 @@ def add_parser(subparsers) -> None:
         help="2.5-D input: also show the network the planes MM above and below each slice "
         "(3 input channels; 0 = plain 2-D slices, the default)",
     )
+    p.add_argument(
+        "--online-lesions",
+        action="store_true",
+        default=None,
+        help="--data is a `nstseg make-lesions` folder: train on its training blocks with one "
+        "new lesion per crop with lesion, inserted on the fly at a new site, instead of on its "
+        "stored cases (validation stays on its validation cases)",
+    )
     p.add_argument("--val-max-slices", type=int, help="cap on validation slices per epoch")
     p.add_argument("--mae", help="pretrained MAE checkpoint (SSL guidance, residual maps)")
     p.add_argument(
@@ -288,6 +296,8 @@ def build_train_config(args: argparse.Namespace):
         sampling["crop_size"] = [args.crop_size, args.crop_size]
     if args.positive_fraction is not None:
         sampling["positive_fraction"] = args.positive_fraction
+    if args.online_lesions is not None:
+        sampling["online_lesions"] = args.online_lesions
     if args.noise_hu is not None:
         sampling["augment"] = {**(sampling.get("augment") or {}), "noise_std_hu": args.noise_hu}
     d["sampling"] = sampling

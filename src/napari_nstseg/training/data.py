@@ -260,6 +260,10 @@ class SamplingConfig:
       label dataset.json declares, else the highest present in the cases given (MSD
       pancreas: 2 = tumour, not 1 = pancreas). Pass it explicitly for plain folders whose
       validation cases may lack the lesion label.
+    - ``online_lesions``: train on a `nstseg make-lesions` folder with one new lesion per
+      positive sample, inserted on the fly into the lesion-free source blocks of its training
+      split (``OnlineLesionDataset``), instead of on its stored cases, so that no training
+      lesion site repeats; ``lesion_bank``: lesion shapes rasterised per block for that.
     """
 
     positive_fraction: float = 0.7
@@ -269,6 +273,8 @@ class SamplingConfig:
     label_values: tuple[int, ...] | None = None
     augment: AugmentConfig = AugmentConfig()
     seed: int = 0
+    online_lesions: bool = False
+    lesion_bank: int = 256
 
     def __post_init__(self) -> None:
         if not 0 <= self.positive_fraction <= 1:
@@ -279,6 +285,8 @@ class SamplingConfig:
             )
         if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
             raise ValueError(f"samples_per_epoch must be positive, got {self.samples_per_epoch!r}")
+        if self.lesion_bank < 1:
+            raise ValueError(f"lesion_bank must be at least 1, got {self.lesion_bank!r}")
 
 
 @dataclass
@@ -343,11 +351,16 @@ class SliceDataset(Dataset):
         if values is None:
             values = default_label_values(cases)
         self.label_values = tuple(int(v) for v in values)
-        self.cases = [self._cache(case, *load_case(case)) for case in cases]
-        self.index = [(k, z) for k, c in enumerate(self.cases) for z in range(c.hu.shape[0])]
-        self.positives = [(k, int(z)) for k, c in enumerate(self.cases) for z in c.positive_z]
-        positive_set = set(self.positives)
-        self.negatives = [kz for kz in self.index if kz not in positive_set]
+        cached = []
+        for case in cases:
+            hu, labels, spacing = load_case(case)
+            if hu.shape != labels.shape:
+                raise ValueError(
+                    f"{case.label}: label map of shape {labels.shape} does not match the image "
+                    f"{case.image.name} of shape {hu.shape}"
+                )
+            cached.append(self._cache(case.case_id, hu, labels, spacing))
+        self._set_cases(cached)
         if (
             not self.positives
             and self.sampling.positive_fraction > 0
@@ -357,15 +370,17 @@ class SliceDataset(Dataset):
                 f"no slice has lesion label {self.label_values}; sampling slices without lesion",
                 stacklevel=2,
             )
+
+    def _set_cases(self, cached: list[_CachedCase]) -> None:
+        self.cases = cached
+        self.index = [(k, z) for k, c in enumerate(self.cases) for z in range(c.hu.shape[0])]
+        self.positives = [(k, int(z)) for k, c in enumerate(self.cases) for z in c.positive_z]
+        positive_set = set(self.positives)
+        self.negatives = [kz for kz in self.index if kz not in positive_set]
         m = self.preprocess.pad_multiple
         self.full_shape = tuple(-(-max(c.hu.shape[d] for c in self.cases) // m) * m for d in (1, 2))
 
-    def _cache(self, case: Case, hu, labels, spacing) -> _CachedCase:
-        if hu.shape != labels.shape:
-            raise ValueError(
-                f"{case.label}: label map of shape {labels.shape} does not match the image "
-                f"{case.image.name} of shape {hu.shape}"
-            )
+    def _cache(self, case_id: str, hu, labels, spacing) -> _CachedCase:
         # Padding is per item (crop or whole-slice size), not per volume.
         cfg = replace(self.preprocess, pad_multiple=1)
         img, _ = resample_slices_to_working(hu, spacing[1:], cfg)
@@ -374,7 +389,7 @@ class SliceDataset(Dataset):
         mask = (msk >= 0.5).astype(np.uint8)
         hu16 = np.clip(np.round(img), -32768, 32767).astype(np.int16)
         positive_z = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
-        return _CachedCase(case.case_id, hu16, mask, positive_z, float(spacing[0]))
+        return _CachedCase(case_id, hu16, mask, positive_z, float(spacing[0]))
 
     def _planes(self, c: _CachedCase, z: int) -> np.ndarray:
         """(C, h, w) HU: the slice and its context planes."""
@@ -389,10 +404,15 @@ class SliceDataset(Dataset):
             return len(self.index)
         return self.sampling.samples_per_epoch or len(self.index)
 
+    def wants_positive(self, i: int) -> bool:
+        """Whether random-mode item ``i`` falls on a slot for a crop with lesion (the share is
+        exact over any run of consecutive items)."""
+        p = self.sampling.positive_fraction
+        return math.floor((i + 1) * p + 1e-9) > math.floor(i * p + 1e-9)
+
     def is_positive_item(self, i: int) -> bool:
         """Whether random-mode item ``i`` is drawn from a slice with lesion."""
-        p = self.sampling.positive_fraction
-        wants = math.floor((i + 1) * p + 1e-9) > math.floor(i * p + 1e-9)
+        wants = self.wants_positive(i)
         if wants and self.positives:
             return True
         return not self.negatives and bool(self.positives)
@@ -408,7 +428,19 @@ class SliceDataset(Dataset):
         pool = self.positives if positive else self.negatives
         k, z = pool[int(rng.integers(len(pool)))]
         c = self.cases[k]
-        hu, mask = self._planes(c, z), c.mask[z]
+        return self._crop_item(self._planes(c, z), c.mask[z], positive, rng, c.case_id, z)
+
+    def _crop_item(
+        self,
+        hu: np.ndarray,
+        mask: np.ndarray,
+        positive: bool,
+        rng: np.random.Generator,
+        case_id: str,
+        z: int,
+    ) -> dict:
+        """A training item cut from a slice's planes: around a lesion pixel (within the central
+        half) when ``positive``, anywhere otherwise; augmented."""
         size = self.sampling.crop_size or self.full_shape
         if self.sampling.crop_size is None:
             center = ((mask.shape[0] - 1) / 2, (mask.shape[1] - 1) / 2)
@@ -421,7 +453,7 @@ class SliceDataset(Dataset):
             center = tuple(rng.uniform(0, max(n - 1, 0)) for n in mask.shape)
         aug = self.sampling.augment if self.sampling.augment.enabled else None
         img, msk = augment_crop(hu, mask, center, size, aug, rng)
-        return self._item(img, msk, c.case_id, z)
+        return self._item(img, msk, case_id, z)
 
     def _whole(self, k: int, z: int) -> dict:
         c = self.cases[k]

@@ -53,6 +53,7 @@ from napari_nstseg.training.data import (
     find_cases,
     split_cases,
 )
+from napari_nstseg.training.online_lesions import OnlineLesionDataset, read_source_blocks
 
 # Ablations of the paper (and the baseline) as ModelConfig changes; every variant gets the same
 # data, budget and seed, so their numbers compare.
@@ -1021,13 +1022,19 @@ def _run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
             "No training data: pass --data FOLDER (an MSD or images/ + masks/ folder)."
         )
     splits = _split(cfg.data)
-    if not splits["train"]:
+    online = cfg.sampling.online_lesions
+    if not splits["train"] and not online:
         raise ValueError(f"{cfg.data}: no case is in the training split.")
     out = _prepare_out(cfg, ctx, "segmentation")
     device = ctx.device
 
     sampling = replace(cfg.sampling, seed=cfg.seed, sequential=False)
-    train_set = SliceDataset(splits["train"], cfg.preprocess, sampling)
+    train_set: SliceDataset
+    if online:  # the folder's training blocks without its stored lesions, new ones every sample
+        blocks, lesion_config = read_source_blocks(cfg.data, "train")
+        train_set = OnlineLesionDataset(blocks, lesion_config, cfg.preprocess, sampling)
+    else:
+        train_set = SliceDataset(splits["train"], cfg.preprocess, sampling)
     per_step = cfg.batch_size * ctx.world
     steps = cfg.steps_per_epoch or max(1, len(train_set.index) // per_step)
     train_set.sampling = replace(train_set.sampling, samples_per_epoch=steps * per_step)
