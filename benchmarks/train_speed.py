@@ -6,7 +6,10 @@ samples per second the loop logs (training steps only: the first epoch's data ca
 validation are not in it). Needs an MSD folder to sample from, e.g. one of `nstseg make-lesions`:
 
     .venv/bin/python benchmarks/train_speed.py --data lesions/ [--variant no-sfm] [--steps 30]
-        [--threads 1 2] [--device cpu] [--context-mm 0]
+        [--threads 1 2] [--device cpu] [--context-mm 0] [--online-lesions]
+
+`--online-lesions` measures training on the folder's blocks with lesions inserted on the fly
+(the lesion bank is made before the first epoch and is not in the figure).
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ def measure(args: argparse.Namespace, threads: int, amp: bool) -> float:
                "--set", "fused_channels=32"]  # fmt: skip
         # train's CPU default is float32: both settings are asked for explicitly
         cmd.append("--amp" if amp else "--no-amp")
+        if args.online_lesions:
+            cmd.append("--online-lesions")
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
         with open(Path(out) / "log.csv", newline="") as f:
@@ -57,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--context-mm", type=float, default=0.0)
     p.add_argument("--threads", type=int, nargs="+", default=[os.cpu_count() or 1])
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--online-lesions",
+        action="store_true",
+        help="train with lesions inserted on the fly (a make-lesions folder)",
+    )
     args = p.parse_args(argv)
 
     device = select_device(args.device)
@@ -68,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"- {name}, {platform.machine()}; torch {torch.__version__}")
     print(f"- {args.variant}, base width {args.base_width}, batch {args.batch_size} of "
           f"{args.crop_size}x{args.crop_size} crops, {args.steps} steps per setting"
-          + (f", 2.5-D +-{args.context_mm:g} mm" if args.context_mm else ""))  # fmt: skip
+          + (f", 2.5-D +-{args.context_mm:g} mm" if args.context_mm else "")
+          + (", lesions inserted on the fly" if args.online_lesions else ""))  # fmt: skip
     print()
     print("| threads | precision | samples/s | s/step |")
     print("|---:|---|---:|---:|")
