@@ -116,6 +116,26 @@ def test_context_planes_carry_the_lesion_too():
         assert changed[1].any() and (changed[0].any() or changed[2].any())
 
 
+def test_a_block_where_lesions_are_hard_to_place_still_gets_its_share():
+    # a chest block with little soft tissue must get as many crops with lesion per slice as an
+    # abdominal one; otherwise it is shown almost only lesion-free and a model learns to find
+    # nothing there
+    easy, _ = block(seed=0)
+    hu, classes = phantom(shape=(24, 80, 80), spacing=SPACING, seed=1)
+    hu[:, :, 20:] = np.where(classes[:, :, 20:] == SOFT, -100.0, hu[:, :, 20:])  # soft -> fat
+    hard = SourceBlock("lean z000-024", hu, SPACING)
+    sampling = SamplingConfig(
+        crop_size=(32, 32), samples_per_epoch=160, positive_fraction=0.5, lesion_bank=24,
+        seed=3, augment=AugmentConfig(enabled=False),
+    )  # fmt: skip
+    ds = OnlineLesionDataset([easy, hard], LESIONS, PRE, sampling)
+    rng = np.random.default_rng(0)
+    rate = [np.mean([ds.place(k, rng) is not None for _ in range(400)]) for k in (0, 1)]
+    assert 0 < rate[1] < rate[0] / 3  # placing really is much harder in the lean block
+    blocks = [ds[i]["case"] for i in range(len(ds)) if ds.is_positive_item(i)]
+    assert 0.35 < blocks.count(hard.name) / len(blocks) < 0.65  # equal slices, equal share
+
+
 def test_blocks_come_from_the_make_lesions_record(tmp_path):
     hu, _ = phantom(shape=(60, 40, 40), spacing=(2.0, 1.5, 1.5), seed=4)
     save_int16(tmp_path / "a.nii.gz", np.transpose(hu, (2, 1, 0)), np.diag([1.5, 1.5, 2.0, 1.0]))

@@ -212,6 +212,13 @@ class OnlineLesionDataset(SliceDataset):
             self.blocks.append(_Block(b.name, sites, bank, rows, cols))
             cached.append(self._cache(b.name, b.hu, np.zeros(b.hu.shape, np.uint8), b.spacing))
         self._set_cases(cached)
+        # The block of a crop with lesion is drawn by its share of slices, as lesion-free crops
+        # are drawn by slice, so every block gets the same share of crops with lesion. Drawing
+        # a new block at each failed placement instead would favour the blocks where placing
+        # is easy: a block that passes one try in twenty would get almost none, and a model
+        # learns to find nothing there.
+        slices = np.array([b.hu.shape[0] for b in blocks], float)
+        self._block_p = slices / slices.sum()
 
     def is_positive_item(self, i: int) -> bool:
         return self.wants_positive(i)
@@ -222,8 +229,8 @@ class OnlineLesionDataset(SliceDataset):
         if not self.is_positive_item(i):
             return super().__getitem__(i)  # a lesion-free crop: every slice is a negative
         rng = np.random.default_rng([self.sampling.seed, self.epoch, i, 1])
+        k = int(rng.choice(len(self.blocks), p=self._block_p))
         for _ in range(MAX_ATTEMPTS):
-            k = int(rng.integers(len(self.blocks)))
             placed = self.place(k, rng)
             if placed is None:
                 continue
@@ -236,10 +243,9 @@ class OnlineLesionDataset(SliceDataset):
             mask = np.zeros(planes.shape[1:], np.float32)
             mask[rows, cols] = placed.mask
             return self._crop_item(planes, mask, True, rng, c.case_id, placed.z)
-        names = ", ".join(b.name for b in self.blocks)
         raise RuntimeError(
-            f"could not place a lesion in {names} after {MAX_ATTEMPTS} attempts; the blocks "
-            "hold too little soft tissue for the lesion settings"
+            f"could not place a lesion in {self.blocks[k].name} after {MAX_ATTEMPTS} attempts; "
+            "the block holds too little soft tissue for the lesion settings"
         )
 
     def place(self, k: int, rng: np.random.Generator) -> Placement | None:
