@@ -8,7 +8,10 @@ source block on its native grid by make-lesions' own rules (training/lesions.py:
 shapes, partial-volume profile, placement tests and contrast against the local tissue) at a new
 site with a new contrast. Only the rasterised shapes are drawn from a bank made once per block
 (``SamplingConfig.lesion_bank`` of them), because rasterising one costs far more than a training
-step's share of time. Crops without lesion are lesion-free crops of the same blocks.
+step's share of time. Crops without lesion are lesion-free crops of the same blocks, drawn by
+slice; crops with lesion come from each block in the same share. A crop with lesion shows one
+of its lesion's slices, so every lesion counts once, where stored cases weight a lesion by the
+slices it spans (large lesions are shown more often there).
 
 The lesion reaches the working grid as make-lesions' cases do, without resampling whole slices
 again: bilinear resampling is linear and separable, so the slice with lesion on the working grid
