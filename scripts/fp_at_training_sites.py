@@ -5,7 +5,11 @@ cases of that region (the lesions the model was trained on), the model's false-p
 on EVAL's cases of the region (new lesions in the same anatomy: `nstseg make-lesions --splits
 train --first-copy N`), and how much of each lies in that union, against the share of the
 region's soft tissue (-100 to 250 HU) the union covers. Far more than that share means the
-model has learnt sites of these scans rather than what a lesion looks like.
+model has learnt sites of these scans rather than what a lesion looks like. The tissue is where
+`make-lesions` may put a lesion (its soft-tissue mask, away from bone and opacified vessels, from
+the source scans TRAIN's dataset.json names); for folders without that record it is every voxel
+of -100 to 250 HU, which also counts vessels and tissue by bone where no lesion may go, and so
+understates the share.
 
     python scripts/fp_at_training_sites.py TRAIN EVAL [--split train] [--weights W]
 """
@@ -22,6 +26,8 @@ from napari_nstseg.inference.engine import Segmenter, default_weights_path
 from napari_nstseg.io import read_ct, read_mask
 from napari_nstseg.metrics import label_lesions
 from napari_nstseg.training.data import Case, find_cases
+from napari_nstseg.training.lesions import lesion_sites
+from napari_nstseg.training.online_lesions import read_source_blocks
 from napari_nstseg.training.regions import RECURRING_SHARE, read_case_regions
 
 
@@ -35,15 +41,31 @@ def by_region(folder: Path, split: str) -> dict[str, list[Case]]:
     return out
 
 
+def placement_tissue(folder: Path) -> dict[str, np.ndarray]:
+    """Region -> the mask of tissue where `make-lesions` may place a lesion, for the training
+    regions of a folder whose dataset.json records its source scans; empty without that record
+    or when the scans are gone."""
+    try:
+        blocks, config = read_source_blocks(folder, "train")
+    except ValueError:
+        return {}
+    return {
+        b.name: lesion_sites(b.hu, b.spacing, b.organ_labels, config, scan=b.name).soft
+        for b in blocks
+    }
+
+
 def _share(cover: np.ndarray, where: np.ndarray) -> float:
     return float(cover[where].mean()) if where.any() else float("nan")
 
 
 def site_shares(train: Path, evaluate: Path, split: str, predict) -> list[tuple]:
-    """(region, cases, share of soft tissue under training lesions, share of false-positive
-    voxels there, share of recurring ones there) per region of EVAL's split that TRAIN trained
-    on; ``predict(ct)`` gives a boolean mask on the scan's grid."""
+    """(region, cases, share of tissue under training lesions, share of false-positive voxels
+    there, share of recurring ones there, whether the tissue is the placement mask) per region
+    of EVAL's split that TRAIN trained on; ``predict(ct)`` gives a boolean mask on the scan's
+    grid."""
     trained = by_region(train, "train")
+    placeable = placement_tissue(train)
     rows = []
     for region, cases in by_region(evaluate, split).items():
         if region not in trained:
@@ -53,7 +75,12 @@ def site_shares(train: Path, evaluate: Path, split: str, predict) -> list[tuple]
             ct = read_ct(case.image)
             m = read_mask(case.label, like=ct.geometry) > 0
             cover = m if cover is None else cover | m
-        soft = (ct.hu > -100) & (ct.hu < 250)
+        soft = placeable.get(region)
+        if soft is None or soft.shape != cover.shape:
+            soft = (ct.hu > -100) & (ct.hu < 250)
+            exact = False
+        else:
+            exact = True
         fp_count = np.zeros(cover.shape, np.int32)
         for case in cases:
             ct = read_ct(case.image)
@@ -68,6 +95,7 @@ def site_shares(train: Path, evaluate: Path, split: str, predict) -> list[tuple]
                 _share(cover, soft),
                 _share(cover, fp_count > 0),
                 _share(cover, fp_count >= RECURRING_SHARE * len(cases)),
+                exact,
             )
         )
     return rows
@@ -84,11 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = site_shares(
         args.train, args.eval, args.split, lambda ct: seg.predict(ct.hu, ct.spacing).mask > 0
     )
-    print("| region | soft tissue under training lesions | false-positive voxels there "
+    print("| region | tissue under training lesions | false-positive voxels there "
           "| recurring (>= half the copies) false-positive voxels there |")  # fmt: skip
     print("|---|---:|---:|---:|")
-    for region, n, *shares in rows:
-        print(f"| {region} ({n} cases) | " + " | ".join(f"{s:.1%}" for s in shares) + " |")
+    for region, n, *shares, exact in rows:
+        tissue = "" if exact else " (tissue: -100 to 250 HU, no record of the source scans)"
+        cells = " | ".join(f"{s:.1%}" for s in shares)
+        print(f"| {region} ({n} cases){tissue} | {cells} |")
     return 0
 
 

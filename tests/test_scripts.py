@@ -159,7 +159,52 @@ def test_false_positives_at_training_sites_are_counted_there(tmp_path):
     fp_sites = load_script("fp_at_training_sites")
     rows = fp_sites.site_shares(tmp_path / "train", tmp_path / "eval", "train", predict)
     assert len(calls) == 4
-    (region, n, soft, fp, recurring), = rows  # fmt: skip
-    assert (region, n) == ("a.nii.gz z000-004", 4)
+    (region, n, soft, fp, recurring, exact), = rows  # fmt: skip
+    assert (region, n, exact) == ("a.nii.gz z000-004", 4, False)  # no record: the HU range
     assert soft == pytest.approx(64 / 1024)  # two 4 x 4 x 2 training lesions in 16 x 16 x 4
     assert fp == pytest.approx(32 / 40) and recurring == 1.0
+
+
+def test_training_sites_are_measured_against_the_tissue_lesions_may_go_in(tmp_path):
+    """On a make-lesions folder the share of tissue under training lesions is taken over the
+    tissue make-lesions places lesions in (fat and the bone's rim left out), not over every
+    voxel of -100 to 250 HU; a folder without the record of its source scans falls back to the
+    HU range and says so."""
+    import numpy as np
+
+    from lesion_helpers import phantom, save_int16
+    from napari_nstseg.io import read_ct, read_mask
+    from napari_nstseg.training.lesions import LesionConfig, SplitConfig, lesion_sites
+    from napari_nstseg.training.lesions import make_lesion_dataset as make
+
+    hu, _ = phantom(shape=(40, 48, 48), spacing=(2.0, 1.2, 1.2), seed=5)
+    scan = tmp_path / "a.nii.gz"
+    save_int16(scan, np.transpose(hu, (2, 1, 0)), np.diag([1.2, 1.2, 2.0, 1.0]))
+    cfg = LesionConfig(diameter_mm=(6.0, 9.0), lesions_per_scan=(1, 2), shell_mm=2.0, seed=1)
+    split = SplitConfig(fractions=(0.5, 0.25, 0.25), guard_mm=4.0, min_block_mm=16.0)
+    train = make([scan], tmp_path / "train", 2, cfg, 3, None, split, splits=("train",))
+    new = make([scan], tmp_path / "new", 2, cfg, 3, None, split, splits=("train",), first_copy=2)
+    fp_sites = load_script("fp_at_training_sites")
+    (region, cases), = fp_sites.by_region(train, "train").items()  # fmt: skip
+    masks = []
+    for case in cases:
+        ct = read_ct(case.image)
+        masks.append(read_mask(case.label, like=ct.geometry) > 0)
+    cover = np.logical_or.reduce(masks)
+
+    def predict(_ct):  # flags every training site in every new copy
+        return cover
+
+    (row,) = fp_sites.site_shares(train, new, "train", predict)
+    _, n, tissue, fp, recurring, exact = row
+    assert n == 2 and exact and fp == 1.0 and recurring == 1.0
+    z0, z1 = (int(z) for z in region.split(" z")[1].split("-"))
+    soft = lesion_sites(read_ct(scan).hu[z0:z1], (2.0, 1.2, 1.2), None, cfg).soft
+    assert tissue == pytest.approx(cover[soft].mean())
+    by_hu = cover[(ct.hu > -100) & (ct.hu < 250)].mean()
+    assert tissue > by_hu  # fat and the bone's rim no longer dilute the share
+    meta = json.loads((train / "dataset.json").read_text())
+    del meta["regions"]
+    (train / "dataset.json").write_text(json.dumps(meta))
+    (row,) = fp_sites.site_shares(train, new, "train", predict)
+    assert row[-1] is False and row[2] == pytest.approx(by_hu)
