@@ -136,14 +136,21 @@ def test_a_block_where_lesions_are_hard_to_place_still_gets_its_share():
     assert 0.35 < blocks.count(hard.name) / len(blocks) < 0.65  # equal slices, equal share
 
 
-def test_blocks_come_from_the_make_lesions_record(tmp_path):
+def _evaluation_only_folder(tmp_path, copies):
+    """A make-lesions folder of a phantom scan's val cases, and the lesion settings; the
+    scan's training block is only in the folder's record."""
     hu, _ = phantom(shape=(60, 40, 40), spacing=(2.0, 1.5, 1.5), seed=4)
     save_int16(tmp_path / "a.nii.gz", np.transpose(hu, (2, 1, 0)), np.diag([1.5, 1.5, 2.0, 1.0]))
     cfg = LesionConfig(diameter_mm=(4.0, 7.0), lesions_per_scan=(1, 2), shell_mm=2.0, seed=1)
     split = SplitConfig(fractions=(0.4, 0.3, 0.3), guard_mm=6.0, min_block_mm=20.0)
+    out = make_lesion_dataset([tmp_path / "a.nii.gz"], tmp_path / "ds", copies, cfg, 3, None,
+                              split, splits=("val",))  # fmt: skip
+    return out, cfg
+
+
+def test_blocks_come_from_the_make_lesions_record(tmp_path):
     # an evaluation-only folder (val cases) still records the training block
-    out = make_lesion_dataset([tmp_path / "a.nii.gz"], tmp_path / "ds", 1, cfg, 3, None, split,
-                              splits=("val",))  # fmt: skip
+    out, cfg = _evaluation_only_folder(tmp_path, 1)
     blocks, read_cfg = read_source_blocks(out, "train")
     assert read_cfg == cfg
     meta = json.loads((out / "dataset.json").read_text())
@@ -164,12 +171,7 @@ def test_blocks_come_from_the_make_lesions_record(tmp_path):
 def test_train_command_with_online_lesions(tmp_path, capsys):
     from napari_nstseg.cli import main
 
-    hu, _ = phantom(shape=(60, 40, 40), spacing=(2.0, 1.5, 1.5), seed=4)
-    save_int16(tmp_path / "a.nii.gz", np.transpose(hu, (2, 1, 0)), np.diag([1.5, 1.5, 2.0, 1.0]))
-    cfg = LesionConfig(diameter_mm=(4.0, 7.0), lesions_per_scan=(1, 2), shell_mm=2.0, seed=1)
-    split = SplitConfig(fractions=(0.4, 0.3, 0.3), guard_mm=6.0, min_block_mm=20.0)
-    data = make_lesion_dataset([tmp_path / "a.nii.gz"], tmp_path / "ds", 2, cfg, 3, None, split,
-                               splits=("val",))  # fmt: skip
+    data, _ = _evaluation_only_folder(tmp_path, 2)
     args = ["train", "--data", str(data), "--epochs", "2", "--steps-per-epoch", "2",
             "--batch-size", "4", "--crop-size", "32", "--base-width", "8",
             "--set", "fused_channels=8", "--no-progress"]  # fmt: skip
