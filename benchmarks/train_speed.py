@@ -7,12 +7,6 @@ validation are not in it). Needs an MSD folder to sample from, e.g. one of `nsts
 
     .venv/bin/python benchmarks/train_speed.py --data lesions/ [--variant no-sfm] [--steps 30]
         [--threads 1 2] [--device cpu] [--context-mm 0] [--online-lesions]
-        [--mae src/napari_nstseg/weights/mae.json]
-
-`--mae W` trains with SSL guidance from the masked autoencoder W, as the bundled recipe does
-(scripts/train_bundled.py): every crop then also goes through the frozen MAE for its residual
-maps, which adds to every step; without it the figures are those of a model trained with no
-SSL guidance.
 
 `--online-lesions` measures training on the folder's blocks with lesions inserted on the fly
 (the lesion bank is made before the first epoch and is not in the figure).
@@ -49,8 +43,6 @@ def measure(args: argparse.Namespace, threads: int, amp: bool) -> float:
         cmd.append("--amp" if amp else "--no-amp")
         if args.online_lesions:
             cmd.append("--online-lesions")
-        if args.mae:
-            cmd += ["--mae", str(args.mae)]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
         with open(Path(out) / "log.csv", newline="") as f:
@@ -75,7 +67,6 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="train with lesions inserted on the fly (a make-lesions folder)",
     )
-    p.add_argument("--mae", type=Path, help="MAE checkpoint for SSL guidance, as in the recipe")
     args = p.parse_args(argv)
 
     device = select_device(args.device)
@@ -88,8 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"- {args.variant}, base width {args.base_width}, batch {args.batch_size} of "
           f"{args.crop_size}x{args.crop_size} crops, {args.steps} steps per setting"
           + (f", 2.5-D +-{args.context_mm:g} mm" if args.context_mm else "")
-          + (", lesions inserted on the fly" if args.online_lesions else "")
-          + (f", SSL guidance ({args.mae.name})" if args.mae else ", no SSL guidance"))  # fmt: skip
+          + (", lesions inserted on the fly" if args.online_lesions else ""))  # fmt: skip
     print()
     print("| threads | precision | samples/s | s/step |")
     print("|---:|---|---:|---:|")
