@@ -185,6 +185,41 @@ def test_resume_after_interruption_gives_the_same_weights(reference, tmp_path):
     )
 
 
+def test_a_run_resumed_from_an_older_optimizer_state_continues_the_same_update(tmp_path):
+    """Optimizer state saved by the per-parameter AdamW (runs before the fused one) resumes
+    into the fused optimizer, which keeps its implementation and takes the step the old one
+    would have taken."""
+    from napari_nstseg.models import build_model
+    from napari_nstseg.training.loop import (
+        _fused,
+        optimizer_state_from_files,
+        optimizer_state_to_files,
+    )
+
+    torch.manual_seed(0)
+    model = build_model(TINY)
+    x = torch.randn(2, TINY.in_channels, 32, 32)
+
+    def step(opt):
+        opt.zero_grad()
+        model(x).final.square().mean().backward()
+        opt.step()
+
+    old = torch.optim.AdamW(model.parameters(), lr=1e-2, foreach=False)
+    step(old)
+    optimizer_state_to_files(old, {}, tmp_path / "state")
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    step(old)
+    expected = model.state_dict()
+    model.load_state_dict(start)
+    new = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=_fused(model))
+    optimizer_state_from_files(new, tmp_path / "state")
+    assert new.param_groups[0]["fused"] is True and not new.param_groups[0]["foreach"]
+    step(new)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, expected[k], rtol=1e-5, atol=1e-6)
+
+
 def test_init_starts_from_a_checkpoint_with_its_architecture(reference, dataset, tmp_path, capsys):
     """`train --init W` fine-tunes W: its architecture and preprocessing come with it, the
     provenance names it and its budget, and a conflicting architecture is refused readably."""

@@ -439,6 +439,12 @@ def optimizer_state_from_files(optimizer: torch.optim.Optimizer, stem: Path) -> 
             f"Optimizer state {json_path} was saved for a different model or optimizer; "
             "start a new output folder or drop --resume."
         )
+    # How the update is computed (fused, foreach) is this run's choice, not saved state: a run
+    # resumed from an older checkpoint keeps the current optimizer's implementation.
+    for saved, current in zip(groups, optimizer.param_groups, strict=True):
+        for key in ("fused", "foreach"):
+            if key in current:
+                saved[key] = current[key]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
     return {k: v for k, v in meta.items() if k not in ("param_groups", "scalars")}
 
@@ -1241,13 +1247,25 @@ def _init_from(model: nn.Module, cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
+def _fused(model: nn.Module) -> bool | None:
+    """Whether the optimizer should use its fused kernel (None: PyTorch's choice)."""
+    # Left to itself PyTorch updates parameters one by one in Python on the CPU (foreach only
+    # on GPUs): with the ~450 small tensors of these models that loop took 31 % of the wall
+    # time of CPU training. The fused kernels do the same update in one pass, on CPU and GPU.
+    return {p.device.type for p in model.parameters()} <= {"cpu", "cuda"} or None
+
+
 def _make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     wd = cfg.resolved_weight_decay
+    fused = _fused(model)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
-            param_groups(model, wd, bias_lr_scale=2.0), lr=cfg.lr, momentum=cfg.momentum
+            param_groups(model, wd, bias_lr_scale=2.0),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            fused=fused,
         )
-    return torch.optim.AdamW(param_groups(model, wd), lr=cfg.lr)
+    return torch.optim.AdamW(param_groups(model, wd), lr=cfg.lr, fused=fused)
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -1320,7 +1338,7 @@ def _run_mae(cfg: MAEPretrainConfig, ctx: DistContext) -> TrainResult:
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     optimizer = torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95)
+        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95), fused=_fused(model)
     )
 
     def step(batch: dict[str, Any], global_step: int) -> dict[str, torch.Tensor]:
