@@ -7,6 +7,7 @@ validation are not in it). Needs an MSD folder to sample from, e.g. one of `nsts
 
     .venv/bin/python benchmarks/train_speed.py --data lesions/ [--variant no-sfm] [--steps 30]
         [--threads 1 2] [--device cpu] [--context-mm 0] [--online-lesions]
+        [--precision both|float32|autocast]
 
 `--online-lesions` measures training on the folder's blocks with lesions inserted on the fly
 (the lesion bank is made before the first epoch and is not in the figure).
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="train with lesions inserted on the fly (a make-lesions folder)",
     )
+    p.add_argument("--precision", choices=("both", "float32", "autocast"), default="both")
     args = p.parse_args(argv)
 
     device = select_device(args.device)
@@ -83,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("| threads | precision | samples/s | s/step |")
     print("|---:|---|---:|---:|")
+    settings = {"both": (False, True), "float32": (False,), "autocast": (True,)}
     for threads in args.threads:
-        for amp in (False, True):
+        for amp in settings[args.precision]:
             label = precision_label(device, amp)
             if amp and label == "float32":
                 continue  # no autocast on this device: the same run twice
