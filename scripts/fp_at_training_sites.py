@@ -4,7 +4,7 @@ For every source region (z-block) of EVAL's split: the union of the lesion masks
 cases of that region (the lesions the model was trained on), the model's false-positive voxels
 on EVAL's cases of the region (new lesions in the same anatomy: `nstseg make-lesions --splits
 train --first-copy N`), and how much of each lies in that union, against the share of the
-region's soft tissue (-100 to 250 HU) the union covers. Far more than that share means the
+region's soft tissue (see below) the union covers. Far more than that share means the
 model has learnt sites of these scans rather than what a lesion looks like. The tissue is where
 `make-lesions` may put a lesion (its soft-tissue mask, away from bone and opacified vessels, from
 the source scans TRAIN's dataset.json names); for folders without that record it is every voxel
