@@ -446,6 +446,15 @@ def optimizer_state_from_files(optimizer: torch.optim.Optimizer, stem: Path) -> 
             if key in current:
                 saved[key] = current[key]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
+    # The files hold contiguous tensors, but a fused update walks a parameter and its state as
+    # one run of memory: state laid out otherwise than its channels-last parameter would be
+    # updated against the wrong elements.
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            entry = optimizer.state.get(param, {})
+            for key, value in entry.items():
+                if isinstance(value, torch.Tensor) and value.shape == param.shape:
+                    entry[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
     return {k: v for k, v in meta.items() if k not in ("param_groups", "scalars")}
 
 
