@@ -186,12 +186,12 @@ def test_resume_after_interruption_gives_the_same_weights(reference, tmp_path):
 
 
 def test_a_run_resumed_from_an_older_optimizer_state_continues_the_same_update(tmp_path):
-    """Optimizer state saved by the per-parameter AdamW (runs before the fused one) resumes
-    into the fused optimizer, which keeps its implementation and takes the step the old one
-    would have taken."""
+    """Optimizer state saved by the per-parameter AdamW (runs before the foreach one) resumes
+    into the foreach optimizer, which keeps its implementation, lays the state out like the
+    channels-last parameters and takes the step the old one would have taken."""
     from napari_nstseg.models import build_model
     from napari_nstseg.training.loop import (
-        _fused,
+        FOREACH,
         optimizer_state_from_files,
         optimizer_state_to_files,
     )
@@ -212,9 +212,11 @@ def test_a_run_resumed_from_an_older_optimizer_state_continues_the_same_update(t
     step(old)
     expected = {k: v.clone() for k, v in model.state_dict().items()}
     model.load_state_dict(start)
-    new = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=_fused(model))
+    new = torch.optim.AdamW(model.parameters(), lr=1e-2, foreach=FOREACH)
     optimizer_state_from_files(new, tmp_path / "state")
-    assert new.param_groups[0]["fused"] is True and not new.param_groups[0]["foreach"]
+    assert new.param_groups[0]["foreach"] is True
+    for p in model.parameters():
+        assert new.state[p]["exp_avg"].stride() == p.stride()
     step(new)
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, expected[k], rtol=1e-5, atol=1e-6)

@@ -446,9 +446,9 @@ def optimizer_state_from_files(optimizer: torch.optim.Optimizer, stem: Path) -> 
             if key in current:
                 saved[key] = current[key]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
-    # The files hold contiguous tensors, but a fused update walks a parameter and its state as
-    # one run of memory: state laid out otherwise than its channels-last parameter would be
-    # updated against the wrong elements.
+    # The files hold contiguous tensors: lay each state tensor out like its (channels-last)
+    # parameter again, as a fresh optimizer would, so no update mixes two layouts (a fused one
+    # would then pair the wrong elements).
     for group in optimizer.param_groups:
         for param in group["params"]:
             entry = optimizer.state.get(param, {})
@@ -1256,26 +1256,25 @@ def _init_from(model: nn.Module, cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
-def _fused(model: nn.Module) -> bool | None:
-    """Whether the optimizer should use its fused kernel (None: PyTorch's choice)."""
-    # Left to itself PyTorch updates parameters one by one in Python on the CPU (foreach only
-    # on GPUs): with the ~450 small tensors of these models py-spy put 31 % of the wall time of
-    # CPU training there. The fused kernels do the same update in one pass, on CPU and GPU
-    # (7 % more crops/s on a 2-core AMD EPYC, benchmarks/train_speed.py).
-    return {p.device.type for p in model.parameters()} <= {"cpu", "cuda"} or None
+# Left to itself PyTorch updates parameters one by one in Python on the CPU (foreach only on
+# GPUs): with the ~450 small tensors of these models py-spy put 31 % of the wall time of CPU
+# training there. The foreach kernels do the same update per list of tensors. Not the fused
+# ones: on the CPU (torch 2.13) they walk parameter, gradient and state as one run of memory,
+# and a gradient or state laid out otherwise than its channels-last parameter was measured to
+# get a wrong update.
+FOREACH = True
 
 
 def _make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     wd = cfg.resolved_weight_decay
-    fused = _fused(model)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             param_groups(model, wd, bias_lr_scale=2.0),
             lr=cfg.lr,
             momentum=cfg.momentum,
-            fused=fused,
+            foreach=FOREACH,
         )
-    return torch.optim.AdamW(param_groups(model, wd), lr=cfg.lr, fused=fused)
+    return torch.optim.AdamW(param_groups(model, wd), lr=cfg.lr, foreach=FOREACH)
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -1348,7 +1347,7 @@ def _run_mae(cfg: MAEPretrainConfig, ctx: DistContext) -> TrainResult:
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     optimizer = torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95), fused=_fused(model)
+        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95), foreach=FOREACH
     )
 
     def step(batch: dict[str, Any], global_step: int) -> dict[str, torch.Tensor]:
