@@ -6,8 +6,10 @@
 # Environment: DEVICE (auto), DATA (the source scans; train_bundled.py's default: ../shared),
 # LESION_WORKERS (make-lesions processes), INTO (see the end), P1_ARGS / P2_ARGS (extra
 # train_bundled.py arguments of each phase, after the recipe's, so they win: a smoke run sets a
-# tiny budget there). WORK/p1 holds the data and phase 1, WORK/p2 phase 2 with tune_val/ and
-# eval_test/ per variant, WORK/p2/evals/VARIANT_d4 the bundled point, WORK/rows.md the rows.
+# tiny budget there), ONLINE (1: both phases train on lesions inserted on the fly, `train
+# --online-lesions`, and the rows' names say so; 0, the default: on the stored copies).
+# WORK/p1 holds the data and phase 1, WORK/p2 phase 2 with tune_val/ and eval_test/ per
+# variant, WORK/p2/evals/VARIANT_d4 the bundled point, WORK/rows.md the rows.
 # Run it again after an interruption: finished steps are kept and training resumes from its
 # last epoch.
 set -euo pipefail
@@ -28,11 +30,18 @@ COMMON=(--device "${DEVICE:-auto}" --mae-weights src/napari_nstseg/weights/mae.j
 P1=(${P1_ARGS:-})
 # shellcheck disable=SC2206
 P2=(${P2_ARGS:-})
+ONL=()
+TAG=""
+case "${ONLINE:-0}" in
+  0) ;;
+  1) ONL=(--online-lesions); TAG=", lesions inserted on the fly" ;;
+  *) echo "ONLINE is 0 or 1, got '$ONLINE'" >&2; exit 2 ;;
+esac
 
 # Phase 1: 55 x 150 x batch 8 of 2-D crops, lr 3e-3, 70 % crops with lesion, IoU and Dice per
 # crop (train_bundled.py's defaults); also makes the data folders.
 $PY scripts/train_bundled.py --work "$W/p1" --variants "${VARIANTS[@]}" "${COMMON[@]}" \
-  --train-only "${P1[@]}"
+  --train-only "${ONL[@]}" "${P1[@]}"
 # Phase 2: from phase 1's last weights, 40 x 150 x 8 of 2.5-D crops (planes +-3 mm), lr 1e-3,
 # 50 % crops with lesion, IoU and Dice over the batch; then tune-postprocess and evaluate.
 mkdir -p "$W/p2"
@@ -42,7 +51,7 @@ INITS=()
 for V in "${VARIANTS[@]}"; do INITS+=(--init "$V=$W/p1/runs/$V/final.json"); done
 $PY scripts/train_bundled.py --work "$W/p2" --variants "${VARIANTS[@]}" "${COMMON[@]}" \
   "${INITS[@]}" --epochs 40 --lr 1e-3 --positive-fraction 0.5 --region-loss batch \
-  --context-mm 3 --tune-data "$W/p1/tuneval" "${P2[@]}"
+  --context-mm 3 --tune-data "$W/p1/tuneval" "${ONL[@]}" "${P2[@]}"
 # The bundled point (threshold 0.5, lesions at least 4 mm along z), where every row of the
 # comparison is also measured.
 ROWS=()
@@ -51,8 +60,8 @@ for V in "${VARIANTS[@]}"; do
   [ -f "$out/evaluation.json" ] || $PY -m napari_nstseg.cli evaluate "$W/p2/runs/$V/final.json" \
     --data "$W/p1/lesions" --split test --out "$out" --device "${DEVICE:-auto}" \
     --threshold 0.5 --min-lesion-mm 0 --min-depth-mm 4
-  ROWS+=("${NAME[$V]}, same phases=$out/evaluation.json")
-  ROWS+=("${NAME[$V]} at its validation-tuned point=$W/p2/runs/$V/eval_test/evaluation.json")
+  ROWS+=("${NAME[$V]}$TAG, same phases=$out/evaluation.json")
+  ROWS+=("${NAME[$V]}$TAG at its validation-tuned point=$W/p2/runs/$V/eval_test/evaluation.json")
 done
 # INTO: markdown files whose tables get the rows (docs/comparison.md and the model card).
 # shellcheck disable=SC2086  # INTO is a list of paths

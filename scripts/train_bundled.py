@@ -131,6 +131,8 @@ def budget(args: argparse.Namespace) -> list[str]:
            "--region-loss", args.region_loss]  # fmt: skip
     if args.amp:
         out.append("--amp")
+    if args.online_lesions:
+        out.append("--online-lesions")
     if args.steps_per_epoch:
         out += ["--steps-per-epoch", str(args.steps_per_epoch)]
     if args.val_max_slices:
@@ -248,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="bf16 autocast on a CPU too (train's CPU default is float32; which is "
                    "faster depends on the CPU; the weights of 2026-12-01 were trained under "
                    "autocast)")  # fmt: skip
+    p.add_argument("--online-lesions", action="store_true",
+                   help="train on lesions inserted afresh at every crop into the training "
+                   "blocks of `train` instead of its stored copies (measured: the same "
+                   "sensitivity at half the false positives, docs/comparison.md)")  # fmt: skip
     p.add_argument("--nproc", type=int, default=1, help="processes per node under torchrun")
     p.add_argument("--train-only", action="store_true",
                    help="train only (an earlier phase): no operating point, test evaluation or "

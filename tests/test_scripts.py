@@ -111,6 +111,11 @@ def test_train_bundled_makes_only_the_splits_each_folder_needs(capsys):
     assert script.main(["--work", "/tmp/nstseg-dry", "--variants", "no-sfm", "--dry-run",
                         "--train-only", "--amp"]) == 0  # fmt: skip
     assert "--amp" in next(c for c in capsys.readouterr().out.splitlines() if "cli train " in c)
+    assert "--online-lesions" not in trains[0]  # stored copies unless asked
+    assert script.main(["--work", "/tmp/nstseg-dry", "--variants", "no-sfm", "--dry-run",
+                        "--train-only", "--online-lesions"]) == 0  # fmt: skip
+    train = next(c for c in capsys.readouterr().out.splitlines() if "cli train " in c)
+    assert "--online-lesions" in train and "/tmp/nstseg-dry/train " in train
 
 
 def _msd_folder(folder: Path, lesions: dict[str, tuple]) -> None:
