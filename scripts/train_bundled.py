@@ -252,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
                    "autocast)")  # fmt: skip
     p.add_argument("--online-lesions", action="store_true",
                    help="train on lesions inserted afresh at every crop into the training "
-                   "blocks of `train` instead of its stored copies (measured: the same "
-                   "sensitivity at half the false positives, docs/comparison.md)")  # fmt: skip
+                   "blocks of `train` instead of its stored copies (measured: fewer false "
+                   "positives at the same or higher sensitivity, docs/comparison.md)")  # fmt: skip
     p.add_argument("--nproc", type=int, default=1, help="processes per node under torchrun")
     p.add_argument("--train-only", action="store_true",
                    help="train only (an earlier phase): no operating point, test evaluation or "

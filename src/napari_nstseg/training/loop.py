@@ -895,6 +895,21 @@ def _prepare_out(cfg: Any, ctx: DistContext, kind: str) -> Path:
 
 
 # -- segmentation ---------------------------------------------------------------------------------
+def training_set(
+    data: str | Path,
+    train_cases: Sequence[Case],
+    preprocess: PreprocessConfig,
+    sampling: SamplingConfig,
+) -> SliceDataset:
+    """The set `train` samples its crops from: the training split's stored cases, or with
+    ``sampling.online_lesions`` the folder's training blocks without their stored lesions and a
+    new lesion in every crop with lesion."""
+    if sampling.online_lesions:
+        blocks, lesion_config = read_source_blocks(data, "train")
+        return OnlineLesionDataset(blocks, lesion_config, preprocess, sampling)
+    return SliceDataset(train_cases, preprocess, sampling)
+
+
 def _split(data: str) -> dict[str, list[Case]]:
     return split_cases(find_cases(data), VAL_FRACTION, TEST_FRACTION, SPLIT_SEED)
 
@@ -1044,12 +1059,7 @@ def _run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
     device = ctx.device
 
     sampling = replace(cfg.sampling, seed=cfg.seed, sequential=False)
-    train_set: SliceDataset
-    if online:  # the folder's training blocks without its stored lesions, new ones every sample
-        blocks, lesion_config = read_source_blocks(cfg.data, "train")
-        train_set = OnlineLesionDataset(blocks, lesion_config, cfg.preprocess, sampling)
-    else:
-        train_set = SliceDataset(splits["train"], cfg.preprocess, sampling)
+    train_set = training_set(cfg.data, splits["train"], cfg.preprocess, sampling)
     per_step = cfg.batch_size * ctx.world
     steps = cfg.steps_per_epoch or max(1, len(train_set.index) // per_step)
     train_set.sampling = replace(train_set.sampling, samples_per_epoch=steps * per_step)
