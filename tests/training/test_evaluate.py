@@ -4,10 +4,16 @@ import csv
 
 import pytest
 
-from napari_nstseg.training.evaluate import EvalConfig, _lesion_groups, read_lesion_table
+from napari_nstseg.training.evaluate import (
+    EvalConfig,
+    _lesion_groups,
+    read_lesion_table,
+)
 
 
-def _table(path, organs):
+def _table(path, organs, contrasts=None, diameters=None):
+    contrasts = contrasts or [-30] * len(organs)
+    diameters = diameters or [12] * len(organs)
     with open(path / "lesions.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["case", "lesion_id", "organ", "centre_z", "centre_y",
                                                "centre_x", "diameter_axial_max_mm",
@@ -15,8 +21,9 @@ def _table(path, organs):
         writer.writeheader()
         for i, organ in enumerate(organs):
             writer.writerow({"case": "c0", "lesion_id": i + 1, "organ": organ, "centre_z": i,
-                             "centre_y": 5, "centre_x": 5, "diameter_axial_max_mm": 12,
-                             "contrast_measured_hu": -30})  # fmt: skip
+                             "centre_y": 5, "centre_x": 5,
+                             "diameter_axial_max_mm": diameters[i],
+                             "contrast_measured_hu": contrasts[i]})  # fmt: skip
 
 
 def test_sensitivity_per_organ_the_lesion_was_placed_in(tmp_path):
@@ -35,3 +42,17 @@ def test_a_table_without_organs_has_no_organ_groups(tmp_path):
     rows = [{**les, "matched": True, "detected": True} for les in read_lesion_table(tmp_path)["c0"]]
     assert all(les["organ"] is None for les in rows)
     assert "by_organ" not in _lesion_groups(rows, EvalConfig())
+
+
+def test_sensitivity_for_dark_and_bright_lesions_apart(tmp_path):
+    # Magnitude bins would put -30 and +30 HU together; a model may find only the dark ones.
+    _table(tmp_path, [""] * 4, contrasts=[-30, 30, 30, -15], diameters=[12, 12, 5, 12])
+    hits = (True, False, True, False)
+    table = read_lesion_table(tmp_path)["c0"]
+    rows = [{**les, "matched": True, "detected": h} for les, h in zip(table, hits, strict=True)]
+    groups = _lesion_groups(rows, EvalConfig())
+    assert groups["by_polarity"]["hypodense"] == {"lesions": 2, "detected": 1, "sensitivity": 0.5}
+    assert groups["by_polarity"]["hyperdense"] == {"lesions": 2, "detected": 1, "sensitivity": 0.5}
+    # Among lesions >= 10 mm and >= 20 HU: the -30 HU one found, the +30 HU one missed.
+    target = groups["target_by_polarity"]
+    assert target["hypodense"]["sensitivity"] == 1.0 and target["hyperdense"]["sensitivity"] == 0.0

@@ -427,6 +427,8 @@ def test_evaluate_writes_every_metric_and_group(reference, dataset, tmp_path):
     assert table["all"]["lesions"] == 2  # both lesions.csv rows found their lesion
     assert set(table["by_contrast"]) == {"<20 HU", "20-40 HU", ">=40 HU"}
     assert table["by_contrast"][">=40 HU"]["lesions"] == 2
+    polarity = table["by_polarity"]
+    assert polarity["hypodense"]["lesions"] + polarity["hyperdense"]["lesions"] == 2
     assert ">=10 mm and >=20 HU" in table
     saved = json.loads((tmp_path / "evaluation.json").read_text())
     assert saved["detection"]["lesions"] == 2 and len(saved["cases"]) == 1
@@ -434,6 +436,10 @@ def test_evaluate_writes_every_metric_and_group(reference, dataset, tmp_path):
         rows = list(csv.DictReader(f))
     assert metric_names <= set(rows[0]) and {"sensitivity", "fp_per_scan"} <= set(rows[0])
     assert {r["group"] for r in rows if r["section"] == "slices area"} == set(groups)
+    assert {r["group"] for r in rows if r["section"] == "lesions.csv polarity"} == {
+        "hypodense", "hyperdense"}  # fmt: skip
+    assert {r["group"] for r in rows if r["section"] == "lesions.csv >=10 mm and >=20 HU"} == {
+        "hypodense", "hyperdense"}  # fmt: skip
     with open(tmp_path / "lesions.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 2
 

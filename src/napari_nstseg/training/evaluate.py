@@ -35,6 +35,7 @@ from napari_nstseg.training.regions import RegionTally, format_regions, read_cas
 TARGET_DIAMETER_MM = 10.0
 TARGET_CONTRAST_HU = 20.0
 TARGET_NAME = f">={TARGET_DIAMETER_MM:g} mm and >={TARGET_CONTRAST_HU:g} HU"
+POLARITY_NAMES = ("hypodense", "hyperdense")
 METRIC_COLUMNS = PIXEL_METRICS + STRUCTURE_METRICS
 
 
@@ -152,6 +153,14 @@ def _sensitivity(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"lesions": n, "detected": hit, "sensitivity": hit / n if n else float("nan")}
 
 
+def _by_polarity(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sensitivity for lesions darker (hypodense) and brighter (hyperdense) than their shell."""
+    return {
+        POLARITY_NAMES[0]: _sensitivity([r for r in rows if r["contrast_hu"] < 0]),
+        POLARITY_NAMES[1]: _sensitivity([r for r in rows if r["contrast_hu"] > 0]),
+    }
+
+
 def _lesion_groups(rows: list[dict[str, Any]], cfg: EvalConfig) -> dict[str, Any]:
     rows = [r for r in rows if r["matched"]]
     by_size = {
@@ -172,6 +181,10 @@ def _lesion_groups(rows: list[dict[str, Any]], cfg: EvalConfig) -> dict[str, Any
         TARGET_NAME: _sensitivity(target),
         "by_diameter": by_size,
         "by_contrast": by_contrast,
+        # Contrast bins are by magnitude; darker and brighter than the tissue around are
+        # different tasks (vessels and opacified bowel are bright spots in every scan).
+        "by_polarity": _by_polarity(rows),
+        "target_by_polarity": _by_polarity(target),
     }
     organs = sorted({r["organ"] for r in rows if r.get("organ")})
     if organs:
@@ -409,11 +422,17 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     table = result.get("lesions_by_table")
     if table:
         for group, values in table.items():
-            if group in ("by_diameter", "by_contrast", "by_organ"):
+            if group in ("by_diameter", "by_contrast", "by_polarity", "by_organ"):
+                section = f"lesions.csv {group[3:]}"
+            elif group == "target_by_polarity":
+                section = f"lesions.csv {TARGET_NAME}"
+            else:
+                section = None
+            if section:
                 for sub, v in values.items():
                     rows.append(
                         {
-                            "section": f"lesions.csv {group[3:]}",
+                            "section": section,
                             "group": sub,
                             "n": v["lesions"],
                             "sensitivity": v["sensitivity"],
