@@ -9,7 +9,11 @@ Stores the segmentation model and the MAE as float16 safetensors + JSON in
 src/napari_nstseg/weights/ (default.*, mae.*), evaluates the *bundled* files (what users get)
 and every comparison checkpoint on the held-out test split with `nstseg evaluate`'s code, runs
 the bundled model on the sample CT, and writes weights/MODEL_CARD.md and docs/comparison.md
-from those measurements. Nothing in the card is typed by hand. ``--postprocess tune.json`` (from
+from those measurements. Nothing in the tables is typed by hand; '### ' sections that the
+earlier card or comparison.md holds and this script does not write (measurements added since,
+each with its own commands) are carried over and named, to be checked against the new weights,
+and rows that `scripts/comparison_rows.py` added to the earlier tables are named, to be added
+again from their evaluations. ``--postprocess tune.json`` (from
 `nstseg tune-postprocess` on the validation split) or ``--threshold/--min-lesion-mm`` writes the
 recommended operating point into default.json before its hashes are computed, so the bundle
 still verifies; the evaluation then scores the bundle at that point, as users get it.
@@ -173,6 +177,51 @@ def region_rows(name: str, res: dict) -> list[str]:
     return out
 
 
+GENERATED_SECTIONS = ("### Per source region",)
+
+
+def later_sections(path: Path) -> list[str]:
+    """The '### ' sections of an earlier comparison.md or model card that this script does
+    not write itself, each from its heading to the next heading, in order."""
+    if not path.is_file():
+        return []
+    sections: list[str] = []
+    current: list[str] | None = None
+    fenced = False
+    for line in path.read_text().splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        if line.startswith("#") and not fenced:
+            if current is not None:
+                sections.append("\n".join(current).strip())
+            mine = line.startswith("### ") and line.strip() not in GENERATED_SECTIONS
+            current = [line] if mine else None
+        elif current is not None:
+            current.append(line)
+    if current is not None:
+        sections.append("\n".join(current).strip())
+    return sections
+
+
+def dropped_rows(path: Path, header: str, names: set[str]) -> list[str]:
+    """Models in the earlier table under ``header`` that the new one lacks."""
+    if not path.is_file():
+        return []
+    lines = path.read_text().splitlines()
+    head = header.split("\n")
+    out: list[str] = []
+    for i in range(len(lines)):
+        if lines[i : i + len(head)] != head:
+            continue
+        j = i + len(head)
+        while j < len(lines) and lines[j].startswith("|"):
+            name = lines[j].split("|")[1].strip()
+            if name not in names and name not in out:
+                out.append(name)
+            j += 1
+    return out
+
+
 def lesion_ranges(folder: str | Path, split: str | None = None) -> str:
     """Lesion sizes, contrasts and count of a lesion folder's lesions.csv, as one phrase."""
     path = Path(folder) / "lesions.csv"
@@ -310,8 +359,9 @@ def main(argv=None) -> int:
     if args.note:
         table += "\n\n" + "\n\n".join(args.note)
     regions = [line for n, r in results.items() for line in region_rows(n, r)]
+    region_part = ""
     if regions:
-        table += (
+        region_part = (
             "\n\n### Per source region\n\nEach test block is one anatomy, copied with other "
             "lesions in every case of it, so a normal structure a model takes for tumour comes "
             "back in every copy: the false positives per scan above measure how a model treats "
@@ -319,6 +369,26 @@ def main(argv=None) -> int:
             "'by source region'; rows for the evaluations that recorded it).\n\n"
             + "\n".join([REGION_HEADER, *regions])
         )
+    earlier = {"comparison": docs / "comparison.md", "card": weights / "MODEL_CARD.md"}
+    carried = {k: later_sections(path) for k, path in earlier.items()}
+    for k, path in earlier.items():
+        for header in (HEADER, REGION_HEADER):
+            for name in dropped_rows(path, header, set(results)):
+                print(
+                    f"{path.name}: the row '{name}' is gone; add it again with "
+                    "scripts/comparison_rows.py from its evaluation.json",
+                    file=sys.stderr,
+                )
+        for section in carried[k]:
+            print(
+                f"{path.name}: carried over '{section.splitlines()[0]}', measured before this "
+                "bundle: check it against the new weights",
+                file=sys.stderr,
+            )
+
+    def tables(kind: str) -> str:
+        return "\n\n".join([table, *carried[kind]]) + region_part
+
     from napari_nstseg.inference.device import cpu_name
 
     hardware = f"{cpu_name()}, {platform.machine()}"
@@ -344,7 +414,7 @@ source scan, see `napari_nstseg.training.lesions`). Identical data, training bud
 is the mean over slices with lesion in each area group (SoSegFormer's size groups); a lesion
 counts as detected when the predicted components touching it reach Dice 0.1.
 
-{table}
+{tables("comparison")}
 """
     (docs / "comparison.md").write_text(comparison)
 
@@ -419,7 +489,7 @@ lesions, selecting by validation Dice picked early, barely trained epochs. The e
 are in `scripts/train_bundled.py`; `docs/comparison.md` compares with the equally trained U-Net.
 
 ## Held-out results (test split, measured on the bundled float16 files)
-{table}
+{tables("card")}
 
 ## On the sample CT
 `nstseg predict sample_data/sample_ct.nii.gz ...`: lesion found: **{sample["found"]}**

@@ -213,3 +213,28 @@ def test_training_sites_are_measured_against_the_tissue_lesions_may_go_in(tmp_pa
     (train / "dataset.json").write_text(json.dumps(meta))
     (row,) = fp_sites.site_shares(train, new, "train", predict)
     assert row[-1] is False and row[2] == pytest.approx(by_hu)
+
+
+def test_a_new_bundle_keeps_the_sections_added_since_and_names_the_rows_it_drops(tmp_path):
+    # bundle_weights.py writes the card and comparison.md afresh: measurements added by hand
+    # since the last bundle must survive it, and rows added by comparison_rows.py be named
+    bundle = load_script("bundle_weights")
+    doc = tmp_path / "comparison.md"
+    doc.write_text(
+        "# Title\n\nintro\n\n" + bundle.HEADER + "\n| CDI-NSTSEG (bundled, float16) | a |\n"
+        "| U-Net on the fly | b |\n\na note\n\n### Added later\n\ntext\n\n```bash\n"
+        "# a comment, not a heading\n```\nmore\n\n### Per source region\n\nwritten by the "
+        "script\n\n" + bundle.REGION_HEADER + "\n| U-Net on the fly | c |\n"
+    )
+    assert bundle.later_sections(doc) == [
+        "### Added later\n\ntext\n\n```bash\n# a comment, not a heading\n```\nmore"
+    ]
+    kept = {"CDI-NSTSEG (bundled, float16)"}
+    assert bundle.dropped_rows(doc, bundle.HEADER, kept) == ["U-Net on the fly"]
+    assert bundle.dropped_rows(doc, bundle.REGION_HEADER, kept) == ["U-Net on the fly"]
+    assert bundle.later_sections(tmp_path / "absent.md") == []
+    # the measurements in the repository's docs are such sections
+    headings = [s.splitlines()[0] for s in bundle.later_sections(ROOT / "docs/comparison.md")]
+    assert {"### Lesions inserted on the fly", "### Dark and bright lesions"} <= set(headings)
+    card = bundle.later_sections(ROOT / "src/napari_nstseg/weights/MODEL_CARD.md")
+    assert any("Dark and bright lesions apart" in s for s in card)
