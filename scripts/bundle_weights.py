@@ -499,8 +499,8 @@ are in `scripts/train_bundled.py`; `docs/comparison.md` compares with the equall
 ## Limits
 Trained on two scans at 1.5 mm working spacing for a CPU budget: expect misses of small and
 faint lesions, of nearly every lesion brighter than its surroundings, and false positives in
-real scans. Retrain on your data (`nstseg train`) or with
-a larger budget on a GPU (`scripts/train_bundled.py`) for any serious use.
+real scans. Retrain on your data (`nstseg train`) or with a larger budget on a GPU
+(`scripts/train_bundled.py`) for any serious use.
 """
     (weights / "MODEL_CARD.md").write_text(card)
     print(comparison)
