@@ -7,7 +7,9 @@
 # LESION_WORKERS (make-lesions processes), INTO (see the end), P1_ARGS / P2_ARGS (extra
 # train_bundled.py arguments of each phase, after the recipe's, so they win: a smoke run sets a
 # tiny budget there), ONLINE (1: both phases train on lesions inserted on the fly, `train
-# --online-lesions`, and the rows' names say so; 0, the default: on the stored copies).
+# --online-lesions`, and the rows' names say so; 0, the default: on the stored copies),
+# HYPODENSE (share of dark lesions in the training set, e.g. 0.5; default make-lesions' 0.8,
+# as the evaluation set keeps: rows' names give it when set).
 # WORK/p1 holds the data and phase 1, WORK/p2 phase 2 with tune_val/ and eval_test/ per
 # variant, WORK/p2/evals/VARIANT_d4 the bundled point, WORK/rows.md the rows.
 # Run it again after an interruption: finished steps are kept and training resumes from its
@@ -37,6 +39,13 @@ case "${ONLINE:-0}" in
   1) ONL=(--online-lesions); TAG=", lesions inserted on the fly" ;;
   *) echo "ONLINE is 0 or 1, got '$ONLINE'" >&2; exit 2 ;;
 esac
+if [ -n "${HYPODENSE:-}" ]; then
+  PCT=$($PY -c 'import sys; f = float(sys.argv[1]); assert 0 <= f <= 1; print(f"{100 * f:g}")' \
+    "$HYPODENSE" 2>/dev/null) \
+    || { echo "HYPODENSE is the share of dark training lesions, 0 to 1, got '$HYPODENSE'" >&2; exit 2; }
+  ONL+=(--train-hypodense-fraction "$HYPODENSE")
+  TAG+=", $PCT % of training lesions dark"
+fi
 
 # Phase 1: 55 x 150 x batch 8 of 2-D crops, lr 3e-3, 70 % crops with lesion, IoU and Dice per
 # crop (train_bundled.py's defaults); also makes the data folders.

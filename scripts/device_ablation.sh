@@ -7,7 +7,9 @@
 # operating points, training logs) and weights_VARIANT.tgz (its phase-2 weights, else phase 1's).
 # While the machine is still warm (30 s), the same call again waits for the rest; a fresh
 # machine starts over. DEVICE=cpu with P1_ARGS/P2_ARGS of a tiny budget tries it on a CPU.
-# ONLINE=1 in front of the command (it reaches ablation.sh) trains on lesions inserted on the fly.
+# ONLINE=1 in front of the command (it reaches ablation.sh) trains on lesions inserted on the fly;
+# HYPODENSE=0.5 on training lesions half of them bright (docs/comparison.md, 'Dark and bright
+# lesions'): ONLINE=1 HYPODENSE=0.5 bash scripts/device_ablation.sh default unet.
 # Back here, with evals.tgz unpacked in E: the rows go into the docs' tables with
 #   python scripts/comparison_rows.py "NAME, same phases=E/p2/evals/V_d4/evaluation.json" \
 #     "NAME at its validation-tuned point=E/p2/runs/V/eval_test/evaluation.json" \

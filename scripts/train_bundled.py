@@ -40,6 +40,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from napari_nstseg.training.lesions import LesionConfig
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalsegmentator"
 # example_ct_sm repeats slices of example_ct, so only the two distinct scans are used; its organ
 # labels (example_seg) are padded onto example_ct's grid, where they are slices 82-111.
@@ -103,6 +105,18 @@ def merge_validation(out: Path, folders: dict[str, Path]) -> Path:
     }
     (out / "dataset.json").write_text(json.dumps(dataset, indent=1))
     return out
+
+
+def check_hypodense_fraction(folder: Path, wanted: float) -> None:
+    """Refuse an existing lesion folder made with another share of dark lesions than this run
+    asks for: a resumed run reuses its folders, a changed recipe needs another --work."""
+    meta = json.loads((folder / "dataset.json").read_text())
+    made = (meta.get("lesion_config") or {}).get("hypodense_fraction")
+    if made is None or abs(float(made) - wanted) > 1e-9:
+        raise SystemExit(
+            f"{folder} was made with hypodense fraction {made}, not the {wanted} this run "
+            "asks for (--train-hypodense-fraction, for the training folder): use another --work"
+        )
 
 
 def run(cmd: list[str], dry: bool) -> None:
@@ -198,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--copies", type=int, default=48, help="lesion copies per source region")
     p.add_argument("--train-diameter-mm", nargs=2, type=float, default=(5.0, 30.0),
                    help="lesion diameters of the training set (evaluation: 3-30 mm)")  # fmt: skip
+    p.add_argument("--train-hypodense-fraction", type=float,
+                   help="share of dark lesions in the training set (default: make-lesions' "
+                   "0.8, as in the evaluation set; docs/comparison.md, 'Dark and bright "
+                   "lesions', for why 0.5 is worth a run)")  # fmt: skip
     p.add_argument("--lesions-per-scan", nargs=2, type=int, default=(3, 8))
     p.add_argument("--split", nargs=3, type=float, default=(0.55, 0.15, 0.30))
     p.add_argument("--lesion-seed", type=int, default=7)
@@ -275,12 +293,18 @@ def main(argv: list[str] | None = None) -> int:
                (train, args.train_diameter_mm, args.copies, ("train", "val"))]  # fmt: skip
     if args.tune_data is None:
         folders.append((tune, args.tune_diameter_mm, args.tune_copies, ("val",)))
+    usual = LesionConfig().hypodense_fraction  # the evaluation and tuning sets keep it
+    asked = args.train_hypodense_fraction
     for folder, diameters, copies, splits in folders:
+        dark = asked if folder == train and asked is not None else usual
         if (folder / "dataset.json").is_file():
+            check_hypodense_fraction(folder, dark)
             continue
         if not args.dry_run and not organs.is_file():
             pad_organ_labels(args.data, organs)
         extra = [] if diameters is None else ["--diameter-mm", *map(str, diameters)]
+        if folder == train and asked is not None:
+            extra += ["--hypodense-fraction", str(asked)]
         run(nstseg(args, "make-lesions", *scans, "-o", str(folder), "--copies",
                    str(copies), "--seed", str(args.lesion_seed),
                    "--organ-labels", f"{scans[0]}={organs}",

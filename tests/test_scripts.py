@@ -118,6 +118,44 @@ def test_train_bundled_makes_only_the_splits_each_folder_needs(capsys):
     assert "--online-lesions" in train and "/tmp/nstseg-dry/train " in train
 
 
+def test_train_bundled_draws_a_share_of_bright_training_lesions_only_when_asked(tmp_path, capsys):
+    script = load_script("train_bundled")
+    work = tmp_path / "work"
+    args = ["--work", str(work), "--variants", "unet", "--dry-run", "--train-only"]
+    assert script.main([*args, "--train-hypodense-fraction", "0.5"]) == 0
+    made = [c for c in capsys.readouterr().out.splitlines() if "make-lesions" in c]
+    dark = {Path(c.split(" -o ")[1].split()[0]).name: "--hypodense-fraction 0.5" in c
+            for c in made}  # fmt: skip
+    assert dark == {"lesions": False, "train": True, "tune": False}  # evaluation sets as usual
+    assert not any("--hypodense-fraction" in c for c in made if "/train " not in c)
+    # a training folder made with the usual share is not trained on as if it were another
+    (work / "train").mkdir(parents=True)
+    (work / "train" / "dataset.json").write_text(
+        json.dumps({"lesion_config": {"hypodense_fraction": 0.8}})
+    )
+    with pytest.raises(SystemExit, match="hypodense fraction 0.8, not the 0.5"):
+        script.main([*args, "--train-hypodense-fraction", "0.5"])
+    assert script.main(args) == 0  # the usual share: that folder is the right one
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [({"ONLINE": "2"}, "ONLINE is 0 or 1"), ({"HYPODENSE": "1.5"}, "share of dark training")],
+)
+def test_ablation_refuses_a_bad_setting_before_any_work(tmp_path, env, message):
+    import os
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        ["bash", str(ROOT / "scripts/ablation.sh"), str(tmp_path / "w"), "default"],
+        env={**os.environ, "PYTHON": sys.executable, **env}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 2 and message in run.stderr
+    assert not (tmp_path / "w").exists()
+
+
 def _msd_folder(folder: Path, lesions: dict[str, tuple]) -> None:
     """One region (a.nii.gz z000-004) of 4 x 16 x 16 soft tissue (40 HU); a box lesion per case."""
     import nibabel as nib
