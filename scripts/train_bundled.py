@@ -111,8 +111,10 @@ def check_hypodense_fraction(folder: Path, wanted: float) -> None:
     """Refuse an existing lesion folder made with another share of dark lesions than this run
     asks for: a resumed run reuses its folders, a changed recipe needs another --work."""
     meta = json.loads((folder / "dataset.json").read_text())
-    made = (meta.get("lesion_config") or {}).get("hypodense_fraction")
-    if made is None or abs(float(made) - wanted) > 1e-9:
+    # Folders from before dataset.json recorded its lesion settings used the usual share.
+    usual = LesionConfig().hypodense_fraction
+    made = (meta.get("lesion_config") or {}).get("hypodense_fraction", usual)
+    if abs(float(made) - wanted) > 1e-9:
         raise SystemExit(
             f"{folder} was made with hypodense fraction {made}, not the {wanted} this run "
             "asks for (--train-hypodense-fraction, for the training folder): use another --work"

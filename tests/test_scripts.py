@@ -136,6 +136,8 @@ def test_train_bundled_draws_a_share_of_bright_training_lesions_only_when_asked(
     with pytest.raises(SystemExit, match="hypodense fraction 0.8, not the 0.5"):
         script.main([*args, "--train-hypodense-fraction", "0.5"])
     assert script.main(args) == 0  # the usual share: that folder is the right one
+    (work / "train" / "dataset.json").write_text(json.dumps({"name": "made before 2026-12"}))
+    assert script.main(args) == 0  # a folder that predates the record used the usual share
     capsys.readouterr()
 
 
