@@ -203,23 +203,32 @@ def later_sections(path: Path) -> list[str]:
     return sections
 
 
+def table_span(lines: list[str], header: str) -> tuple[int, int] | None:
+    """[start, end) of the rows of the first table under ``header``; None when there is none."""
+    head = header.split("\n")
+    for i in range(len(lines)):
+        if lines[i : i + len(head)] == head:
+            start = end = i + len(head)
+            while end < len(lines) and lines[end].startswith("|"):
+                end += 1
+            return start, end
+    return None
+
+
+def model_name(table_row: str) -> str:
+    return table_row.split("|")[1].strip()
+
+
 def dropped_rows(path: Path, header: str, names: set[str]) -> list[str]:
     """Models in the earlier table under ``header`` that the new one lacks."""
     if not path.is_file():
         return []
     lines = path.read_text().splitlines()
-    head = header.split("\n")
-    out: list[str] = []
-    for i in range(len(lines)):
-        if lines[i : i + len(head)] != head:
-            continue
-        j = i + len(head)
-        while j < len(lines) and lines[j].startswith("|"):
-            name = lines[j].split("|")[1].strip()
-            if name not in names and name not in out:
-                out.append(name)
-            j += 1
-    return out
+    span = table_span(lines, header)
+    if span is None:
+        return []
+    found = [model_name(line) for line in lines[span[0] : span[1]]]
+    return [n for i, n in enumerate(found) if n not in names and n not in found[:i]]
 
 
 def lesion_ranges(folder: str | Path, split: str | None = None) -> str:

@@ -19,27 +19,26 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bundle_weights import HEADER, REGION_HEADER, region_rows, row  # noqa: E402
-
-
-def _model(line: str) -> str:
-    return line.split("|")[1].strip()
+from bundle_weights import (  # noqa: E402
+    HEADER,
+    REGION_HEADER,
+    model_name,
+    region_rows,
+    row,
+    table_span,
+)
 
 
 def insert_rows(text: str, header: str, rows: list[str], where: str) -> str:
     """``text`` with ``rows`` at the end of the table under ``header``, replacing the rows of
     the same models."""
     lines = text.split("\n")
-    head = header.split("\n")
-    starts = [i for i in range(len(lines)) if lines[i : i + len(head)] == head]
-    if not starts:
-        raise ValueError(f"{where} has no table with the header {head[0][:60]}...")
-    start = starts[0] + len(head)
-    end = start
-    while end < len(lines) and lines[end].startswith("|"):
-        end += 1
-    names = {_model(r) for r in rows}
-    kept = [line for line in lines[start:end] if _model(line) not in names]
+    span = table_span(lines, header)
+    if span is None:
+        raise ValueError(f"{where} has no table with the header {header[:60]}...")
+    start, end = span
+    names = {model_name(r) for r in rows}
+    kept = [line for line in lines[start:end] if model_name(line) not in names]
     return "\n".join(lines[:start] + kept + rows + lines[end:])
 
 

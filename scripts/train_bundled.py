@@ -42,6 +42,8 @@ from pathlib import Path
 
 from napari_nstseg.training.lesions import LesionConfig
 
+# Share of dark lesions the evaluation and tuning sets keep (make-lesions' default).
+USUAL_HYPODENSE = LesionConfig().hypodense_fraction
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalsegmentator"
 # example_ct_sm repeats slices of example_ct, so only the two distinct scans are used; its organ
 # labels (example_seg) are padded onto example_ct's grid, where they are slices 82-111.
@@ -112,8 +114,7 @@ def check_hypodense_fraction(folder: Path, wanted: float) -> None:
     asks for: a resumed run reuses its folders, a changed recipe needs another --work."""
     meta = json.loads((folder / "dataset.json").read_text())
     # Folders from before dataset.json recorded its lesion settings used the usual share.
-    usual = LesionConfig().hypodense_fraction
-    made = (meta.get("lesion_config") or {}).get("hypodense_fraction", usual)
+    made = (meta.get("lesion_config") or {}).get("hypodense_fraction", USUAL_HYPODENSE)
     if abs(float(made) - wanted) > 1e-9:
         raise SystemExit(
             f"{folder} was made with hypodense fraction {made}, not the {wanted} this run "
@@ -295,17 +296,15 @@ def main(argv: list[str] | None = None) -> int:
                (train, args.train_diameter_mm, args.copies, ("train", "val"))]  # fmt: skip
     if args.tune_data is None:
         folders.append((tune, args.tune_diameter_mm, args.tune_copies, ("val",)))
-    usual = LesionConfig().hypodense_fraction  # the evaluation and tuning sets keep it
-    asked = args.train_hypodense_fraction
     for folder, diameters, copies, splits in folders:
-        dark = asked if folder == train and asked is not None else usual
+        asked = args.train_hypodense_fraction if folder == train else None
         if (folder / "dataset.json").is_file():
-            check_hypodense_fraction(folder, dark)
+            check_hypodense_fraction(folder, USUAL_HYPODENSE if asked is None else asked)
             continue
         if not args.dry_run and not organs.is_file():
             pad_organ_labels(args.data, organs)
         extra = [] if diameters is None else ["--diameter-mm", *map(str, diameters)]
-        if folder == train and asked is not None:
+        if asked is not None:
             extra += ["--hypodense-fraction", str(asked)]
         run(nstseg(args, "make-lesions", *scans, "-o", str(folder), "--copies",
                    str(copies), "--seed", str(args.lesion_seed),
