@@ -175,10 +175,13 @@ def test_predict_uses_the_weights_operating_point_unless_told_otherwise(
     }
     assert "threshold 0.45 (weights), min lesion 6 mm (weights)" in capsys.readouterr().err
 
-    argv = [*common, "--min-lesion-mm", "0", "--min-depth-mm", "4", "--report",
+    assert rep["mirror"] is False
+
+    argv = [*common, "--min-lesion-mm", "0", "--min-depth-mm", "4", "--mirror", "--report",
             str(tmp_path / "b.json")]  # fmt: skip
     assert run(argv) == 0
     rep = json.loads((tmp_path / "b.json").read_text())["run"]
+    assert rep["mirror"] is True
     assert (rep["threshold"], rep["min_lesion_mm"], rep["min_depth_mm"]) == (0.45, 0.0, 4.0)
     assert rep["operating_point_source"] == {
         "threshold": "weights",

@@ -391,3 +391,67 @@ def test_context_model_errors_are_readable(bright, tiny_model):
         seg.predict(np.zeros((3, 8, 8), np.float32), (1.0, 1.0))
     with pytest.raises(ValueError, match="1 input channel.*makes 3"):
         segmenter(tiny_model, CONTEXT)
+
+
+# -- test-time mirroring --------------------------------------------------------------------------
+class ShiftedBright(torch.nn.Module):
+    """The bright-voxel stand-in, looking 3 pixels to the left: not left-right symmetric."""
+
+    def __init__(self, bright) -> None:
+        super().__init__()
+        self.inner = bright()
+
+    def forward(self, x, residual=None, return_scale_weights=False):
+        shifted = torch.nn.functional.pad(x, (3, 0, 0, 0), mode="replicate")[..., :-3]
+        return self.inner(shifted, residual, return_scale_weights)
+
+
+def test_mirroring_makes_a_mirrored_scan_get_the_mirrored_prediction(bright, make_ct):
+    # Without mirroring, a network that is not symmetric tells a scan from its mirror image;
+    # with it, each slice is averaged with its mirror, and every map of the mirrored scan is
+    # the mirrored map.
+    vol = make_ct((2, 32, 64))  # a multiple of the pad size: no padding on one side only
+    flipped = np.ascontiguousarray(vol[..., ::-1])
+    maps = MapRequest(coarse=True, stages=True, scale_weights=True)
+    plain = segmenter(ShiftedBright(bright), prob_dtype="float16")
+    a, b = (plain.predict(v, SPACING, maps=maps) for v in (vol, flipped))
+    assert not np.array_equal(a.mask[..., ::-1], b.mask)
+    mirrored = plain.with_config(mirror=True)
+    a, b = (mirrored.predict(v, SPACING, maps=maps) for v in (vol, flipped))
+    np.testing.assert_array_equal(a.mask[..., ::-1], b.mask)
+    for name in ("final", "coarse", "scale_weights"):
+        np.testing.assert_allclose(
+            a.probability(name)[..., ::-1], b.probability(name), atol=1e-3, err_msg=name
+        )
+    for x, y in zip(a.stages, b.stages, strict=True):
+        np.testing.assert_allclose(x.astype(float)[..., ::-1], y.astype(float), atol=1e-3)
+
+
+def test_mirroring_flips_the_maps_back_onto_the_slice(bright, make_ct):
+    vol = make_ct((3, 32, 40))  # the blob lies right of centre
+    plain = segmenter(bright(), prob_dtype="float16").predict(vol, SPACING)
+    seg = segmenter(bright(), prob_dtype="float16", mirror=True)
+    mirrored = seg.predict(vol, SPACING)
+    assert np.array_equal(mirrored.mask, blob_mask(vol))
+    np.testing.assert_allclose(mirrored.final.astype(float), plain.final.astype(float), atol=1e-3)
+    assert seg.model.batches == [3, 3]  # the slices, then their mirror images
+
+
+def test_mirroring_gives_the_mirror_image_the_mirrored_residual_map(bright, tiny_mae, make_ct):
+    from types import SimpleNamespace
+
+    class Guided(bright):
+        config = SimpleNamespace(in_channels=1, arch="guided", ssl_guidance=True)
+
+        def forward(self, x, residual=None, return_scale_weights=False):
+            self.seen.append((x.clone(), residual.clone()))
+            return super().forward(x, residual, return_scale_weights)
+
+    model = Guided()
+    model.seen = []
+    seg = Segmenter(model, NATIVE, "cpu", EngineConfig(mirror=True), mae=tiny_mae)
+    seg.predict(make_ct((2, 32, 40)), SPACING)
+    (x, residual), (x_m, residual_m) = model.seen
+    torch.testing.assert_close(x_m, x.flip(-1))
+    torch.testing.assert_close(residual_m, residual.flip(-1))
+    assert residual.abs().max() > 0

@@ -541,9 +541,10 @@ def test_evaluate_scores_and_records_the_operating_point(reference, dataset, tmp
     out = tmp_path / "b"
     code = main(["evaluate", str(result.best), "--data", str(dataset), "--out", str(out),
                  "--device", "cpu", "--no-structure", "--threshold", "0.3",
-                 "--min-lesion-mm", "50"])  # fmt: skip
+                 "--min-lesion-mm", "50", "--mirror"])  # fmt: skip
     assert code == 0
     saved = json.loads((out / "evaluation.json").read_text())
+    assert saved["config"]["mirror"] is True and default["config"]["mirror"] is False
     assert saved["postprocess"]["threshold"] == 0.3
     assert saved["postprocess"]["min_lesion_mm"] == 50.0
     assert saved["postprocess"]["source"]["min_lesion_mm"] == "explicit"
@@ -562,6 +563,7 @@ def test_tune_postprocess_sweeps_the_grid_and_chooses_a_point(reference, dataset
                  "--device", "cpu"])  # fmt: skip
     assert code == 0
     tuned = json.loads((out / "tune.json").read_text())
+    assert tuned["mirror"] is False
     assert {r["min_depth_mm"] for r in tuned["grid"]} == {0.0}
     grid = {(r["threshold"], r["min_lesion_mm"]): r for r in tuned["grid"]}
     assert set(grid) == {(0.3, 0.0), (0.3, 4.0), (0.5, 0.0), (0.5, 4.0)}

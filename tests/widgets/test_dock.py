@@ -701,3 +701,38 @@ def test_controls_start_at_the_weights_recommendation_until_the_user_moves_them(
     assert widget.threshold.value == pytest.approx(0.6)
     assert widget.min_lesion.value == pytest.approx(4.0)
     assert errors == []
+
+
+def test_the_mirror_box_also_runs_each_slice_mirrored_and_keeps_the_mask_in_place(
+    qtbot, make_napari_viewer, tiny_weights, errors, monkeypatch
+):
+    from napari_nstseg.widgets import runner
+
+    engine = BrightStandIn.segmenter()
+    seen = []
+    forward = engine.model.forward
+
+    def recording(x, *args, **kwargs):
+        seen.append(x.clone())
+        return forward(x, *args, **kwargs)
+
+    engine.model.forward = recording
+    monkeypatch.setattr(runner, "load_segmenter", lambda weights, device, variant="": engine)
+    viewer = make_napari_viewer()
+    viewer.add_image(BrightStandIn.ct(), name="CT", scale=CT_SCALE, translate=CT_TRANSLATE)
+    widget = make_widget(viewer, tiny_weights, coarse=False, stages=False)
+    run_and_wait(qtbot, widget, "current slice", z=2)
+    assert len(seen) == 1
+    mask = viewer.layers[LayerNames("CT").tumor_mask]
+    plain = np.array(mask.data)
+
+    widget.mirror.value = True
+    widget.overwrite.value = True
+    run_and_wait(qtbot, widget, "current slice", z=2)
+    assert widget.last_outcome.request.mirror
+    assert len(seen) == 3
+    np.testing.assert_array_equal(seen[2], seen[1].flip(-1))
+    # A stand-in that looks at each voxel alone: the averaged mask lies where the lesion is.
+    np.testing.assert_array_equal(mask.data, plain)
+    assert mask.data[2, 14:29, 14:29].all() and mask.data[2, 44:46, 20:22].all()
+    assert errors == []

@@ -71,6 +71,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "least 2 slices of a 3 mm scan; default: the weights' recommendation, else 0)",
     )
     p.add_argument(
+        "--mirror",
+        action="store_true",
+        help="average each slice's maps with its left-right mirror image's, flipped back "
+        "(test-time augmentation; twice the model time)",
+    )
+    p.add_argument(
         "--slices",
         metavar="a:b",
         default=None,
@@ -204,6 +210,7 @@ def run_predict(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         min_lesion_mm=args.min_lesion_mm,
         min_depth_mm=args.min_depth_mm,
+        mirror=args.mirror,
     )
     seg = Segmenter.from_checkpoint(args.weights, args.device, config)
     point = operating_point(seg)
@@ -316,6 +323,7 @@ def run_predict(args: argparse.Namespace) -> int:
                 "min_lesion_mm": point["min_lesion_mm"],
                 "min_depth_mm": point["min_depth_mm"],
                 "operating_point_source": point["source"],
+                "mirror": seg.config.mirror,
                 "batch_size": pred.info.get("batch_size"),
                 "oom_backoffs": pred.info.get("oom_backoffs", 0),
                 "maps": sorted(map_paths),

@@ -99,6 +99,9 @@ class EngineConfig:
     - ``prob_dtype``: "uint8" (0..255) or "float16" storage of probability maps.
     - ``residual_masks``: complementary MAE masks per slice for the SSL residual map.
     - ``seed``: seeds the MAE masks (per slice), so residual maps do not depend on batching.
+    - ``mirror``: test-time augmentation, nnU-Net's mirroring restricted to the flip training
+      uses (left-right): every map is the mean of the slice's and its mirror image's, flipped
+      back. Twice the model time.
     """
 
     batch_size: int | None = 4
@@ -111,6 +114,7 @@ class EngineConfig:
     prob_dtype: str = "uint8"
     residual_masks: int = 4
     seed: int = 0
+    mirror: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and (
@@ -295,6 +299,19 @@ def _recommended_postprocess(
             f"The checkpoint {weights_path or ''} recommends an unusable operating point "
             f"('postprocess' entry): {exc}"
         ) from None
+
+
+def _model_maps(out: Any, maps: MapRequest, level: int | None) -> torch.Tensor:
+    """The model's maps one batch keeps, as probabilities stacked on dim 1: final, then coarse,
+    stages and the scale weights of fused ``level`` as ``maps`` asks."""
+    planes = [out.final.float().sigmoid()]
+    if maps.coarse:
+        planes.append(out.coarse.float().sigmoid())
+    if maps.stages:
+        planes.extend(s.float().sigmoid() for s in out.stages)
+    if level is not None:
+        planes.append(out.scale_weights[level].float())
+    return torch.cat(planes, dim=1)
 
 
 class Segmenter:
@@ -498,31 +515,33 @@ class Segmenter:
             if maps.scale_weights:
                 kwargs["return_scale_weights"] = True
             out = model(x, **kwargs)
+            mirrored = None
+            if self.config.mirror:
+                if "residual" in kwargs:
+                    kwargs["residual"] = kwargs["residual"].flip(-1)
+                mirrored = model(x.flip(-1), **kwargs)
         self._stages_seen = len(out.stages)
         _synchronize(device)
         t3 = time.perf_counter()
 
         # Every map goes back to the slice grid in one resampling call.
         with torch.inference_mode():
-            planes = [out.final.float().sigmoid()]
-            if maps.coarse:
-                planes.append(out.coarse.float().sigmoid())
-            if maps.stages:
-                planes.extend(s.float().sigmoid() for s in out.stages)
-            weights = None
-            if maps.scale_weights and out.scale_weights:
+            n_levels = len(out.scale_weights or ())
+            level = None
+            if maps.scale_weights and n_levels:
                 # SegOutput lists fused levels deepest first, so the finest is the last one.
-                n_levels = len(out.scale_weights)
                 level = n_levels - 1 if maps.scale_level is None else maps.scale_level
                 if not -n_levels <= level < n_levels:
                     raise ValueError(
                         f"scale_level {level} does not exist: this model fuses {n_levels} levels"
                     )
-                weights = out.scale_weights[level].float()
-                planes.append(weights)
+            weights = out.scale_weights[level] if level is not None else None
+            stack = _model_maps(out, maps, level)
+            if mirrored is not None:
+                # Probabilities are averaged, not logits, as nnU-Net does.
+                stack = (stack + _model_maps(mirrored, maps, level).flip(-1)) * 0.5
             if maps.residual:
-                planes.append(residual)
-            stack = torch.cat(planes, dim=1)
+                stack = torch.cat([stack, residual], dim=1)
             n, k = stack.shape[:2]
             back = resample_back(stack.reshape(n * k, *stack.shape[-2:]), info)
             back = back.reshape(n, k, *back.shape[-2:])

@@ -197,6 +197,11 @@ def _checkpoint_on_split_args(p: argparse.ArgumentParser, split: str, out: str) 
     p.add_argument(
         "--min-dice", type=float, default=0.1, help="Dice a detected lesion must reach (0.1)"
     )
+    p.add_argument(
+        "--mirror",
+        action="store_true",
+        help="average each slice's maps with its left-right mirror image's (twice the time)",
+    )
 
 
 def _weights(args: argparse.Namespace, what: str) -> str:
@@ -373,6 +378,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         min_depth_mm=args.min_depth_mm,
         structure=not args.no_structure,
         min_dice=args.min_dice,
+        mirror=args.mirror,
     )
     result = evaluate(_weights(args, "evaluate"), args.data, args.split, args.out, cfg)
     print(f"wrote {result['files']['evaluation.json']} and evaluation.csv")
@@ -394,6 +400,7 @@ def _tune(args: argparse.Namespace) -> int:
         min_dice=args.min_dice,
         device=args.device,
         batch_size=args.batch_size,
+        mirror=args.mirror,
         **grid,
     )
     result = tune_postprocess(_weights(args, "tune"), args.data, args.split, args.out, cfg)

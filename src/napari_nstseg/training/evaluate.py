@@ -47,10 +47,11 @@ class EvalConfig:
     bins (mm, longest axial diameter) and the contrast bins (|HU| against the surrounding
     tissue). ``min_dice``: a lesion counts as detected when the predicted components touching
     it reach this Dice with it (0.1 by default, so one huge false region does not "detect"
-    everything)."""
+    everything). ``mirror``: the engine's left-right test-time mirroring (EngineConfig)."""
 
     device: str = "auto"
     batch_size: int = 4
+    mirror: bool = False
     threshold: float | None = None
     min_lesion_mm: float | None = None
     min_depth_mm: float | None = None
@@ -215,6 +216,7 @@ def engine_for_split(
     threshold: float | None = None,
     min_lesion_mm: float | None = None,
     min_depth_mm: float | None = None,
+    mirror: bool = False,
 ):
     """(engine, cases of the split, label values scored as lesion) for scoring a checkpoint;
     the engine keeps only the final probability and the mask."""
@@ -231,6 +233,7 @@ def engine_for_split(
             min_lesion_mm=min_lesion_mm,
             min_depth_mm=min_depth_mm,
             maps=MapRequest.minimal(),
+            mirror=mirror,
         ),
     )
     trained_labels = (engine.meta.get("provenance") or {}).get("label_values")
@@ -289,6 +292,7 @@ def evaluate(
         cfg.threshold,
         cfg.min_lesion_mm,
         cfg.min_depth_mm,
+        cfg.mirror,
     )
     point = engine.postprocess
     table = read_lesion_table(data_folder)

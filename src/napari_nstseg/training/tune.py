@@ -58,8 +58,8 @@ GRID_COLUMNS = (
 class TuneConfig:
     """The grid (probability thresholds x minimum lesion sizes x minimum depths, both in mm),
     the false-positive budget
-    per scan, the detection rule (``min_dice`` as in `nstseg evaluate`) and the engine's device
-    and batch."""
+    per scan, the detection rule (``min_dice`` as in `nstseg evaluate`) and the engine's device,
+    batch and test-time mirroring."""
 
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
     min_lesion_mm: tuple[float, ...] = DEFAULT_MIN_LESION_MM
@@ -68,6 +68,7 @@ class TuneConfig:
     min_dice: float = 0.1
     device: str = "auto"
     batch_size: int = 4
+    mirror: bool = False
 
     def __post_init__(self) -> None:
         if not self.thresholds or not self.min_lesion_mm or not self.min_depth_mm:
@@ -262,7 +263,7 @@ def tune_postprocess(
 
     cfg = config or TuneConfig()
     engine, cases, label_values = engine_for_split(
-        weights, data_folder, split, cfg.device, cfg.batch_size
+        weights, data_folder, split, cfg.device, cfg.batch_size, mirror=cfg.mirror
     )
     table = read_lesion_table(data_folder)
     per_case = []
@@ -302,6 +303,8 @@ def tune_postprocess(
         "split": split,
         "max_fp_per_scan": cfg.max_fp_per_scan,
         "min_dice": cfg.min_dice,
+        # An operating point chosen on mirrored predictions belongs with mirrored runs.
+        "mirror": cfg.mirror,
         "criterion": criterion,
         "met_fp_limit": best["fp_per_scan"] <= cfg.max_fp_per_scan + 1e-12,
         "note": note,

@@ -87,6 +87,7 @@ class RunRequest:
     variant: str = ""
     min_lesion_mm: float = 0.0
     min_depth_mm: float = 0.0
+    mirror: bool = False
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
@@ -208,6 +209,11 @@ class NSTSegWidget(QWidget):
         self.show_stage_probs = CheckBox(text="LFM stage probabilities", value=False)
         self.show_residual = CheckBox(text="SSL residual", value=False)
         self.show_scale_weights = CheckBox(text="SFM scale weights", value=False)
+        self.mirror = CheckBox(text="average with the mirror image", value=False)
+        self.mirror.tooltip = (
+            "Test-time augmentation: each slice is also run flipped left-right and the two "
+            "results are averaged (twice the time)."
+        )
         self.overwrite = CheckBox(text="overwrite slices I edited", value=False)
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -226,6 +232,7 @@ class NSTSegWidget(QWidget):
                 self.threshold,
                 self.min_lesion,
                 self.min_depth,
+                self.mirror,
                 self.show_coarse,
                 self.show_stages,
                 self.show_stage_probs,
@@ -498,6 +505,7 @@ class NSTSegWidget(QWidget):
             variant=variant,
             min_lesion_mm=float(self.min_lesion.value),
             min_depth_mm=float(self.min_depth.value),
+            mirror=bool(self.mirror.value),
         )
 
     # -- running ----------------------------------------------------------------------------

@@ -97,6 +97,7 @@ class PredictionSteps:
             threshold=request.threshold,
             min_lesion_mm=request.min_lesion_mm,
             min_depth_mm=request.min_depth_mm,
+            mirror=request.mirror,
         )
         roi = request.roi
         self._events: Iterator[Any] = self.segmenter.iter_predict(
