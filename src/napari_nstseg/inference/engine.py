@@ -535,7 +535,6 @@ class Segmenter:
                     raise ValueError(
                         f"scale_level {level} does not exist: this model fuses {n_levels} levels"
                     )
-            weights = out.scale_weights[level] if level is not None else None
             stack = _model_maps(out, maps, level)
             if mirrored is not None:
                 # Probabilities are averaged, not logits, as nnU-Net does.
@@ -560,8 +559,8 @@ class Segmenter:
                     for i in range(len(out.stages))
                 ]
                 c += len(out.stages)
-            if weights is not None:
-                w = weights.shape[1]
+            if level is not None:
+                w = out.scale_weights[level].shape[1]
                 result["scale_weights"] = encode_probability(
                     back[:, c : c + w], self.config.prob_dtype
                 )
