@@ -56,6 +56,36 @@ def test_lesions_sit_in_soft_tissue_with_sizes_in_mm():
     assert np.array_equal(np.unique(mask), [0, 1, 2, 3])
 
 
+def test_surroundings_recorded_and_lesions_kept_off_fat_on_request():
+    hu, classes = phantom()
+    # mm from every voxel to the nearest one that is not soft tissue (fat pad, bone, air)
+    clearance_mm = ndimage.distance_transform_edt(classes == SOFT, sampling=SPACING)
+    # the ring reaches 3 shell_mm + a slice + the edge blur beyond the lesion, and bone's
+    # 3 mm margin is no place for lesions either: beyond 10 mm a lesion sees soft tissue only
+    beside = 0
+    for seed in range(4):
+        cfg = small_config(lesions_per_scan=(5, 5), max_attempts=2000, seed=seed)
+        _, mask, records = insert_lesions(hu, SPACING, config=cfg)
+        for rec in records:
+            clear = clearance_mm[mask == rec.lesion_id].min()
+            assert 0.0 <= rec.surround_soft_fraction <= 1.0
+            if clear > 10.0:
+                assert rec.surround_soft_fraction == 1.0
+                assert rec.surround_sd_hu == pytest.approx(NOISE_HU, rel=0.3)
+            if rec.surround_soft_fraction < 0.9:
+                beside += 1
+                assert clear < 10.0 and rec.surround_sd_hu > 2 * NOISE_HU
+    assert beside > 0  # by default lesions may abut fat, as tumours do
+    for seed in range(4):
+        cfg = small_config(lesions_per_scan=(5, 5), max_attempts=2000, seed=seed,
+                           min_surround_soft=0.95)  # fmt: skip
+        _, mask, records = insert_lesions(hu, SPACING, config=cfg)
+        assert records and all(r.surround_soft_fraction >= 0.95 for r in records)
+        assert all(clearance_mm[mask == r.lesion_id].min() > 1.0 for r in records)
+    with pytest.raises(ValueError, match="min_surround_soft"):
+        LesionConfig(min_surround_soft=1.5)
+
+
 def vertebra_phantom(noise=NOISE_HU):
     """Soft tissue with a cortical ring around marrow at soft-tissue HU, a contrast-filled vessel,
     and a ring of "ribs" enclosing the whole belly (a hole far too large to count as bone)."""

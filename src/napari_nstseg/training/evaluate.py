@@ -1,7 +1,7 @@
 """Held-out evaluation of a checkpoint as users get it (the inference engine on whole scans): the
 papers' pixel metrics per lesion-size group (SoSegFormer 004), volume Dice, and lesion-level
-detection sensitivity and false positives per scan, also per size, contrast and organ from
-lesions.csv.
+detection sensitivity and false positives per scan, also per size, contrast, polarity, organ
+and surroundings from lesions.csv.
 Pixel counts and detection are taken on the post-processed mask (threshold + small lesions
 removed, the operating point users get); MAE, S- and E-measure on the probability.
 """
@@ -47,7 +47,10 @@ class EvalConfig:
     bins (mm, longest axial diameter) and the contrast bins (|HU| against the surrounding
     tissue). ``min_dice``: a lesion counts as detected when the predicted components touching
     it reach this Dice with it (0.1 by default, so one huge false region does not "detect"
-    everything). ``mirror``: the engine's left-right test-time mirroring (EngineConfig)."""
+    everything). ``mirror``: the engine's left-right test-time mirroring (EngineConfig).
+    ``surround_soft``: lesions are reported apart by whether the ring around them (lesions.csv
+    ``surround_soft_fraction``) is at least this share soft tissue or more of it is fat, gas or
+    bone (0.8 splits the test split's lesions >= 10 mm and >= 20 HU about in half)."""
 
     device: str = "auto"
     batch_size: int = 4
@@ -59,6 +62,7 @@ class EvalConfig:
     min_dice: float = 0.1
     diameter_bins_mm: tuple[float, ...] = (10.0, 20.0)
     contrast_bins_hu: tuple[float, ...] = (20.0, 40.0)
+    surround_soft: float = 0.8
 
 
 def _bin_names(edges: Sequence[float], unit: str) -> list[str]:
@@ -88,6 +92,8 @@ def read_lesion_table(folder: str | Path) -> dict[str, list[dict[str, Any]]]:
                     # make-lesions records the organ a lesion was placed in ('soft tissue'
                     # outside the organ labels); other tables may not.
                     "organ": row.get("organ") or None,
+                    # Tables made before make-lesions recorded the surroundings lack it.
+                    "surround_soft": _optional_float(row.get("surround_soft_fraction")),
                 }
             except (KeyError, ValueError) as exc:
                 raise ValueError(
@@ -96,6 +102,13 @@ def read_lesion_table(folder: str | Path) -> dict[str, list[dict[str, Any]]]:
                 ) from None
             by_case.setdefault(row["case"], []).append(entry)
     return by_case
+
+
+def _optional_float(text: str | None) -> float | None:
+    if text in (None, ""):
+        return None
+    value = float(text)
+    return None if math.isnan(value) else value
 
 
 def match_table_rows(
@@ -162,6 +175,22 @@ def _by_polarity(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def surround_names(edge: float) -> tuple[str, str]:
+    """Names of the two surroundings groups at share ``edge`` of soft tissue in the ring."""
+    return (f"ring >={edge:.0%} soft tissue", f"ring <{edge:.0%} soft tissue")
+
+
+def _by_surroundings(rows: list[dict[str, Any]], edge: float) -> dict[str, Any]:
+    """Sensitivity for lesions mostly in soft tissue and for those with more fat, gas or bone
+    around them (rows without the record are left out)."""
+    known = [r for r in rows if r.get("surround_soft") is not None]
+    soft, mixed = surround_names(edge)
+    return {
+        soft: _sensitivity([r for r in known if r["surround_soft"] >= edge]),
+        mixed: _sensitivity([r for r in known if r["surround_soft"] < edge]),
+    }
+
+
 def _lesion_groups(rows: list[dict[str, Any]], cfg: EvalConfig) -> dict[str, Any]:
     rows = [r for r in rows if r["matched"]]
     by_size = {
@@ -187,6 +216,10 @@ def _lesion_groups(rows: list[dict[str, Any]], cfg: EvalConfig) -> dict[str, Any
         "by_polarity": _by_polarity(rows),
         "target_by_polarity": _by_polarity(target),
     }
+    if any(r.get("surround_soft") is not None for r in rows):
+        # A dark lesion against fat looks like fat, whatever its contrast to the tissue beside.
+        groups["by_surroundings"] = _by_surroundings(rows, cfg.surround_soft)
+        groups["target_by_surroundings"] = _by_surroundings(target, cfg.surround_soft)
     organs = sorted({r["organ"] for r in rows if r.get("organ")})
     if organs:
         groups["by_organ"] = {
@@ -426,10 +459,18 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     table = result.get("lesions_by_table")
     if table:
         for group, values in table.items():
-            if group in ("by_diameter", "by_contrast", "by_polarity", "by_organ"):
+            if group in (
+                "by_diameter",
+                "by_contrast",
+                "by_polarity",
+                "by_organ",
+                "by_surroundings",
+            ):
                 section = f"lesions.csv {group[3:]}"
             elif group == "target_by_polarity":
                 section = f"lesions.csv {TARGET_NAME}"
+            elif group == "target_by_surroundings":
+                section = f"lesions.csv {TARGET_NAME} surroundings"
             else:
                 section = None
             if section:
@@ -488,6 +529,7 @@ def write_results(
         "diameter_mm",
         "contrast_hu",
         "organ",
+        "surround_soft",
         "matched",
         "detected",
         "dice",

@@ -15,12 +15,16 @@ difference a reader measures with an ROI on the label.
 
 Placement: only in soft tissue inside the body (support median HU within ``median_hu``; at
 least ``min_soft_fraction`` of its voxels in ``soft_tissue_hu`` and none outside ``never_hu``,
-so no air, fat or bone), away from bone and opacified vessels (``dense_mask``: marrow and the
-saturated window there would hide a lesion), wholly inside the volume, over tissue whose mean
-matches its surrounding shell within ``max_background_step_hu`` (else "contrast to the local
-tissue" is undefined), and, where organ labels exist, a share ``organ_fraction`` inside one of
-the target organs (chosen uniformly among those present, so the small pancreas gets as many as
-the liver).
+so no air or bone and little fat), away from bone and opacified vessels (``dense_mask``: marrow
+and the saturated window there would hide a lesion), wholly inside the volume, over tissue whose
+mean matches its surrounding shell within ``max_background_step_hu`` (else "contrast to the
+local tissue" is undefined), with at least ``min_surround_soft`` of the ring around it soft
+tissue (default 0: lesions may abut fat, gas or bone, as tumours do), and, where organ labels
+exist, a share ``organ_fraction`` inside one of the target organs (chosen uniformly among those
+present, so the small pancreas gets as many as the liver). Every lesion records its
+surroundings (``surround_soft_fraction``, ``surround_sd_hu``): a dark lesion against a border
+with fat is far harder to see than its contrast to the soft tissue beside it says, so results
+can be split by it.
 Each lesion keeps a reserved zone (its support plus the measuring shell), and zones never
 overlap, so lesions neither touch nor disturb each other's contrast measurement.
 
@@ -104,6 +108,8 @@ CSV_COLUMNS = (
     "offset_peak_hu",
     "volume_ml",
     "n_voxels",
+    "surround_soft_fraction",
+    "surround_sd_hu",
 )
 
 
@@ -140,6 +146,9 @@ class LesionConfig:
     shell_mm: float = 5.0  # thickness of the ring where the surrounding tissue is measured
     # Largest |mean HU under the lesion - mean HU of its shell| before insertion.
     max_background_step_hu: float = 15.0
+    # Least share of the ring around a lesion (every voxel of its measuring zone) that is soft
+    # tissue; the rest is fat, gas, bone or opacified vessel. 0 lets lesions abut anything.
+    min_surround_soft: float = 0.0
     max_attempts: int = 400
     seed: int | None = 0
 
@@ -161,7 +170,13 @@ class LesionConfig:
                 f"least {self.min_abs_contrast_hu} HU; raise its high end or set "
                 "hypodense_fraction=1"
             )
-        for name in ("hypodense_fraction", "organ_fraction", "min_in_organ", "min_soft_fraction"):
+        for name in (
+            "hypodense_fraction",
+            "organ_fraction",
+            "min_in_organ",
+            "min_soft_fraction",
+            "min_surround_soft",
+        ):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         nlo, nhi = self.lesions_per_scan
@@ -201,6 +216,9 @@ class LesionRecord:
     offset_peak_hu: float  # the offset where the profile is 1
     volume_ml: float
     n_voxels: int
+    # Of the ring around the lesion before insertion (LesionSites.surroundings).
+    surround_soft_fraction: float = float("nan")
+    surround_sd_hu: float = float("nan")
 
     def to_row(self) -> dict[str, object]:
         """Flat dict for lesions.csv."""
@@ -434,7 +452,10 @@ class LesionSites:
         is too small or the tissue under the lesion does not match it (then "contrast to the
         local tissue" is undefined: the lesion would straddle liver and vessel, muscle and
         fat)."""
-        shell = (profile < 0.02) & zone & self.soft[sl]
+        ring = _ring(profile, zone)
+        if self.soft[sl][ring].mean() < self.config.min_surround_soft:
+            return None
+        shell = ring & self.soft[sl]
         if organ_id is not None:
             in_organ = shell & (self.organ_labels[sl] == organ_id)
             shell = in_organ if in_organ.sum() >= 10 else shell
@@ -444,6 +465,19 @@ class LesionSites:
         if abs(step) > self.config.max_background_step_hu:
             return None
         return shell
+
+    def surroundings(
+        self, sl: tuple[slice, ...], profile: np.ndarray, zone: np.ndarray
+    ) -> tuple[float, float]:
+        """Share of soft tissue in the ring around a lesion, and the SD of its HU (every
+        voxel, before insertion): what a reader sees the lesion against."""
+        ring = _ring(profile, zone)
+        return float(self.soft[sl][ring].mean()), float(self.hu[sl][ring].std())
+
+
+def _ring(profile: np.ndarray, zone: np.ndarray) -> np.ndarray:
+    """The measuring zone beyond the lesion's edge (where its profile has died out)."""
+    return (profile < 0.02) & zone
 
 
 def lesion_sites(
@@ -563,6 +597,7 @@ def insert_lesions(
         reserved[sl] |= zone
 
         measured = float(new[sl][support].mean() - new[sl][shell].mean())
+        soft_share, sd_hu = sites.surroundings(sl, profile, zone)
         n_vox = int(support.sum())
         centroid = np.argwhere(support).mean(axis=0) + box_lo
         records.append(
@@ -580,6 +615,8 @@ def insert_lesions(
                 offset_peak_hu=round(amplitude, 3),
                 volume_ml=round(n_vox * float(np.prod(spacing)) / 1000.0, 6),
                 n_voxels=n_vox,
+                surround_soft_fraction=round(soft_share, 4),
+                surround_sd_hu=round(sd_hu, 2),
             )
         )
     if not records:

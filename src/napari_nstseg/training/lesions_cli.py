@@ -49,6 +49,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--organ-fraction", type=float, default=d.organ_fraction)
     p.add_argument("--irregularity", type=float, default=d.irregularity)
     p.add_argument("--edge-softness-mm", type=float, default=None)
+    p.add_argument(
+        "--min-surround-soft",
+        type=float,
+        default=d.min_surround_soft,
+        metavar="SHARE",
+        help="least share (0-1) of the ring around each lesion that is soft tissue, not fat, "
+        "gas or bone (default 0: lesions may abut anything, as tumours do)",
+    )
     s = SplitConfig()
     p.add_argument(
         "--split", nargs=3, type=float, default=s.fractions, metavar=("TRAIN", "VAL", "TEST")
@@ -92,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
             organ_fraction=args.organ_fraction,
             irregularity=args.irregularity,
             edge_softness_mm=args.edge_softness_mm,
+            min_surround_soft=args.min_surround_soft,
             seed=args.seed,
         )
         split = SplitConfig(fractions=tuple(args.split), by=args.split_by, guard_mm=args.guard_mm)
