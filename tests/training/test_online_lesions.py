@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from lesion_helpers import SOFT, phantom, save_int16
 from napari_nstseg.io.readers import read_ct
@@ -95,6 +96,36 @@ def test_a_lesion_on_the_fly_is_the_lesion_make_lesions_would_insert():
     mask[rows, cols] = placed.mask
     assert mask.sum() > 0
     np.testing.assert_array_equal(mask, (want >= 0.5).astype(np.float32))
+
+
+def test_lesions_on_the_fly_keep_off_fat_and_air_when_asked():
+    # make-lesions' --min-surround-soft holds on the fly too: with the whole ring soft tissue no
+    # lesion lies within its ring (3 mm shell + a slice + the blur) of the fat pad, air or bone
+    src, classes = block()
+    clearance_mm = ndimage.distance_transform_edt(classes == SOFT, sampling=SPACING)
+
+    def clearances(config):
+        sampling = SamplingConfig(crop_size=(32, 32), samples_per_epoch=8, lesion_bank=24, seed=3)
+        ds = OnlineLesionDataset([src], config, PRE, sampling)
+        rng = np.random.default_rng(0)
+        out = []
+        while len(out) < 30:
+            placed = ds.place(0, rng)
+            if placed is not None:
+                out.append(clearance_mm[placed.box][placed.support].min())
+        return np.array(out)
+
+    assert (clearances(LESIONS) < 2.0).any()  # by default lesions may abut the fat pad
+    assert (clearances(replace(LESIONS, min_surround_soft=1.0)) > 5.0).all()
+
+
+def test_settings_no_block_can_meet_fail_with_a_readable_error():
+    impossible = replace(LESIONS, median_hu=(500.0, 600.0))  # no soft tissue is that dense
+    sampling = SamplingConfig(crop_size=(32, 32), samples_per_epoch=4, positive_fraction=1.0,
+                              lesion_bank=4, seed=3)  # fmt: skip
+    ds = OnlineLesionDataset([block()[0]], impossible, PRE, sampling)
+    with pytest.raises(RuntimeError, match=r"could not place a lesion in phantom z000-024 after"):
+        ds[0]
 
 
 def test_context_planes_carry_the_lesion_too():
