@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -278,3 +279,63 @@ def test_a_new_bundle_keeps_the_sections_added_since_and_names_the_rows_it_drops
     assert {"### Lesions inserted on the fly", "### Dark and bright lesions"} <= set(headings)
     card = bundle.later_sections(ROOT / "src/napari_nstseg/weights/MODEL_CARD.md")
     assert any("Dark and bright lesions apart" in s for s in card)
+
+
+def test_surroundings_table_recounts_target_lesions_by_their_ring():
+    table = load_script("surroundings_table")
+    shares = {("c0", "1"): 0.9, ("c0", "2"): 0.5, ("c0", "3"): 0.85, ("c0", "4"): 0.95}
+
+    def row(lesion, detected, diameter, contrast, matched="True"):
+        return {"case": "c0", "lesion_id": lesion, "matched": matched, "detected": detected,
+                "diameter_mm": diameter, "contrast_hu": contrast}  # fmt: skip
+
+    rows = [
+        row("1", "True", "12", "-30"),
+        row("2", "False", "15", "-40"),
+        row("3", "False", "12", "25"),  # bright: counted in all, not among the dark
+        row("4", "True", "5", "-30"),  # too small for the target group
+    ]
+    counts = table.recount(rows, shares, 0.8)
+    assert counts == {"soft": [1, 2], "soft dark": [1, 1], "mixed": [0, 1], "mixed dark": [0, 1]}
+    assert table.recount(rows, shares, 0.95)["mixed"] == [1, 3]
+    with pytest.raises(SystemExit, match="not in the lesion table"):
+        table.recount([row("9", "True", "12", "-30")], shares, 0.8)
+
+
+def test_lesion_figure_crops_the_lesion_it_names(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from lesion_helpers import phantom, save_int16
+    from napari_nstseg.training.lesions import LesionConfig, SplitConfig
+    from napari_nstseg.training.lesions import make_lesion_dataset as make
+
+    hu, _ = phantom(shape=(24, 48, 48), spacing=(2.0, 1.2, 1.2), seed=5)
+    scan = tmp_path / "a.nii.gz"
+    save_int16(scan, np.transpose(hu, (2, 1, 0)), np.diag([-1.2, -1.2, 2.0, 1.0]))
+    cfg = LesionConfig(diameter_mm=(8.0, 9.0), lesions_per_scan=(1, 1), shell_mm=2.0, seed=1,
+                       contrast_hu=(-60.0, -50.0), hypodense_fraction=1.0)  # fmt: skip
+    folder = make([scan], tmp_path / "set", 1, cfg, 3, None, SplitConfig(by="scan"))
+    with open(folder / "lesions.csv") as f:
+        (lesion,) = list(csv.DictReader(f))
+    figure = load_script("lesion_figure")
+    pair = figure.crop_pair(folder, lesion, half=10, zoom=1)
+    plain, outlined = pair[:, :20], pair[:, 26:]
+    # the crop is centred on the lesion: the dark lesion (soft tissue, 40 HU, shows at 127 in
+    # W400/L40) and its green outline lie in the middle
+    assert plain[8:12, 8:12, 0].mean() < 115
+    green = np.argwhere((outlined == figure.GREEN).all(axis=-1))
+    assert len(green) and np.abs(green.mean(axis=0) - 9.5).max() < 3
+    size = f"{float(lesion['diameter_axial_max_mm']):.0f} mm"
+    assert figure.caption(lesion, None).startswith(size)
+    assert figure.caption(lesion, False).endswith(": missed")
+    out = tmp_path / "fig.png"
+    import sys
+
+    argv = sys.argv
+    sys.argv = ["lesion_figure", str(folder), str(out), f"{lesion['case']}:{lesion['lesion_id']}"]
+    try:
+        figure.main()
+    finally:
+        sys.argv = argv
+    assert Image.open(out).size[0] == 2 * 40 * 5 + 6
