@@ -449,9 +449,9 @@ class LesionSites:
         organ_id: int | None,
     ) -> np.ndarray | None:
         """The ring of tissue around a lesion where its contrast is measured, or None where it
-        is too small or the tissue under the lesion does not match it (then "contrast to the
-        local tissue" is undefined: the lesion would straddle liver and vessel, muscle and
-        fat)."""
+        is too small, holds less soft tissue than ``min_surround_soft``, or the tissue under the
+        lesion does not match it (then "contrast to the local tissue" is undefined: the lesion
+        would straddle liver and vessel, muscle and fat)."""
         ring = _ring(profile, zone)
         if self.soft[sl][ring].mean() < self.config.min_surround_soft:
             return None
