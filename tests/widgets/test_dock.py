@@ -279,6 +279,14 @@ def test_lesion_table_and_csv_export(viewer_with_ct, tmp_path):
     assert rows[0]["slice_range"] == (2, 3) and rows[1]["slice_range"] == (6, 6)
     assert widget.lesion_table.rowCount() == 2
     assert widget.lesion_table.item(0, 3).text() == "2-3"
+    # every header, units included, is readable at the dock's width
+    viewer.window._qt_window.show()
+    header = widget.lesion_table.horizontalHeader()
+    metrics = header.fontMetrics()
+    for c in range(widget.lesion_table.columnCount()):
+        text = widget.lesion_table.horizontalHeaderItem(c).text()
+        # (plus the header's own padding, a few pixels each side)
+        assert header.sectionSize(c) >= metrics.horizontalAdvance(text) + 8, (text, header.width())
 
     path = widget.export_csv(tmp_path / "lesions.csv")
     lines = path.read_text().splitlines()

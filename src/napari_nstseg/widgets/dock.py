@@ -265,6 +265,10 @@ class NSTSegWidget(QWidget):
         )
         self.lesion_table.verticalHeader().setVisible(False)
         _fit_table(self.lesion_table, 4)
+        # Ids are short: their column takes its contents' width so the headers with units fit.
+        self.lesion_table.horizontalHeader().setSectionResizeMode(
+            0, QHeaderView.ResizeMode.ResizeToContents
+        )
         self.measure_button = QPushButton("Measure lesions")
         self.export_button = QPushButton("Export CSV")
         lesions_box = QGroupBox("Lesions in the tumor mask")
