@@ -50,8 +50,9 @@ from napari_nstseg.training.lesions import (
 
 # Placements tried per positive sample before giving up. One try costs about 0.05 ms (a few
 # box-sized checks); about one in three passes in the pelvis block of the bundled recipe but
-# one in 35 in its chest block, and with `--min-surround-soft 0.8` one in 770 there, so the cap
-# is set where even that fails once in 10^11 samples and a hopeless setting still errors in 1 s.
+# one in 35 in its chest block, and with `--min-surround-soft 0.8` about one in 800 there (5 of
+# 4000 tries), so the cap is set where even that fails about once in 10^10 samples and a hopeless
+# setting still errors within a second or two.
 MAX_ATTEMPTS = 20000
 
 
