@@ -12,7 +12,7 @@ from widget_helpers import CT_SCALE, CT_SHAPE, CT_TRANSLATE, make_ct
 from napari_nstseg.io.volume import METADATA_KEY
 from napari_nstseg.widgets import dock as dock_module
 from napari_nstseg.widgets.dock import BUNDLED, FROM_FILE, NSTSegWidget, viewer_grid
-from napari_nstseg.widgets.layers import LayerNames
+from napari_nstseg.widgets.layers import LayerNames, mirroring_of_slices
 
 RUN_TIMEOUT_MS = 60_000
 
@@ -744,3 +744,20 @@ def test_the_mirror_box_also_runs_each_slice_mirrored_and_keeps_the_mask_in_plac
     np.testing.assert_array_equal(mask.data, plain)
     assert mask.data[2, 14:29, 14:29].all() and mask.data[2, 44:46, 20:22].all()
     assert errors == []
+
+    # Runs on different slices add up in one mask: the mask records how each slice was made,
+    # and the widget says so as soon as it mixes both ways.
+    warnings: list[str] = []
+    monkeypatch.setattr(dock_module, "show_warning", warnings.append)
+    assert mirroring_of_slices(mask) == ([2], [])  # the mirrored run replaced the plain slice
+    run_and_wait(qtbot, widget, "current slice", z=3)
+    assert warnings == []  # still one setting throughout
+    widget.mirror.value = False
+    run_and_wait(qtbot, widget, "current slice", z=5)
+    assert mirroring_of_slices(mask) == ([2, 3], [5])
+    assert len(warnings) == 1 and "(2-3)" in warnings[0] and "(5)" in warnings[0]
+    # a slice corrected by hand is left alone by the next run, and so is its record
+    widget.overwrite.value = False
+    paint_like_a_brush(mask, 3, (5, 5), 1)
+    run_and_wait(qtbot, widget, "current slice", z=3)  # without mirroring, as for slice 5
+    assert mirroring_of_slices(mask) == ([2, 3], [5])

@@ -50,6 +50,7 @@ from .layers import (
     MapsToShow,
     ct_geometry,
     edit_tracker,
+    mirroring_of_slices,
     show_prediction,
 )
 from .runner import VARIANTS
@@ -672,10 +673,13 @@ class NSTSegWidget(QWidget):
                 suffix=_suffix(request.variant),
                 min_lesion_mm=request.min_lesion_mm,
                 min_depth_mm=request.min_depth_mm,
+                mirror=request.mirror,
             )
         except Exception as exc:  # a layer problem must not take the viewer down
             self._fail(f"Could not show the prediction on {request.ct_name!r}: {exc}")
             return
+        if not request.variant:
+            self._warn_mixed_mirroring(ct)
         if not request.variant:
             self._shown = (outcome, weakref.ref(ct))
         self._track_mask_layer()
@@ -747,6 +751,7 @@ class NSTSegWidget(QWidget):
                 rethreshold=True,
                 min_lesion_mm=min_lesion,
                 min_depth_mm=min_depth,
+                mirror=outcome.request.mirror,
             )
         except Exception as exc:  # a layer problem must not take the viewer down
             self._fail(f"Could not apply {point} on {ct.name!r}: {exc}")
@@ -759,6 +764,20 @@ class NSTSegWidget(QWidget):
         return True
 
     # -- edits and autosave -----------------------------------------------------------------
+    def _warn_mixed_mirroring(self, ct: Any) -> None:
+        """Say so when runs with and without mirroring have made slices of one tumor mask."""
+        layer = self._layer(LayerNames(ct.name).tumor_mask)
+        if layer is None:
+            return
+        mirrored, plain = mirroring_of_slices(layer)
+        if mirrored and plain:
+            show_warning(
+                f"The tumor mask of {ct.name!r} now holds slices made with the mirror image "
+                f"averaged in ({_slice_list(mirrored)}) and slices made without "
+                f"({_slice_list(plain)}); run the whole volume again with one setting for a "
+                "consistent mask."
+            )
+
     def _track_mask_layer(self) -> None:
         layer = self.mask_layer()
         if layer is None or layer in self._tracked:
@@ -1018,6 +1037,17 @@ def _fit_table(table: QTableWidget, rows: int) -> None:
     height += rows * table.verticalHeader().defaultSectionSize()
     table.setMinimumHeight(height)
     table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+
+
+def _slice_list(zs: list[int]) -> str:
+    """Sorted slice indices as runs: [1, 2, 3, 7] -> '1-3, 7'."""
+    runs: list[list[int]] = []
+    for z in zs:
+        if runs and z == runs[-1][1] + 1:
+            runs[-1][1] = z
+        else:
+            runs.append([z, z])
+    return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs)
 
 
 def _fmt(value: Any) -> str:

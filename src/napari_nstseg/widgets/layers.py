@@ -329,6 +329,10 @@ def write_mask(
     return zs
 
 
+# Tumor-mask metadata: slice index -> whether the run that wrote it used test-time mirroring.
+MIRROR_KEY = "nstseg_mirrored"
+
+
 def show_prediction(
     viewer: Any,
     ct_layer: Any,
@@ -340,6 +344,7 @@ def show_prediction(
     rethreshold: bool = False,
     min_lesion_mm: float = 0.0,
     min_depth_mm: float = 0.0,
+    mirror: bool = False,
 ) -> dict[str, Any]:
     """Add or update the layers for ``prediction`` on ``ct_layer``; returns them by name.
 
@@ -350,7 +355,10 @@ def show_prediction(
     and LFM stage masks still in the viewer. Probability maps do not depend on the threshold,
     and a layer the user closed should not come back because a slider moved.
     ``min_lesion_mm`` and ``min_depth_mm`` remove small and shallow lesions from the tumor mask
-    only; the stage masks show the network's stages as they are.
+    only; the stage masks show the network's stages as they are. ``mirror``: whether the
+    prediction averaged each slice with its mirror image; the tumor mask records it for every
+    slice it writes (``metadata[MIRROR_KEY]``, see :func:`mirroring_of_slices`), since runs on
+    different slices add up in one mask.
     """
     view = PredictionView(prediction, tuple(ct_layer.data.shape))
     names = LayerNames(ct_layer.name, suffix)
@@ -418,15 +426,27 @@ def show_prediction(
 
     # Not marked generated: a tumor mask of another shape is renamed aside, never deleted.
     mask_layer = _get_labels(viewer, names.tumor_mask, shape, ct_layer, "red", opacity=0.6)
-    write_mask(
+    written = write_mask(
         mask_layer,
         region,
         view.mask_at(threshold, min_lesion_mm, min_depth_mm),
         edit_tracker(mask_layer),
         overwrite=overwrite,
     )
+    made = mask_layer.metadata.setdefault(MIRROR_KEY, {})
+    made.update(dict.fromkeys(written, bool(mirror)))
     out[names.tumor_mask] = mask_layer
     return out
+
+
+def mirroring_of_slices(mask_layer: Any) -> tuple[list[int], list[int]]:
+    """The slices of a tumor mask the model made with test-time mirroring and those it made
+    without; a slice corrected by hand, which later runs leave alone, keeps the entry of the run
+    that wrote it."""
+    made = mask_layer.metadata.get(MIRROR_KEY) or {}
+    mirrored = sorted(int(z) for z, m in made.items() if m)
+    plain = sorted(int(z) for z, m in made.items() if not m)
+    return mirrored, plain
 
 
 def _set_label_color(layer: Any, color: str) -> None:
