@@ -680,7 +680,6 @@ class NSTSegWidget(QWidget):
             return
         if not request.variant:
             self._warn_mixed_mirroring(ct)
-        if not request.variant:
             self._shown = (outcome, weakref.ref(ct))
         self._track_mask_layer()
         done = int(np.count_nonzero(outcome.prediction.done))
