@@ -339,3 +339,46 @@ def test_lesion_figure_crops_the_lesion_it_names(tmp_path):
     finally:
         sys.argv = argv
     assert Image.open(out).size[0] == 2 * 40 * 5 + 6
+
+
+def test_fp_components_tells_hits_from_false_positives_by_what_a_rule_could_use(tmp_path):
+    """A model that outlines the lesion and also flags a long dark tube has one hit and one
+    false positive per case, measured in mm, ml and HU; the tube lies outside every range the
+    hit spans but the probability (the same for both), and a hit-free case gives no range."""
+    import numpy as np
+
+    from napari_nstseg.training.data import find_cases, load_case
+
+    lesion = np.s_[2:6, 2:6, 1:3]  # NIfTI (x, y, z): 4 x 4 pixels of 1 mm, 2 slices of 2 mm
+    _msd_folder(tmp_path / "d", {"a_z000-004_c00": lesion, "a_z000-004_c01": lesion})
+    cases = find_cases(tmp_path / "d")
+    truth = load_case(cases[0])[1] > 0  # on the display grid the engine predicts on
+
+    def predict(hu, spacing):
+        assert hu.shape == (4, 16, 16) and tuple(spacing) == (2.0, 1.0, 1.0)
+        mask = truth.copy()
+        tube = np.zeros(hu.shape, bool)
+        tube[:, 2:4, 2:4] = True  # a tube through every slice, away from the lesion
+        assert not (tube & truth).any()
+        mask |= tube
+        hu[tube] = -20.0  # dark against the 40 HU around it
+        return mask, np.where(mask, 0.9, 0.0)
+
+    fp = load_script("fp_components")
+    rows = fp.component_rows(cases, predict, (1,))
+    assert sorted((r["case"], r["hit"]) for r in rows) == [
+        ("a_z000-004_c00", False), ("a_z000-004_c00", True),
+        ("a_z000-004_c01", False), ("a_z000-004_c01", True),
+    ]  # fmt: skip
+    (hit, *_), (tube, *_) = ([r for r in rows if r["hit"] is h] for h in (True, False))
+    assert hit["depth_mm"] == 4.0 and tube["depth_mm"] == 8.0
+    assert hit["diameter_mm"] == pytest.approx(np.hypot(4, 4))
+    assert hit["volume_ml"] == pytest.approx(4 * 4 * 2 * 2 / 1000)
+    assert hit["contrast_hu"] == pytest.approx(0.0) and tube["contrast_hu"] == pytest.approx(-60)
+    assert hit["mean_probability"] == tube["mean_probability"] == pytest.approx(0.9)
+    sep = fp.separation(rows)
+    assert sep["depth_mm"]["fp_outside_hits"] == 1.0
+    assert sep["mean_hu"]["fp_outside_hits"] == 1.0
+    assert sep["mean_probability"]["fp_outside_hits"] == 0.0
+    assert sep["depth_mm"]["hits"] == [4.0, 4.0, 4.0]
+    assert np.isnan(fp.separation([tube])["depth_mm"]["fp_outside_hits"])
