@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from napari_nstseg.metrics import label_lesions, longest_axial_diameter_mm
+from napari_nstseg.metrics import label_lesions
+from napari_nstseg.postprocess import component_depths_mm, component_diameters_mm
 from napari_nstseg.training.data import Case, foreground, load_case
 from napari_nstseg.training.regions import read_case_regions
 
@@ -40,7 +41,11 @@ def component_rows(cases: Iterable[Case], predict, label_values: Sequence[int]) 
         truth = foreground(labels, label_values)
         mask, prob = predict(hu, spacing)
         comps, n = label_lesions(np.asarray(mask) > 0)
-        for i, box in enumerate(ndimage.find_objects(comps, max_label=n)):
+        boxes = ndimage.find_objects(comps, max_label=n)
+        # The measures the engine's size and depth limits judge a lesion by.
+        depths = component_depths_mm(boxes, spacing[0])
+        diameters = component_diameters_mm(comps, boxes, spacing[1:])
+        for i, box in enumerate(boxes):
             if box is None:
                 continue
             # The box widened by the ring's 2 pixels in-plane.
@@ -54,8 +59,8 @@ def component_rows(cases: Iterable[Case], predict, label_values: Sequence[int]) 
                 {
                     "case": case.case_id,
                     "hit": bool(truth[grown][inside].any()),
-                    "depth_mm": (box[0].stop - box[0].start) * float(spacing[0]),
-                    "diameter_mm": longest_axial_diameter_mm(inside, spacing[1:])[0],
+                    "depth_mm": float(depths[i]),
+                    "diameter_mm": float(diameters[i]),
                     "volume_ml": int(inside.sum()) * float(np.prod(spacing)) / 1000.0,
                     "mean_probability": float(prob[grown][inside].mean()),
                     "mean_hu": mean_hu,
