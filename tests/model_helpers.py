@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+from napari_nstseg.models import ModelConfig
 from napari_nstseg.models.mae import MAEConfig
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    """The smallest CDI-NSTSEG the configuration allows (base width 8, 8 fused channels);
+    ``overrides`` replace any ModelConfig field."""
+    return ModelConfig(**{"base_width": 8, "fused_channels": 8, **overrides})
+
+
+TINY_CDI = tiny_config()
 
 
 def tiny_mae_config(**overrides) -> MAEConfig:
