@@ -24,7 +24,17 @@ def _saved_config(out: str, kind: str) -> dict[str, Any] | None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="dataset folder (MSD with a split in dataset.json, or paired)")
+    p.add_argument(
+        "--data",
+        help="dataset folder: MSD (split in dataset.json), images/ + masks/, or one folder per "
+        "case with ct.nii.gz and tumour.nii.gz",
+    )
+    p.add_argument(
+        "--split-file",
+        metavar="JSON",
+        help='fixed split by case: {"train": [ids], "val": [ids], "test": [ids]}; cases not '
+        "listed are left out",
+    )
     p.add_argument("--out", required=True, help="output folder for checkpoints and the log")
     p.add_argument("--epochs", type=int)
     p.add_argument("--steps-per-epoch", type=int, help="default: one pass over the slices")
@@ -191,6 +201,9 @@ def _checkpoint_on_split_args(p: argparse.ArgumentParser, split: str, out: str) 
     p.add_argument("--weights", metavar="W", help="segmentation checkpoint (.json or .safetensors)")
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--split", default=split, choices=("train", "val", "test"))
+    p.add_argument(
+        "--split-file", metavar="JSON", help="fixed split by case (as for train), over the folder's"
+    )
     p.add_argument("--out", help=f"results folder (default: <checkpoint folder>/{out}_<split>)")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=4)
@@ -252,6 +265,8 @@ def _apply_common(d: dict[str, Any], args: argparse.Namespace) -> None:
             d[key] = value
     if args.data is not None:
         d["data"] = str(Path(args.data).resolve())
+    if getattr(args, "split_file", None) is not None:
+        d["split_file"] = str(Path(args.split_file).resolve())
     d["resume"] = bool(args.resume)
     if args.no_amp:
         d["amp"] = False
@@ -379,6 +394,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         structure=not args.no_structure,
         min_dice=args.min_dice,
         mirror=args.mirror,
+        split_file=args.split_file,
     )
     result = evaluate(_weights(args, "evaluate"), args.data, args.split, args.out, cfg)
     print(f"wrote {result['files']['evaluation.json']} and evaluation.csv")
@@ -401,6 +417,7 @@ def _tune(args: argparse.Namespace) -> int:
         device=args.device,
         batch_size=args.batch_size,
         mirror=args.mirror,
+        split_file=args.split_file,
         **grid,
     )
     result = tune_postprocess(_weights(args, "tune"), args.data, args.split, args.out, cfg)

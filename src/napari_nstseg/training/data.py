@@ -1,4 +1,4 @@
-"""Training data for CDI-NSTSEG: MSD-format / paired folders, case-level splits, 2-D axial slices.
+"""Training data for CDI-NSTSEG: MSD, paired and case folders, case-level splits, 2-D axial slices.
 
 Slices come out in a checkpoint's preprocessing (``PreprocessConfig``): display orientation
 (read through ``napari_nstseg.io``, image and mask alike), resampled in-plane to the working
@@ -34,6 +34,10 @@ _CHANNEL_SUFFIX = "_0000"
 # Names a mask may carry in plain paired folders besides the image's own name.
 _MASK_SUFFIXES = ("_mask", "_seg", "_label", "_labels", "_gt")
 SPLITS = ("train", "val", "test")
+# Case folders (one folder per patient, as TCIA/IBSI exports and the corrections store keep them):
+# the image and the label map by these names, with any volume suffix.
+CASE_IMAGE_NAMES = ("ct", "image", "img")
+CASE_LABEL_NAMES = ("tumour", "tumor", "label", "labels", "mask", "seg", "gt")
 
 
 @dataclass(frozen=True)
@@ -123,8 +127,57 @@ def _highest_label(dataset_json: dict) -> int | None:
     return max(ids) if ids else None
 
 
-def find_cases(folder: str | Path) -> list[Case]:
-    """Image/label pairs of a Medical Segmentation Decathlon folder or a plain paired folder.
+def _case_folder_pairs(root: Path) -> dict[str, tuple[Path, Path]]:
+    """``CASE/ct.nii.gz`` + ``CASE/tumour.nii.gz`` pairs of the sub-folders of ``root``."""
+    pairs: dict[str, tuple[Path, Path]] = {}
+    unpaired = []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = _volumes_by_id(sub, ())
+        image = next((files[n] for n in CASE_IMAGE_NAMES if n in files), None)
+        label = next((files[n] for n in CASE_LABEL_NAMES if n in files), None)
+        if image is not None and label is not None:
+            pairs[sub.name] = (image, label)
+        elif image is not None:
+            unpaired.append(sub.name)
+    if unpaired:
+        shown = ", ".join(unpaired[:5]) + (
+            f" and {len(unpaired) - 5} more" if len(unpaired) > 5 else ""
+        )
+        warnings.warn(
+            f"{root}: skipping {len(unpaired)} case folder(s) without a label file "
+            f"({'/'.join(CASE_LABEL_NAMES)}): {shown}",
+            stacklevel=3,
+        )
+    return pairs
+
+
+def _is_case_folder_set(root: Path) -> bool:
+    for sub in root.iterdir():
+        if sub.is_dir() and not sub.name.startswith("."):
+            stems = {_strip_suffix(p.name) for p in sub.iterdir() if p.is_file()}
+            if stems & set(CASE_IMAGE_NAMES):
+                return True
+    return False
+
+
+def read_split_file(path: str | Path) -> dict[str, str]:
+    """Case id -> split from a JSON file ``{"train": [...], "val": [...], "test": [...]}`` (a
+    fixed split by patient kept in the repository; other keys, e.g. "note", are ignored)."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such split file") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: a split file maps train/val/test to lists of case ids")
+    return _read_split({"split": {k: v for k, v in d.items() if k in SPLITS}}, path)
+
+
+def find_cases(folder: str | Path, split_file: str | Path | None = None) -> list[Case]:
+    """Image/label pairs of a Medical Segmentation Decathlon folder, a plain paired folder or a
+    folder of case folders.
 
     - MSD: ``dataset.json``, ``imagesTr/<case>_0000.nii.gz`` (or ``<case>.nii.gz``) and
       ``labelsTr/<case>.nii.gz``. A ``"split": {"train": [...], "val": [...], "test": [...]}``
@@ -132,8 +185,12 @@ def find_cases(folder: str | Path) -> list[Case]:
       are left out.
     - Plain: ``images/`` with ``masks/`` or ``labels/``; a mask matches the image of the same
       name, optionally with ``_mask``, ``_seg``, ``_label(s)`` or ``_gt`` before the extension.
+    - Case folders: ``<case>/ct.nii.gz`` (or image.*) and ``<case>/tumour.nii.gz`` (or tumor,
+      label(s), mask, seg, gt; any volume suffix); the folder's name is the case id.
 
-    Images without a label are skipped with a warning; no pair at all is an error.
+    ``split_file`` (``read_split_file``) assigns each case its split, over dataset.json's; cases
+    it does not list are left out. Images without a label are skipped with a warning; no pair
+    at all is an error.
     """
     root = Path(folder)
     if not root.is_dir():
@@ -153,21 +210,27 @@ def find_cases(folder: str | Path) -> list[Case]:
             assigned = _read_split(ds_json, ds_path)
             highest = _highest_label(ds_json)
         pairs = _pair(root, msd_images, msd_labels, ())
+    elif not (root / "images").is_dir() and _is_case_folder_set(root):
+        pairs = _case_folder_pairs(root)
     else:
         masks = next((root / n for n in ("masks", "labels") if (root / n).is_dir()), None)
         if not (root / "images").is_dir() or masks is None:
             raise ValueError(
-                f"{root}: no dataset found; expected imagesTr/ + labelsTr/ (+ dataset.json) or "
-                "images/ + masks/ (or labels/)"
+                f"{root}: no dataset found; expected imagesTr/ + labelsTr/ (+ dataset.json), "
+                "images/ + masks/ (or labels/), or one folder per case with ct.nii.gz and "
+                "tumour.nii.gz"
             )
         pairs = _pair(root, root / "images", masks, _MASK_SUFFIXES)
     if not pairs:
         raise ValueError(f"{root}: found no image with a matching label file")
+    split_source = root / "dataset.json"
+    if split_file is not None:
+        assigned, split_source = read_split_file(split_file), Path(split_file)
     if assigned:
         missing = sorted(set(assigned) - set(pairs))
         if missing:
             raise ValueError(
-                f"{root / 'dataset.json'}: the split lists case(s) with no image/label pair: "
+                f"{split_source}: the split lists case(s) with no image/label pair in {root}: "
                 + ", ".join(missing[:5])
             )
         return [

@@ -50,7 +50,8 @@ class EvalConfig:
     everything). ``mirror``: the engine's left-right test-time mirroring (EngineConfig).
     ``surround_soft``: lesions are reported apart by whether the ring around them (lesions.csv
     ``surround_soft_fraction``) is at least this share soft tissue or more of it is fat, gas or
-    bone (0.8 splits the test split's lesions >= 10 mm and >= 20 HU about in half)."""
+    bone (0.8 splits the test split's lesions >= 10 mm and >= 20 HU about in half).
+    ``split_file``: a fixed split by case (as for training) over the folder's own."""
 
     device: str = "auto"
     batch_size: int = 4
@@ -63,6 +64,7 @@ class EvalConfig:
     diameter_bins_mm: tuple[float, ...] = (10.0, 20.0)
     contrast_bins_hu: tuple[float, ...] = (20.0, 40.0)
     surround_soft: float = 0.8
+    split_file: str | None = None
 
 
 def _bin_names(edges: Sequence[float], unit: str) -> list[str]:
@@ -228,10 +230,10 @@ def _lesion_groups(rows: list[dict[str, Any]], cfg: EvalConfig) -> dict[str, Any
     return groups
 
 
-def _split_cases(data_folder: str | Path, split: str):
+def _split_cases(data_folder: str | Path, split: str, split_file: str | None = None):
     from napari_nstseg.training.loop import _split
 
-    splits = _split(str(data_folder))
+    splits = _split(str(data_folder), split_file)
     if split not in splits:
         raise ValueError(f"Unknown split {split!r}; choose one of {', '.join(splits)}.")
     cases = splits[split]
@@ -250,13 +252,14 @@ def engine_for_split(
     min_lesion_mm: float | None = None,
     min_depth_mm: float | None = None,
     mirror: bool = False,
+    split_file: str | None = None,
 ):
     """(engine, cases of the split, label values scored as lesion) for scoring a checkpoint;
     the engine keeps only the final probability and the mask."""
     from napari_nstseg.inference.engine import EngineConfig, Segmenter
     from napari_nstseg.inference.prediction import MapRequest
 
-    cases = _split_cases(data_folder, split)
+    cases = _split_cases(data_folder, split, split_file)
     engine = Segmenter.from_checkpoint(
         weights,
         device=device,
@@ -326,6 +329,7 @@ def evaluate(
         cfg.min_lesion_mm,
         cfg.min_depth_mm,
         cfg.mirror,
+        cfg.split_file,
     )
     point = engine.postprocess
     table = read_lesion_table(data_folder)

@@ -160,12 +160,13 @@ class TrainConfig:
     EPYC); True or False force it either way. ``init_weights``: a
     segmentation checkpoint to start from instead of random weights (fine-tuning, or a longer
     run continued with a new schedule); its architecture and preprocessing must be this run's.
-    ``mae_weights``: a
-    pretrained MAE checkpoint, used for SSL guidance and named in the checkpoints so the plugin
-    can show residual maps.
+    ``split_file``: a JSON split by case (``data.read_split_file``) over the folder's own.
+    ``mae_weights``: a pretrained MAE checkpoint, used for SSL guidance and named in the
+    checkpoints so the plugin can show residual maps.
     """
 
     data: str = ""
+    split_file: str | None = None
     out: str = "runs/nstseg"
     variant: str = "default"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -910,8 +911,8 @@ def training_set(
     return SliceDataset(train_cases, preprocess, sampling)
 
 
-def _split(data: str) -> dict[str, list[Case]]:
-    return split_cases(find_cases(data), VAL_FRACTION, TEST_FRACTION, SPLIT_SEED)
+def _split(data: str, split_file: str | None = None) -> dict[str, list[Case]]:
+    return split_cases(find_cases(data, split_file), VAL_FRACTION, TEST_FRACTION, SPLIT_SEED)
 
 
 def _load_mae(path: str, preprocess: PreprocessConfig) -> tuple[MaskedAutoencoder, dict]:
@@ -1051,7 +1052,7 @@ def _run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
         raise ValueError(
             "No training data: pass --data FOLDER (an MSD or images/ + masks/ folder)."
         )
-    splits = _split(cfg.data)
+    splits = _split(cfg.data, cfg.split_file)
     online = cfg.sampling.online_lesions
     if not splits["train"] and not online:
         raise ValueError(f"{cfg.data}: no case is in the training split.")
@@ -1153,7 +1154,11 @@ def _run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
         return {
             "trained_by": "napari-nstseg train",
             "variant": cfg.variant,
-            "training_data": _dataset_info(cfg.data, counts),
+            "training_data": {
+                **_dataset_info(cfg.data, counts),
+                "split_file": cfg.split_file,
+                "val_cases": [c.case_id for c in splits["val"]],
+            },
             "label_values": list(train_set.label_values),
             "started": started,
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -59,7 +59,7 @@ class TuneConfig:
     """The grid (probability thresholds x minimum lesion sizes x minimum depths, both in mm),
     the false-positive budget
     per scan, the detection rule (``min_dice`` as in `nstseg evaluate`) and the engine's device,
-    batch and test-time mirroring."""
+    batch and test-time mirroring; ``split_file`` a fixed split by case (as for training)."""
 
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
     min_lesion_mm: tuple[float, ...] = DEFAULT_MIN_LESION_MM
@@ -69,6 +69,7 @@ class TuneConfig:
     device: str = "auto"
     batch_size: int = 4
     mirror: bool = False
+    split_file: str | None = None
 
     def __post_init__(self) -> None:
         if not self.thresholds or not self.min_lesion_mm or not self.min_depth_mm:
@@ -263,7 +264,13 @@ def tune_postprocess(
 
     cfg = config or TuneConfig()
     engine, cases, label_values = engine_for_split(
-        weights, data_folder, split, cfg.device, cfg.batch_size, mirror=cfg.mirror
+        weights,
+        data_folder,
+        split,
+        cfg.device,
+        cfg.batch_size,
+        mirror=cfg.mirror,
+        split_file=cfg.split_file,
     )
     table = read_lesion_table(data_folder)
     per_case = []

@@ -1,0 +1,123 @@
+"""Case folders (CASE/ct.nii.gz + CASE/tumour.nii.gz, as the real-tumour data come) with a
+fixed split file: read as they are, split by patient, trained on and evaluated through the CLI."""
+
+import json
+import warnings
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_nstseg.cli import main
+from napari_nstseg.training.data import find_cases, read_split_file
+from napari_nstseg.training.loop import _split
+
+REPO = Path(__file__).resolve().parents[2]
+SHAPE_ZYX = (6, 40, 40)
+
+
+def write_case_folders(root: Path, n: int = 5, seed: int = 0) -> Path:
+    """``n`` patients, each a folder with a soft-tissue CT and a faint disc labelled tumour."""
+    rng = np.random.default_rng(seed)
+    _, yy, xx = np.mgrid[: SHAPE_ZYX[0], : SHAPE_ZYX[1], : SHAPE_ZYX[2]]
+    affine = np.diag([-1.0, -1.0, 3.0, 1.0])
+    for i in range(n):
+        case = root / f"STS_{i:03d}"
+        case.mkdir(parents=True)
+        hu = 40.0 + rng.normal(0, 8, SHAPE_ZYX)
+        mask = np.zeros(SHAPE_ZYX, np.uint8)
+        cy, cx = rng.uniform(12, 28, 2)
+        disc = ((yy - cy) ** 2 + (xx - cx) ** 2) <= 36
+        disc[[0, -1]] = False
+        hu[disc] += 60
+        mask[disc] = 1
+        img = nib.Nifti1Image(np.round(hu).astype(np.int16).transpose(2, 1, 0), affine)
+        nib.save(img, case / "ct.nii.gz")
+        nib.save(nib.Nifti1Image(mask.transpose(2, 1, 0), affine), case / "tumour.nii.gz")
+    return root
+
+
+@pytest.fixture(scope="module")
+def cases_root(tmp_path_factory) -> Path:
+    return write_case_folders(tmp_path_factory.mktemp("sts") / "sts")
+
+
+@pytest.fixture(scope="module")
+def split_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("split") / "split.json"
+    split = {"note": "ignored", "train": ["STS_000", "STS_001", "STS_002"], "val": ["STS_003"]}
+    path.write_text(json.dumps({**split, "test": ["STS_004"]}))
+    return path
+
+
+def test_case_folders_are_read_as_they_are(cases_root):
+    cases = find_cases(cases_root)
+    assert [c.case_id for c in cases] == [f"STS_{i:03d}" for i in range(5)]
+    assert all(c.image.name == "ct.nii.gz" and c.label.name == "tumour.nii.gz" for c in cases)
+    assert all(c.image.parent.name == c.case_id for c in cases)
+
+
+def test_a_case_folder_without_contour_is_skipped_with_a_warning(tmp_path):
+    root = write_case_folders(tmp_path / "sts", n=2)
+    (root / "STS_001" / "tumour.nii.gz").rename(root / "STS_001" / "notes.nii.gz")
+    with pytest.warns(UserWarning, match="without a label file.*STS_001"):
+        cases = find_cases(root)
+    assert [c.case_id for c in cases] == ["STS_000"]
+
+
+def test_split_file_splits_by_patient_and_leaves_out_the_unlisted(cases_root, tmp_path):
+    path = tmp_path / "split.json"
+    path.write_text(json.dumps({"train": ["STS_000", "STS_002"], "val": ["STS_004"]}))
+    splits = _split(str(cases_root), str(path))
+    assert [c.case_id for c in splits["train"]] == ["STS_000", "STS_002"]
+    assert [c.case_id for c in splits["val"]] == ["STS_004"]
+    assert splits["test"] == []
+
+
+def test_bad_split_files_say_what_is_wrong(cases_root, tmp_path):
+    missing = tmp_path / "missing.json"
+    with pytest.raises(ValueError, match="no such split file"):
+        read_split_file(missing)
+    both = tmp_path / "both.json"
+    both.write_text(json.dumps({"train": ["STS_000"], "val": ["STS_000"]}))
+    with pytest.raises(ValueError, match="in both the 'train' and the 'val' split"):
+        read_split_file(both)
+    ghost = tmp_path / "ghost.json"
+    ghost.write_text(json.dumps({"train": ["STS_999"]}))
+    with pytest.raises(ValueError, match="STS_999"):
+        find_cases(cases_root, ghost)
+
+
+def test_the_repository_sarcoma_split_is_by_patient_and_disjoint():
+    split = json.loads((REPO / "configs" / "sarcoma" / "split.json").read_text())
+    ids = {name: set(split[name]) for name in ("train", "val", "test")}
+    assert (len(ids["train"]), len(ids["val"]), len(ids["test"])) == (24, 6, 6)
+    assert not (ids["train"] & ids["val"] or ids["train"] & ids["test"] or ids["val"] & ids["test"])
+    shared = REPO.parent / "shared" / "data" / "sts"
+    if shared.is_dir():  # every listed patient exists in the shared data
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            found = {c.case_id for c in find_cases(shared, REPO / "configs/sarcoma/split.json")}
+        assert found == ids["train"] | ids["val"] | ids["test"]
+
+
+def test_train_then_evaluate_on_case_folders_through_the_cli(cases_root, split_file, tmp_path):
+    out = tmp_path / "run"
+    code = main([
+        "train", "--data", str(cases_root), "--split-file", str(split_file), "--out", str(out),
+        "--base-width", "8", "--set", "fused_channels=8", "--epochs", "1",
+        "--steps-per-epoch", "2", "--batch-size", "4", "--crop-size", "32", "--no-progress",
+    ])  # fmt: skip
+    assert code == 0
+    meta = json.loads((out / "final.json").read_text())
+    data = meta["provenance"]["training_data"]
+    assert data["cases"] == {"train": 3, "val": 1, "test": 1}
+    assert data["val_cases"] == ["STS_003"] and data["split_file"] == str(split_file)
+    code = main([
+        "evaluate", str(out / "final.json"), "--data", str(cases_root), "--split-file",
+        str(split_file), "--split", "test", "--out", str(tmp_path / "ev"), "--device", "cpu",
+    ])  # fmt: skip
+    assert code == 0
+    rows = (tmp_path / "ev" / "cases.csv").read_text().splitlines()
+    assert len(rows) == 2 and "STS_004" in rows[1]
