@@ -169,3 +169,16 @@ def test_slice_evaluator_groups_by_area_fraction():
     assert r["by_diameter"][">=20 mm"]["images"] == 2
     tp = 16 + 2500
     assert r["pooled"]["dice"] == pytest.approx(2 * tp / (2 * tp + 1 + 500))
+
+
+def test_hausdorff95_in_mm_on_shifted_boxes_and_nan_when_empty():
+    from napari_nstseg.metrics import hausdorff95_mm
+
+    gt = np.zeros((8, 30, 30), bool)
+    gt[2:6, 10:20, 10:20] = True
+    along_x = np.roll(gt, 2, axis=2)  # 2 pixels of 0.5 mm: every boundary point moves 1 mm
+    assert hausdorff95_mm(along_x, gt, (3.0, 0.8, 0.5)) == pytest.approx(1.0)
+    along_z = np.roll(gt, 1, axis=0)  # one slice of 3 mm
+    assert hausdorff95_mm(along_z, gt, (3.0, 0.8, 0.5)) == pytest.approx(3.0)
+    assert hausdorff95_mm(gt, gt, (3.0, 0.8, 0.5)) == 0.0
+    assert np.isnan(hausdorff95_mm(np.zeros_like(gt), gt, (1, 1, 1)))

@@ -120,4 +120,8 @@ def test_train_then_evaluate_on_case_folders_through_the_cli(cases_root, split_f
     ])  # fmt: skip
     assert code == 0
     rows = (tmp_path / "ev" / "cases.csv").read_text().splitlines()
-    assert len(rows) == 2 and "STS_004" in rows[1]
+    assert len(rows) == 2 and "STS_004" in rows[1] and "hd95_mm" in rows[0]
+    volume = json.loads((tmp_path / "ev" / "evaluation.json").read_text())["volume"]
+    assert volume["cases"] == 1 and volume["scans_with_tumour"] == 1
+    assert volume["dice_median"] == pytest.approx(volume["dice"])
+    assert 0 <= volume["scans_detected"] <= 1 and volume["hd95_cases"] in (0, 1)

@@ -25,6 +25,7 @@ from napari_nstseg.metrics import (
     SliceEvaluator,
     confusion,
     detect_lesions,
+    hausdorff95_mm,
     mae,
     summarize_detection,
 )
@@ -297,11 +298,31 @@ def score_case(
     row = {
         **confusion(mask, gt).metrics(),
         "mae": mae(prob, gt),
+        "hd95_mm": hausdorff95_mm(mask, gt, spacing),
         "lesions": det.n_lesions,
         "detected": det.n_detected,
         "false_positives": det.false_positives,
     }
     return row, det
+
+
+def per_scan_summary(case_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-patient figures: mean of each volume metric, median Dice, Hausdorff 95 over the scans
+    where it exists, and how many scans with tumour had it found (any lesion detected)."""
+    with_tumour = [r for r in case_rows if r["lesions"] > 0]
+    hd = [r["hd95_mm"] for r in case_rows if math.isfinite(r["hd95_mm"])]
+    keys = ("dice", "iou", "precision", "recall", "specificity", "accuracy", "f1", "f2", "mae")
+    return {
+        "cases": len(case_rows),
+        **{k: float(np.mean([r[k] for r in case_rows])) for k in keys},
+        "dice_median": float(np.median([r["dice"] for r in case_rows])),
+        "hd95_mm": float(np.mean(hd)) if hd else None,
+        "hd95_mm_median": float(np.median(hd)) if hd else None,
+        "hd95_cases": len(hd),
+        "scans_with_tumour": len(with_tumour),
+        "scans_detected": sum(r["detected"] > 0 for r in with_tumour),
+        "fp_per_scan": float(np.mean([r["false_positives"] for r in case_rows])),
+    }
 
 
 def evaluate(
@@ -373,15 +394,7 @@ def evaluate(
                 )
 
     pixel = slices.results()
-    volume = {
-        "cases": len(case_rows),
-        **{
-            k: float(np.mean([r[k] for r in case_rows]))
-            for k in ("dice", "iou", "precision", "recall", "specificity", "accuracy", "f1")
-        },
-        "f2": float(np.mean([r["f2"] for r in case_rows])),
-        "mae": float(np.mean([r["mae"] for r in case_rows])),
-    }
+    volume = per_scan_summary(case_rows)
     detection = summarize_detection(detections, tuple(cfg.diameter_bins_mm))
     result: dict[str, Any] = {
         "weights": str(Path(weights).resolve()),
@@ -439,8 +452,28 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
             "group": "per-scan mean",
             "n": vol["cases"],
             **{k: vol.get(k) for k in METRIC_COLUMNS if k in vol},
+            "hd95_mm": vol.get("hd95_mm"),
         }
     )
+    if "dice_median" in vol:  # evaluations from before per-patient medians lack it
+        rows.append(
+            {
+                "section": "volume",
+                "group": "per-scan median",
+                "n": vol["cases"],
+                "dice": vol["dice_median"],
+                "hd95_mm": vol.get("hd95_mm_median"),
+            }
+        )
+        rows.append(
+            {
+                "section": "scans",
+                "group": "tumour found",
+                "n": vol["scans_with_tumour"],
+                "sensitivity": vol["scans_detected"] / max(vol["scans_with_tumour"], 1),
+                "fp_per_scan": vol["fp_per_scan"],
+            }
+        )
     det = result["detection"]
     rows.append(
         {
@@ -509,7 +542,9 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-SUMMARY_COLUMNS = ("section", "group", "n", *METRIC_COLUMNS, "sensitivity", "fp_per_scan")
+SUMMARY_COLUMNS = (
+    "section", "group", "n", *METRIC_COLUMNS, "hd95_mm", "sensitivity", "fp_per_scan"
+)  # fmt: skip
 
 
 def write_results(
@@ -570,6 +605,7 @@ def format_table(result: dict[str, Any]) -> str:
         "mae",
         "s_measure",
         "e_measure",
+        "hd95_mm",
         "sensitivity",
         "fp_per_scan",
     )
