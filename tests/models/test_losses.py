@@ -21,6 +21,26 @@ def confident(mask: torch.Tensor) -> torch.Tensor:
     return (mask * 2 - 1) * BIG
 
 
+def f3net_weights(g: torch.Tensor) -> torch.Tensor:
+    """F3Net's weight map as published (reference-models.md): one 31x31 average pool, stride 1,
+    padding 15 (zeros counted), written here independently of losses.structure_weights."""
+    return 1 + 5 * torch.abs(F.avg_pool2d(g, kernel_size=31, stride=1, padding=15) - g)
+
+
+def f3net_structure_loss(logits: torch.Tensor, g: torch.Tensor, weighted_bce=True):
+    """F3Net / PFNet structure loss: weighted BCE + weighted IoU per image, batch mean."""
+    w = f3net_weights(g)
+    bce = F.binary_cross_entropy_with_logits(logits, g, reduction="none")
+    if weighted_bce:
+        wbce = (w * bce).sum(dim=(2, 3)) / w.sum(dim=(2, 3))
+    else:
+        wbce = bce.mean(dim=(2, 3))  # the reference code's plain mean
+    p = torch.sigmoid(logits)
+    inter = (w * p * g).sum(dim=(2, 3))
+    union = (w * (p + g)).sum(dim=(2, 3))
+    return (wbce + 1 - inter / (union - inter)).mean()
+
+
 def test_iou_and_bce_iou_near_zero_when_right_and_high_when_wrong():
     g = disc()
     assert losses.iou_loss(confident(g), g) < 1e-6
@@ -47,20 +67,40 @@ def test_structure_weights_peak_at_boundaries_and_are_one_far_away():
     assert edge > 1.5 and edge >= centre > 1.0
 
 
-def test_structure_loss_matches_weighted_formula():
+def test_structure_weights_are_f3nets_by_hand():
+    # One lesion pixel in the middle of a 40x40 crop: its 31x31 window holds 1 of 961 pixels,
+    # so w = 1 + 5 (1 - 1/961) there, 1 + 5/961 within 15 px of it, 1 beyond.
+    g = torch.zeros(1, 1, 40, 40)
+    g[0, 0, 20, 20] = 1.0
+    w = losses.structure_weights(g)[0, 0]
+    assert w[20, 20].item() == pytest.approx(1 + 5 * 960 / 961, abs=1e-5)
+    assert w[20, 35].item() == pytest.approx(1 + 5 / 961, abs=1e-5)
+    assert w[35, 35].item() == pytest.approx(1 + 5 / 961, abs=1e-5)
+    assert w[20, 36].item() == pytest.approx(1.0, abs=1e-6)
+    assert w[0, 0].item() == pytest.approx(1.0, abs=1e-6)
+    # A crop that is all lesion: zero padding counts, so at a corner the window holds
+    # 16 x 16 = 256 lesion pixels of 961: w = 1 + 5 (1 - 256/961); 15 px in, w = 1.
+    w = losses.structure_weights(torch.ones(1, 1, 40, 40))[0, 0]
+    assert w[0, 0].item() == pytest.approx(1 + 5 * 705 / 961, abs=1e-5)
+    assert w[0, 20].item() == pytest.approx(1 + 5 * (1 - 16 * 31 / 961), abs=1e-5)
+    assert w[15, 20].item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_structure_weights_equal_the_published_pooling():
     torch.manual_seed(0)
-    g = torch.cat([disc(32, 4, (10, 12)), disc(32, 7, (20, 16))])
-    logits = torch.randn(2, 1, 32, 32)
-    w = losses.structure_weights(g)
-    bce = F.binary_cross_entropy_with_logits(logits, g, reduction="none")
-    p = torch.sigmoid(logits)
-    expected = []
-    for i in range(2):
-        wbce = (w[i] * bce[i]).sum() / w[i].sum()
-        inter = (w[i] * p[i] * g[i]).sum()
-        wiou = 1 - inter / ((w[i] * (p[i] + g[i])).sum() - inter)
-        expected.append(wbce + wiou)
-    torch.testing.assert_close(losses.structure_loss(logits, g), torch.stack(expected).mean())
+    g = torch.cat([disc(48, 4, (10, 12)), disc(48, 9, (30, 20)), (torch.rand(1, 1, 48, 48) > 0.7)])
+    torch.testing.assert_close(losses.structure_weights(g.float()), f3net_weights(g.float()))
+
+
+def test_structure_loss_matches_the_published_formula():
+    torch.manual_seed(0)
+    g = torch.cat([disc(32, 4, (10, 12)), disc(32, 7, (20, 16)), torch.zeros(1, 1, 32, 32)])
+    logits = torch.randn(3, 1, 32, 32)
+    torch.testing.assert_close(losses.structure_loss(logits, g), f3net_structure_loss(logits, g))
+    # the pixel weights handed in are used as they are (DeepSupervisionLoss computes them once)
+    torch.testing.assert_close(
+        losses.structure_loss(logits, g, weights=f3net_weights(g)), f3net_structure_loss(logits, g)
+    )
 
 
 def test_unweighted_flag_reproduces_the_reference_mean_bce():
@@ -69,11 +109,7 @@ def test_unweighted_flag_reproduces_the_reference_mean_bce():
     logits = torch.randn(1, 1, 32, 32)
     plain = losses.structure_loss(logits, g, weighted_bce=False)
     weighted = losses.structure_loss(logits, g, weighted_bce=True)
-    w = losses.structure_weights(g)
-    p = torch.sigmoid(logits)
-    inter = (w * p * g).sum()
-    wiou = 1 - inter / ((w * (p + g)).sum() - inter)
-    torch.testing.assert_close(plain, F.binary_cross_entropy_with_logits(logits, g) + wiou)
+    torch.testing.assert_close(plain, f3net_structure_loss(logits, g, weighted_bce=False))
     assert not torch.isclose(plain, weighted)
 
 
