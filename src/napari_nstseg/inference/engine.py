@@ -38,6 +38,7 @@ from napari_nstseg.inference.prediction import (
     Prediction,
     encode_probability,
 )
+from napari_nstseg.models.bundled import WEIGHTS_DIR, resolve_weights
 from napari_nstseg.postprocess import PostprocessConfig
 from napari_nstseg.preprocessing import (
     PreprocessConfig,
@@ -50,7 +51,6 @@ from napari_nstseg.preprocessing import (
     working_shape,
 )
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 # Leave this share of the free memory alone: allocator fragmentation, other processes, the OS.
 MEMORY_HEADROOM = 0.85
 MAX_AUTO_BATCH = 32
@@ -368,7 +368,8 @@ class Segmenter:
         config: EngineConfig | None = None,
         mae_path: str | Path | None = None,
     ) -> Segmenter:
-        """Load a segmentation checkpoint (default: the bundled weights) onto ``device``.
+        """Load a segmentation checkpoint onto ``device``: a path, the name of bundled weights
+        (``"sarcoma"``) or None for the bundled default.
 
         A checkpoint may name its masked autoencoder in a "mae" entry (a file name relative to
         the checkpoint); ``mae_path`` overrides it. The MAE is loaded when a residual map is first
@@ -377,7 +378,7 @@ class Segmenter:
         from napari_nstseg.models.checkpoint import CheckpointError, load_checkpoint
 
         device = select_device(device)  # fail on a bad device before reading any file
-        path = Path(path) if path is not None else _require_default_weights()
+        path = resolve_weights(path) if path is not None else _require_default_weights()
         model, meta = load_checkpoint(path)
         if meta.get("kind") != "segmentation":
             raise CheckpointError(

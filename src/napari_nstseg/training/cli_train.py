@@ -123,7 +123,8 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--init",
         metavar="WEIGHTS",
-        help="start from these weights instead of random ones ('bundled': the plugin's default), "
+        help="start from these weights instead of random ones ('bundled': the plugin's default; "
+        "or a bundled name such as 'sarcoma'), "
         "with their architecture and preprocessing: fine-tune on your data, or continue a run",
     )
     p.add_argument(
@@ -339,11 +340,12 @@ def build_train_config(args: argparse.Namespace):
 
 
 def _init_weights(name: str) -> tuple[str, dict[str, Any]]:
-    """(path, metadata) of the --init checkpoint; 'bundled' names the plugin's default."""
-    from napari_nstseg.inference.engine import default_weights_path
+    """(path, metadata) of the --init checkpoint; 'bundled' names the plugin's default, another
+    bundled name (e.g. 'sarcoma') those weights."""
+    from napari_nstseg.models.bundled import resolve_weights
     from napari_nstseg.models.checkpoint import read_metadata
 
-    path = default_weights_path() if name == "bundled" else Path(name)
+    path = resolve_weights(None if name == "bundled" else name)
     return str(Path(path).resolve()), read_metadata(path)
 
 
