@@ -166,3 +166,29 @@ def test_evaluation_scores_the_post_processed_mask():
     assert filtered["false_positives"] < plain["false_positives"]
     assert filtered["precision"] > plain["precision"]
     assert filtered["mae"] == plain["mae"]
+
+
+def test_per_patient_dice_at_each_grid_point_and_the_dice_objective():
+    # One tumour (a 2 x 10 x 10 box) found half at p 0.9, its other half at p 0.6, and a
+    # 2 x 3 x 3 false positive at p 0.8 away from it; 1 mm voxels.
+    gt = np.zeros((2, 30, 30), bool)
+    gt[:, 5:15, 5:15] = True
+    prob = np.zeros(gt.shape, np.float32)
+    prob[:, 5:15, 5:10] = 0.9
+    prob[:, 5:15, 10:15] = 0.6
+    prob[:, 20:23, 20:23] = 0.8
+    counts = sweep_case(prob, gt, (1.0, 1.0, 1.0), [0.5, 0.7], [0.0, 5.0])
+    truth = 200
+    # threshold 0.5: the whole tumour and the false positive (18 voxels).
+    assert counts[(0.5, 0.0, 0.0)]["dice_e6"] == round(2e6 * 200 / (218 + truth))
+    # a 5 mm minimum size drops the false positive (diameter 3 * sqrt 2 mm): Dice 1.
+    assert counts[(0.5, 5.0, 0.0)]["dice_e6"] == 1_000_000
+    assert counts[(0.5, 5.0, 0.0)]["false_positives"] == 0
+    # threshold 0.7: half the tumour, false positive dropped by size: 2 * 100 / 300.
+    assert counts[(0.7, 5.0, 0.0)]["dice_e6"] == round(2e6 * 100 / 300)
+    rows = grid_rows([counts, counts])
+    by_point = {(r["threshold"], r["min_lesion_mm"]): r for r in rows}
+    assert by_point[(0.5, 5.0)]["mean_dice"] == pytest.approx(1.0)
+    best, criterion, _ = choose_operating_point(rows, 1.0, objective="dice")
+    assert (best["threshold"], best["min_lesion_mm"]) == (0.5, 5.0)
+    assert criterion == "mean per-patient Dice"

@@ -184,6 +184,13 @@ def add_parser(subparsers) -> None:
         "--max-fp-per-scan", type=float, default=2.0, help="false-positive budget per scan (2)"
     )
     p.add_argument(
+        "--objective",
+        choices=("sensitivity", "dice"),
+        default="sensitivity",
+        help="what the chosen point maximises within the budget: lesion sensitivity (many "
+        "lesions per scan) or mean per-patient Dice (one delineated tumour per patient)",
+    )
+    p.add_argument(
         "--thresholds", type=float, nargs="+", metavar="T", help="default 0.30, 0.35 ... 0.95"
     )
     p.add_argument(
@@ -420,6 +427,7 @@ def _tune(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         mirror=args.mirror,
         split_file=args.split_file,
+        objective=args.objective,
         **grid,
     )
     result = tune_postprocess(_weights(args, "tune"), args.data, args.split, args.out, cfg)

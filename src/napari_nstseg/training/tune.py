@@ -1,7 +1,8 @@
 """Choose a checkpoint's lesion-level operating point (threshold x minimum lesion size x
 minimum depth) on
-validation data: lesion sensitivity against false positives per scan over a grid, the way
-nnU-Net picks its postprocessing on validation folds. The weights are not modified; the choice
+validation data: lesion sensitivity (or, for one delineated tumour per patient, mean per-patient
+Dice) against false positives per scan over a grid, the way nnU-Net picks its postprocessing on
+validation folds. The weights are not modified; the choice
 goes into tune.json, which `scripts/bundle_weights.py --postprocess` writes into the bundle.
 """
 
@@ -34,6 +35,7 @@ from napari_nstseg.training.evaluate import (
     target_lesion,
 )
 
+OBJECTIVES = ("sensitivity", "dice")
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(0.30 + 0.05 * k, 2) for k in range(14))
 DEFAULT_MIN_LESION_MM: tuple[float, ...] = (0.0, 3.0, 5.0, 7.0, 10.0)
 # 4 mm: two slices of a 3 mm scan, three of a 1.5 mm one; 10 mm: a 10 mm lesion's own depth.
@@ -51,6 +53,7 @@ GRID_COLUMNS = (
     "target_sensitivity",
     "false_positives",
     "fp_per_scan",
+    "mean_dice",
 )
 
 
@@ -59,7 +62,9 @@ class TuneConfig:
     """The grid (probability thresholds x minimum lesion sizes x minimum depths, both in mm),
     the false-positive budget
     per scan, the detection rule (``min_dice`` as in `nstseg evaluate`) and the engine's device,
-    batch and test-time mirroring; ``split_file`` a fixed split by case (as for training)."""
+    batch and test-time mirroring; ``split_file`` a fixed split by case (as for training).
+    ``objective``: what the choice maximises within the budget: lesion ``sensitivity`` (many
+    small lesions per scan) or mean per-patient ``dice`` (one delineated tumour per patient)."""
 
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
     min_lesion_mm: tuple[float, ...] = DEFAULT_MIN_LESION_MM
@@ -70,8 +75,13 @@ class TuneConfig:
     batch_size: int = 4
     mirror: bool = False
     split_file: str | None = None
+    objective: str = "sensitivity"
 
     def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(
+                f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}"
+            )
         if not self.thresholds or not self.min_lesion_mm or not self.min_depth_mm:
             raise ValueError(
                 "the grid needs at least one threshold, minimum lesion size and minimum depth"
@@ -141,7 +151,11 @@ def sweep_case(
                 dice = 2.0 * overlap / (predicted + gt_sizes)
             detected = touched & (dice >= min_dice)
             detected[0] = False
+            kept_voxels = float(sizes[1:][kept[1:]].sum())
+            kept_overlap = float(inter[sel].sum())
             out[(float(t), float(m), float(d))] = {
+                # Volume Dice of the kept mask, x 1e6 so the counts stay integers to sum.
+                "dice_e6": _dice_e6(kept_overlap, kept_voxels, float(gt_sizes[1:].sum())),
                 "lesions": int(n_gt),
                 "detected": int(detected.sum()),
                 "target_lesions": int(targets.size),
@@ -149,6 +163,13 @@ def sweep_case(
                 "false_positives": int(np.count_nonzero(kept & ~touches)),
             }
     return out
+
+
+def _dice_e6(overlap: float, predicted: float, truth: float) -> int:
+    """Dice x 1e6 (metrics' rule: both empty is 1, one empty is 0)."""
+    if predicted + truth == 0:
+        return 1_000_000
+    return int(round(2e6 * overlap / (predicted + truth)))
 
 
 def grid_rows(
@@ -171,6 +192,7 @@ def grid_rows(
                 "sensitivity": _ratio(total["detected"], total["lesions"]),
                 "target_sensitivity": _ratio(total["target_detected"], total["target_lesions"]),
                 "fp_per_scan": total["false_positives"] / scans,
+                "mean_dice": total["dice_e6"] / 1e6 / scans,
             }
         )
     return rows
@@ -181,7 +203,7 @@ def _ratio(a: int, b: int) -> float:
 
 
 def choose_operating_point(
-    rows: Sequence[dict[str, Any]], max_fp_per_scan: float
+    rows: Sequence[dict[str, Any]], max_fp_per_scan: float, objective: str = "sensitivity"
 ) -> tuple[dict[str, Any], str, str]:
     """The grid point to ship: (row, criterion, note).
 
@@ -191,7 +213,8 @@ def choose_operating_point(
     the smaller minimum size and depth and the lower threshold (the point that hides the
     least). When no point keeps to the budget, or those that do find none of the lesions, the
     point with the fewest false positives among those that find some (ties: the most
-    sensitive), and the note says so.
+    sensitive), and the note says so. With ``objective="dice"`` the mean per-patient volume
+    Dice takes the place of the target sensitivity.
     """
     if not rows:
         raise ValueError("the grid is empty")
@@ -207,6 +230,8 @@ def choose_operating_point(
         if use_target
         else f"sensitivity over all lesions (no lesion {TARGET_NAME} in lesions.csv)"
     )
+    if objective == "dice":
+        key, criterion = "mean_dice", "mean per-patient Dice"
 
     def rank(r: dict[str, Any]) -> tuple:
         return (
@@ -302,13 +327,14 @@ def tune_postprocess(
         if verbose:
             print(f"  {case.case_id}: predicted and swept", flush=True)
     grid = grid_rows(per_case)
-    best, criterion, note = choose_operating_point(grid, cfg.max_fp_per_scan)
+    best, criterion, note = choose_operating_point(grid, cfg.max_fp_per_scan, cfg.objective)
     chosen = PostprocessConfig(best["threshold"], best["min_lesion_mm"], best["min_depth_mm"])
     result: dict[str, Any] = {
         "weights": str(Path(weights).resolve()),
         "data": str(Path(data_folder).resolve()),
         "split": split,
         "max_fp_per_scan": cfg.max_fp_per_scan,
+        "objective": cfg.objective,
         "min_dice": cfg.min_dice,
         # An operating point chosen on mirrored predictions belongs with mirrored runs.
         "mirror": cfg.mirror,
@@ -346,7 +372,7 @@ def _no_nan(value: Any) -> Any:
 
 def format_grid(result: dict[str, Any]) -> str:
     """The sweep as a text table, the chosen point marked with '*', then the choice."""
-    head = ["", "threshold", "min mm", "depth mm", "sens. all", "sens. target", "FP/scan"]
+    head = ["", "threshold", "min mm", "depth mm", "sens. all", "sens. target", "FP/scan", "Dice"]
     body = []
     choice = result["choice"]
     for r in result["grid"]:
@@ -359,6 +385,7 @@ def format_grid(result: dict[str, Any]) -> str:
                 _fmt(r["sensitivity"], r["detected"], r["lesions"]),
                 _fmt(r["target_sensitivity"], r["target_detected"], r["target_lesions"]),
                 f"{r['fp_per_scan']:.2f}",
+                f"{r['mean_dice']:.3f}" if "mean_dice" in r else "-",
             ]
         )
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
