@@ -95,9 +95,10 @@ def test_comparison_rows_go_into_the_tables_of_the_docs(tmp_path, capsys):
     assert "has no table with the header" in capsys.readouterr().err
 
 
-def test_train_bundled_makes_only_the_splits_each_folder_needs(capsys):
+def test_train_bundled_makes_only_the_splits_each_folder_needs(tmp_path, capsys):
     script = load_script("train_bundled")
-    assert script.main(["--work", "/tmp/nstseg-dry", "--variants", "no-sfm", "--dry-run",
+    work = str(tmp_path / "dry")  # a folder of its own: what an earlier run left there counts
+    assert script.main(["--work", work, "--variants", "no-sfm", "--dry-run",
                         "--train-only", "--lesion-workers", "3"]) == 0  # fmt: skip
     commands = [c for c in capsys.readouterr().out.splitlines() if c.startswith("+ ")]
     made = {c.split(" -o ")[1].split()[0]: c for c in commands if "make-lesions" in c}
@@ -109,14 +110,14 @@ def test_train_bundled_makes_only_the_splits_each_folder_needs(capsys):
     trains = [c for c in commands if "cli train " in c]
     assert len(trains) == 1 and "--amp" not in trains[0]  # float32 on a CPU unless asked
     assert not any("tune-postprocess" in c or " evaluate " in c for c in commands)
-    assert script.main(["--work", "/tmp/nstseg-dry", "--variants", "no-sfm", "--dry-run",
+    assert script.main(["--work", work, "--variants", "no-sfm", "--dry-run",
                         "--train-only", "--amp"]) == 0  # fmt: skip
     assert "--amp" in next(c for c in capsys.readouterr().out.splitlines() if "cli train " in c)
     assert "--online-lesions" not in trains[0]  # stored copies unless asked
-    assert script.main(["--work", "/tmp/nstseg-dry", "--variants", "no-sfm", "--dry-run",
+    assert script.main(["--work", work, "--variants", "no-sfm", "--dry-run",
                         "--train-only", "--online-lesions"]) == 0  # fmt: skip
     train = next(c for c in capsys.readouterr().out.splitlines() if "cli train " in c)
-    assert "--online-lesions" in train and "/tmp/nstseg-dry/train " in train
+    assert "--online-lesions" in train and f"{work}/train " in train
 
 
 def test_train_bundled_draws_a_share_of_bright_training_lesions_only_when_asked(tmp_path, capsys):
