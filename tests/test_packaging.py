@@ -123,11 +123,12 @@ def test_bundled_weights_carry_the_tuned_operating_point_and_still_verify(tmp_pa
     import torch
 
     from napari_nstseg.inference import Segmenter
-    from napari_nstseg.models import ModelConfig, build_model
+    from napari_nstseg.models import build_model
     from napari_nstseg.models.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 
     bundle = _bundle_script()
-    config = ModelConfig(base_width=8, fused_channels=8)
+    from model_helpers import TINY_CDI as config
+
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "trained", build_model(config), config.to_dict(), {}, {"seed": 0})
     tune_json = tmp_path / "tune.json"

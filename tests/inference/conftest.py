@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from model_helpers import tiny_mae_config
-from napari_nstseg.models import ModelConfig, SegOutput, build_model
+from model_helpers import TINY_CDI, tiny_mae_config
+from napari_nstseg.models import SegOutput, build_model
 from napari_nstseg.models.checkpoint import save_checkpoint
 from napari_nstseg.models.mae import MaskedAutoencoder
 from napari_nstseg.preprocessing import PreprocessConfig, window_normalize
 
-TINY = ModelConfig(base_width=8, fused_channels=8)
+TINY = TINY_CDI
 TINY_MAE = tiny_mae_config()
 # Bright-voxel stand-in: probability 0.5 exactly at this HU.
 EDGE_HU = 100.0

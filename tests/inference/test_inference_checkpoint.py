@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
+from model_helpers import TINY_CDI
 from napari_nstseg.inference import (
     EngineConfig,
     MapRequest,
@@ -15,11 +16,10 @@ from napari_nstseg.inference import (
     default_weights_path,
 )
 from napari_nstseg.inference import engine as engine_mod
-from napari_nstseg.models import ModelConfig
 from napari_nstseg.models.checkpoint import CheckpointError, save_checkpoint
 from napari_nstseg.preprocessing import PreprocessConfig
 
-TINY = ModelConfig(base_width=8, fused_channels=8)
+TINY = TINY_CDI
 
 
 def test_default_weights_path_is_inside_the_package():

@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from model_helpers import tiny_config as tiny
 from napari_nstseg.models import CDINSTSeg, DeepSupervisionLoss, ModelConfig, SegOutput, build_model
 from napari_nstseg.models.outputs import pad_to_multiple
 
@@ -18,10 +19,6 @@ HAS_REGION_COMPENSATION = (
 needs_rc = pytest.mark.skipif(
     not HAS_REGION_COMPENSATION, reason="models/region_compensation.py not available yet"
 )
-
-
-def tiny(**overrides) -> ModelConfig:
-    return ModelConfig(**{"base_width": 8, "fused_channels": 8, **overrides})
 
 
 def check_maps(out: SegOutput, n: int, h: int, w: int, stages: int) -> None:

@@ -7,7 +7,7 @@ import struct
 import pytest
 import torch
 
-from model_helpers import tiny_mae_config
+from model_helpers import TINY_CDI, tiny_mae_config
 from napari_nstseg.models.checkpoint import (
     CheckpointError,
     checkpoint_paths,
@@ -205,7 +205,7 @@ def test_unserialisable_metadata_is_refused(tmp_path):
     "overrides",
     [
         {"arch": "unet", "base_width": 8},
-        {"base_width": 8, "fused_channels": 8, "ssl_guidance": True, "norm": "group"},
+        {**TINY_CDI.to_dict(), "ssl_guidance": True, "norm": "group"},
     ],
     ids=["unet", "cdi_nstseg_ssl"],
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from model_helpers import TINY_CDI
 from napari_nstseg.models import DeepSupervisionLoss, ModelConfig, build_model
 
 SIZE = 64
@@ -25,7 +26,7 @@ def faint_discs(generator: torch.Generator, n: int, contrast: float = 1.0):
 @pytest.mark.parametrize(
     "config,steps",
     [
-        (ModelConfig(base_width=8, fused_channels=8), 150),
+        (TINY_CDI, 150),
         (ModelConfig(arch="unet", base_width=8), 200),
     ],
     ids=["cdi_nstseg", "unet"],
