@@ -125,3 +125,48 @@ def test_train_then_evaluate_on_case_folders_through_the_cli(cases_root, split_f
     assert volume["cases"] == 1 and volume["scans_with_tumour"] == 1
     assert volume["dice_median"] == pytest.approx(volume["dice"])
     assert 0 <= volume["scans_detected"] <= 1 and volume["hd95_cases"] in (0, 1)
+
+
+def test_auroc_is_the_chance_a_tumour_pixel_outscores_its_surroundings():
+    from napari_nstseg.training.residual_auroc import auroc
+
+    assert auroc(np.array([3.0, 4.0]), np.array([1.0, 2.0])) == 1.0
+    assert auroc(np.array([1.0, 2.0]), np.array([3.0, 4.0])) == 0.0
+    # 2 wins, 1 tie (half) and 1 loss of 4 pairs
+    assert auroc(np.array([2.0, 5.0]), np.array([2.0, 3.0])) == pytest.approx(2.5 / 4)
+    assert np.isnan(auroc(np.array([]), np.array([1.0])))
+
+
+def test_ring_is_soft_tissue_within_the_distance_in_mm():
+    from napari_nstseg.training.residual_auroc import ResidualAurocConfig, case_samples
+
+    tumour = np.zeros((1, 1, 40), bool)
+    tumour[0, 0, 10:12] = True
+    hu = np.full(tumour.shape, 40.0)
+    hu[0, 0, 13] = -500.0  # gas beside the tumour is no surroundings
+    residual = np.arange(40, dtype=np.float32)[None, None]
+    cfg = ResidualAurocConfig(ring_mm=4.0)
+    pos, neg = case_samples(residual, hu, tumour, (1.0, 1.0, 2.0), cfg, np.random.default_rng(0))
+    assert sorted(pos) == [10, 11]
+    assert sorted(neg) == [8, 9, 12]  # 2 pixels of 2 mm each side, less the gas pixel
+
+
+def test_residual_auroc_through_the_cli(cases_root, split_file, tmp_path):
+    from model_helpers import tiny_mae_config
+    from napari_nstseg.training.loop import MAEPretrainConfig, pretrain_mae
+
+    mae = pretrain_mae(
+        MAEPretrainConfig(
+            data=str(cases_root / "STS_000" / "ct.nii.gz"), out=str(tmp_path / "mae"),
+            mae=tiny_mae_config(), crop_size=32, epochs=1, steps_per_epoch=1, batch_size=4,
+            progress=False,
+        )
+    )  # fmt: skip
+    code = main([
+        "residual-auroc", str(mae), "--data", str(cases_root), "--split-file", str(split_file),
+        "--split", "val", "--out", str(tmp_path / "auroc"),
+    ])  # fmt: skip
+    assert code == 0
+    result = json.loads((tmp_path / "auroc" / "residual_auroc.json").read_text())
+    assert [r["case"] for r in result["cases"]] == ["STS_003"]
+    assert 0 <= result["pooled_auroc"] <= 1 and result["cases"][0]["tumour"] > 0

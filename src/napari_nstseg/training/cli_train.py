@@ -1,6 +1,6 @@
-"""`nstseg train`, `nstseg pretrain-mae`, `nstseg evaluate` and `nstseg tune-postprocess`: the
-command-line face of loop.py, evaluate.py and tune.py. With --resume, settings not given on the
-command line come from the run's folder."""
+"""`nstseg train`, `pretrain-mae`, `evaluate`, `tune-postprocess` and `residual-auroc`: the
+command-line face of loop.py, evaluate.py, tune.py and residual_auroc.py. With --resume,
+settings not given on the command line come from the run's folder."""
 
 from __future__ import annotations
 
@@ -198,6 +198,35 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--min-depth-mm", type=float, nargs="+", metavar="MM", help="default 0 4 7 10")
     p.set_defaults(func=_tune)
+    _add_residual_auroc(subparsers)
+
+
+def _add_residual_auroc(subparsers) -> None:
+    p = subparsers.add_parser(
+        "residual-auroc",
+        help="how well an MAE's SSL residual map singles out tumour (AUROC against the tissue "
+        "around it)",
+        description=(
+            "For every tumour slice of a split: the masked autoencoder's residual map as the "
+            "plugin shows it, then the AUROC of tumour pixels against soft tissue (HU -100..200) "
+            "within --ring-mm of the tumour, per scan and pooled; writes residual_auroc.json."
+        ),
+    )
+    p.add_argument("mae", help="masked-autoencoder checkpoint (or a bundled one: its .json)")
+    p.add_argument("--data", required=True, help="dataset folder with tumour labels")
+    p.add_argument("--split", default="val", choices=("train", "val", "test"))
+    p.add_argument("--split-file", metavar="JSON", help="fixed split by case")
+    p.add_argument("--ring-mm", type=float, default=20.0, help="surroundings: within MM (20)")
+    p.add_argument("--out", help="folder for residual_auroc.json")
+    p.set_defaults(func=_residual_auroc)
+
+
+def _residual_auroc(args: argparse.Namespace) -> int:
+    from napari_nstseg.training.residual_auroc import ResidualAurocConfig, measure
+
+    cfg = ResidualAurocConfig(ring_mm=args.ring_mm)
+    measure(args.mae, args.data, args.split, args.split_file, cfg, args.out)
+    return 0
 
 
 def _checkpoint_on_split_args(p: argparse.ArgumentParser, split: str, out: str) -> None:
