@@ -218,12 +218,11 @@ def test_save_under_a_regular_file(volume, tmp_path):
 
 
 def test_save_into_a_read_only_folder(volume, tmp_path):
+    """Refused by its mode bits, so the test means the same when CI runs as root."""
     folder = tmp_path / "locked"
     folder.mkdir()
     folder.chmod(0o500)
     try:
-        if os.access(folder, os.W_OK):
-            pytest.skip("running as a user who can write to read-only folders (root)")
         with pytest.raises(MaskWriteError, match="not writable") as info:
             write_mask(folder / "mask.nii.gz", np.zeros(volume.shape, np.uint8), volume.geometry)
         assert_one_sentence(info.value, folder / "mask.nii.gz")
@@ -276,3 +275,66 @@ def test_oblique_scan_saved_as_nrrd_keeps_the_tilt(tmp_path):
     out = write_mask(tmp_path / "m.nrrd", np.ones(volume.shape, np.uint8), volume.geometry)
     direction = np.asarray(sitk.ReadImage(str(out)).GetDirection()).reshape(3, 3)
     np.testing.assert_allclose(direction, m[:3, :3] / np.linalg.norm(m[:3, :3], axis=0), atol=1e-5)
+
+
+# -- files that are something else -------------------------------------------------------------
+PNG_HEAD = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(200)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("photo.nii.gz", "not a NIfTI file: it starts like a PNG image"),
+        ("photo.nii", "not a NIfTI file: it starts like a PNG image"),
+        ("photo.mha", "not a MetaImage file: it starts like a PNG image"),
+        ("photo.nrrd", "not an NRRD file: it starts like a PNG image"),
+    ],
+)
+def test_a_renamed_png_is_called_a_png(tmp_path, name, expected):
+    path = tmp_path / name
+    path.write_bytes(PNG_HEAD)
+    with pytest.raises(CTReadError, match=expected) as info:
+        read_ct(path)
+    assert_one_sentence(info.value, path)
+
+
+def test_a_gzipped_nrrd_named_nii_gz_says_what_it_holds(tmp_path):
+    import gzip
+
+    path = tmp_path / "scan.nii.gz"
+    path.write_bytes(gzip.compress(b"NRRD0004\ntype: short\n" + bytes(300)))
+    with pytest.raises(CTReadError, match="gzip-compressed file holding an NRRD image") as info:
+        read_ct(path)
+    assert_one_sentence(info.value, path)
+
+
+# -- saving over a file the user made read-only --------------------------------------------------
+def test_a_read_only_mask_file_is_not_replaced(volume, existing):
+    """os.replace needs only the folder's permission: the writer checks the file's own mode
+    bits (as root too, where os.access says yes to everything)."""
+    before = existing.read_bytes()
+    existing.chmod(0o444)
+    try:
+        with pytest.raises(MaskWriteError, match="read-only") as info:
+            write_mask(existing, np.ones(volume.shape, np.uint8), volume.geometry)
+        assert_one_sentence(info.value, existing)
+        assert existing.read_bytes() == before
+        assert existing.stat().st_mode & 0o777 == 0o444
+        assert _leftovers(existing.parent) == []
+    finally:
+        existing.chmod(0o644)
+
+
+def test_the_napari_writer_refuses_a_read_only_file_too(volume, existing):
+    from napari_nstseg._writer import write_labels
+    from napari_nstseg.io.volume import METADATA_KEY
+
+    before = existing.read_bytes()
+    existing.chmod(0o400)
+    try:
+        meta = {"metadata": {METADATA_KEY: volume.geometry.to_dict()}}
+        with pytest.raises(MaskWriteError, match="read-only"):
+            write_labels(str(existing), np.ones(volume.shape, np.uint8), meta)
+        assert existing.read_bytes() == before
+    finally:
+        existing.chmod(0o644)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CTReadError, CTReadWarning
+from .sniff import describe_file, read_head
 from .volume import CTVolume, Geometry
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -206,8 +207,11 @@ def _load_nifti(path: Path) -> LoadedImage:
 
 
 def _nifti_problem(path: Path) -> str:
-    """Why nibabel refused a file: broken compression or data, or no NIfTI header at all."""
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    """Why nibabel refused a file: broken compression or data, or another kind of file."""
+    what = describe_file(path)
+    if what is not None and "NIfTI" not in what and "gzip" not in what:
+        return f"not a NIfTI file: it starts like {what}"
+    opener = gzip.open if read_head(path, 2) == b"\x1f\x8b" else open
     try:
         with opener(path, "rb") as f:
             head = f.read(4)
@@ -218,6 +222,8 @@ def _nifti_problem(path: Path) -> str:
     sizes = {int.from_bytes(head, "little"), int.from_bytes(head, "big")}
     if len(head) == 4 and sizes & {348, 540}:
         return "the file is damaged or truncated"
+    if what is not None and "NIfTI" not in what:
+        return f"not a NIfTI file: it starts like {what}"
     return "it is not a NIfTI file (there is no NIfTI header at its start)"
 
 
@@ -230,6 +236,13 @@ def _load_itk_file(path: Path) -> LoadedImage:
     try:
         image = reader.Execute()
     except RuntimeError as e:
+        nrrd = path.name.lower().endswith((".nrrd", ".nhdr"))
+        # A MetaImage header is plain text whose first key may vary: only other kinds count.
+        fits = ("an NRRD image",) if nrrd else ("a MetaImage (.mha/.mhd) header", "a text file")
+        what = describe_file(path)
+        if what is not None and what not in fits:
+            kind = "an NRRD" if nrrd else "a MetaImage"
+            raise CTReadError(path, f"not {kind} file: it starts like {what}") from e
         problem = "the file is damaged, truncated or not a valid image"
         if path.name.lower().endswith((".mhd", ".nhdr")):
             problem += " (or the voxel data file its header names is missing)"

@@ -119,6 +119,14 @@ class Geometry:
         aligned = np.abs(d[list(_DISPLAY_TO_LPS_AXIS), [0, 1, 2]])
         return bool(np.any(aligned < 1 - 1e-4))
 
+    def display_to_index(self, zyx) -> np.ndarray:
+        """Display coordinates (z, y, x), fractions allowed, -> the file's voxel index (i, j, k)."""
+        ijk = np.zeros(3)
+        for d, (a, flip) in enumerate(zip(self.display_axes, self.display_flips, strict=True)):
+            value = float(zyx[d])
+            ijk[a] = self.source_shape[a] - 1 - value if flip else value
+        return ijk
+
     # -- array mapping ----------------------------------------------------------------------
     def to_display(self, source_array: np.ndarray) -> np.ndarray:
         """Source-index-ordered array (i, j, k) -> display (z, y, x) view."""

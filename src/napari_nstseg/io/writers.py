@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write
+from .atomic import AtomicBatch
 from .errors import MaskWriteError
+from .outputs import check_folder
 from .volume import Geometry
 
 WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
@@ -24,19 +25,32 @@ _DETACHED_SUFFIXES = (".mhd", ".nhdr")
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-def write_mask(path: str | os.PathLike, mask_zyx: np.ndarray, geometry: Geometry) -> Path:
-    """Write an integer label mask shown in display order (z, y, x) onto the source grid."""
+def write_mask(
+    path: str | os.PathLike,
+    mask_zyx: np.ndarray,
+    geometry: Geometry,
+    batch: AtomicBatch | None = None,
+) -> Path:
+    """Write an integer label mask shown in display order (z, y, x) onto the source grid.
+
+    With ``batch`` the file is only staged: it appears when the batch commits."""
     path = Path(path)
     suffix = _check_suffix(path)
     mask = np.asarray(mask_zyx)
     _check_shape(path, mask, geometry)
     labels = _as_label_array(path, mask)
     source = np.ascontiguousarray(geometry.to_source(labels))
-    return _atomic_write(path, lambda tmp: _write_array(tmp, suffix, source, geometry))
+    return _atomic_write(path, lambda tmp: _write_array(tmp, suffix, source, geometry), batch)
 
 
-def write_volume(path: str | os.PathLike, volume_zyx: np.ndarray, geometry: Geometry) -> Path:
-    """Write a float map (probabilities, residuals) in display order onto the source grid."""
+def write_volume(
+    path: str | os.PathLike,
+    volume_zyx: np.ndarray,
+    geometry: Geometry,
+    batch: AtomicBatch | None = None,
+) -> Path:
+    """Write a float map (probabilities, residuals) in display order onto the source grid
+    (staged in ``batch`` if given)."""
     path = Path(path)
     suffix = _check_suffix(path)
     volume = np.asarray(volume_zyx)
@@ -44,7 +58,7 @@ def write_volume(path: str | os.PathLike, volume_zyx: np.ndarray, geometry: Geom
     if not np.issubdtype(volume.dtype, np.number) and volume.dtype != bool:
         raise MaskWriteError(path, f"values of type {volume.dtype} are not numbers")
     source = np.ascontiguousarray(geometry.to_source(volume.astype(np.float32, copy=False)))
-    return _atomic_write(path, lambda tmp: _write_array(tmp, suffix, source, geometry))
+    return _atomic_write(path, lambda tmp: _write_array(tmp, suffix, source, geometry), batch)
 
 
 # -- checks --------------------------------------------------------------------------------------
@@ -143,8 +157,9 @@ def _write_itk(tmp: str, source: np.ndarray, geometry: Geometry) -> None:
 
 
 # -- atomic replace ------------------------------------------------------------------------------
-def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
-    """``atomic_write`` with every failure turned into one readable MaskWriteError."""
+def _atomic_write(path: Path, write: Callable[[str], None], batch: AtomicBatch | None) -> Path:
+    """An atomic write (now, or staged in ``batch``) with every failure turned into one
+    readable MaskWriteError."""
     target = path.expanduser().absolute()
     folder = target.parent
     if not folder.exists():
@@ -155,6 +170,7 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
         raise MaskWriteError(path, f"{folder} is a file, not a folder", "choose another folder")
     if target.is_dir():
         raise MaskWriteError(path, "a folder of that name exists", "choose another file name")
+    check_folder(folder, for_file=path)  # a read-only folder is refused even for root
     started = False
 
     def run(tmp: str) -> None:
@@ -163,7 +179,11 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
         write(tmp)
 
     try:
-        return atomic_write(target, run, tmp_suffix=_check_suffix(target))
+        if batch is not None:
+            return batch.add(target, run, tmp_suffix=_check_suffix(target))
+        with AtomicBatch() as own:
+            own.add(target, run, tmp_suffix=_check_suffix(target))
+            return own.commit()[0]
     except Exception as e:
         if isinstance(e, MaskWriteError):
             raise
