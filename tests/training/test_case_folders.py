@@ -170,3 +170,10 @@ def test_residual_auroc_through_the_cli(cases_root, split_file, tmp_path):
     result = json.loads((tmp_path / "auroc" / "residual_auroc.json").read_text())
     assert [r["case"] for r in result["cases"]] == ["STS_003"]
     assert 0 <= result["pooled_auroc"] <= 1 and result["cases"][0]["tumour"] > 0
+
+
+def test_mae_pretraining_on_case_folders_reads_the_training_cts_never_the_contours(cases_root):
+    from napari_nstseg.training.loop import find_volumes
+
+    volumes = find_volumes(cases_root)
+    assert volumes and all(v.name == "ct.nii.gz" for v in volumes)

@@ -151,7 +151,8 @@ def _case_folder_pairs(root: Path) -> dict[str, tuple[Path, Path]]:
     return pairs
 
 
-def _is_case_folder_set(root: Path) -> bool:
+def is_case_folder_set(root: Path) -> bool:
+    """Whether ``root`` holds case folders (a sub-folder with a ct.* / image.* volume)."""
     for sub in root.iterdir():
         if sub.is_dir() and not sub.name.startswith("."):
             stems = {_strip_suffix(p.name) for p in sub.iterdir() if p.is_file()}
@@ -210,7 +211,7 @@ def find_cases(folder: str | Path, split_file: str | Path | None = None) -> list
             assigned = _read_split(ds_json, ds_path)
             highest = _highest_label(ds_json)
         pairs = _pair(root, msd_images, msd_labels, ())
-    elif not (root / "images").is_dir() and _is_case_folder_set(root):
+    elif not (root / "images").is_dir() and is_case_folder_set(root):
         pairs = _case_folder_pairs(root)
     else:
         masks = next((root / n for n in ("masks", "labels") if (root / n).is_dir()), None)

@@ -51,6 +51,7 @@ from napari_nstseg.training.data import (
     SliceDataset,
     augment_crop,
     find_cases,
+    is_case_folder_set,
     split_cases,
 )
 from napari_nstseg.training.online_lesions import OnlineLesionDataset, read_source_blocks
@@ -566,14 +567,15 @@ def _remove_checkpoint(stem: Path) -> None:
 
 # -- unlabeled slices for the MAE -----------------------------------------------------------------
 def find_volumes(data: str | Path) -> list[Path]:
-    """CT volumes for MAE pretraining: an MSD folder's training-split images, every volume file
-    under a folder (recursively), or one file."""
+    """CT volumes for MAE pretraining: an MSD folder's or a case-folder set's training-split
+    images, every volume file under a folder (recursively), or one file."""
     root = Path(data)
     if root.is_file():
         return [root]
     if not root.is_dir():
         raise ValueError(f"{root}: no such file or folder of CT volumes.")
-    if (root / "imagesTr").is_dir():
+    if (root / "imagesTr").is_dir() or is_case_folder_set(root):
+        # Labelled sets give their training images only, never their label maps.
         try:
             cases = find_cases(root)
         except ValueError:
