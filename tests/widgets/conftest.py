@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from widget_helpers import CT_SCALE, CT_TRANSLATE, make_ct
@@ -9,6 +11,22 @@ from widget_helpers import CT_SCALE, CT_TRANSLATE, make_ct
 from napari_nstseg.models import ModelConfig, build_model, calibrate_batchnorm
 from napari_nstseg.models.checkpoint import save_checkpoint
 from napari_nstseg.preprocessing import PreprocessConfig, window_normalize
+
+HERE = Path(__file__).parent
+# napari's deprecations (a private attribute read through the plugin proxy, an API going away)
+# fail the widget tests instead of printing in every user's session.
+NAPARI_WARNINGS_ARE_ERRORS = (
+    "error:Private attribute access:FutureWarning",
+    "error::FutureWarning:napari_nstseg",
+    "error::DeprecationWarning:napari_nstseg",
+)
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if HERE in Path(item.fspath).parents:
+            for rule in NAPARI_WARNINGS_ARE_ERRORS:
+                item.add_marker(pytest.mark.filterwarnings(rule))
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +52,13 @@ def viewer_with_ct(make_napari_viewer):
     viewer = make_napari_viewer()
     layer = viewer.add_image(make_ct(), name="CT", scale=CT_SCALE, translate=CT_TRANSLATE)
     return viewer, layer
+
+
+@pytest.fixture
+def errors(monkeypatch) -> list[str]:
+    """The error notifications the widget shows, in order."""
+    from napari_nstseg.widgets import dock
+
+    shown: list[str] = []
+    monkeypatch.setattr(dock, "show_error", shown.append)
+    return shown

@@ -3,50 +3,29 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
 
 import numpy as np
 import pytest
-from widget_helpers import CT_SCALE, CT_SHAPE, CT_TRANSLATE, make_ct
+from widget_helpers import (
+    CT_SCALE,
+    CT_SHAPE,
+    CT_TRANSLATE,
+    RUN_TIMEOUT_MS,
+    BrightStandIn,
+    bright_volume_run,
+    docked,
+    make_ct,
+    make_widget,
+    paint_like_a_brush,
+    press,
+    run_and_wait,
+    set_and_wait,
+)
 
 from napari_nstseg.io.volume import METADATA_KEY
 from napari_nstseg.widgets import dock as dock_module
 from napari_nstseg.widgets.dock import BUNDLED, FROM_FILE, NSTSegWidget, viewer_grid
 from napari_nstseg.widgets.layers import LayerNames, mirroring_of_slices
-
-RUN_TIMEOUT_MS = 60_000
-
-
-@pytest.fixture
-def errors(monkeypatch) -> list[str]:
-    shown: list[str] = []
-    monkeypatch.setattr(dock_module, "show_error", shown.append)
-    return shown
-
-
-def docked(viewer) -> NSTSegWidget:
-    """The widget as users get it: docked in the viewer window (and closed with it)."""
-    widget = NSTSegWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="NSTSEG")
-    return widget
-
-
-def make_widget(viewer, weights: str, **maps: bool) -> NSTSegWidget:
-    widget = docked(viewer)
-    widget.weights_source.value = FROM_FILE
-    widget.weights_file.value = weights
-    widget.device.value = "cpu"
-    for name, value in maps.items():
-        getattr(widget, f"show_{name}").value = value
-    return widget
-
-
-def run_and_wait(qtbot, widget: NSTSegWidget, mode: str, z: int | None = None) -> None:
-    if z is not None:
-        widget.viewer.dims.set_point(0, CT_TRANSLATE[0] + z * CT_SCALE[0])
-    widget.mode.value = mode
-    widget.run()
-    qtbot.waitUntil(lambda: not widget.running, timeout=RUN_TIMEOUT_MS)
 
 
 def test_slice_then_volume_run_make_every_stage_layer_on_the_ct_grid(
@@ -89,14 +68,6 @@ def test_slice_then_volume_run_make_every_stage_layer_on_the_ct_grid(
     prediction = widget.last_outcome.prediction
     assert prediction.done.all()
     np.testing.assert_array_equal(viewer.layers[names.tumor_mask].data, prediction.mask)
-
-
-def paint_like_a_brush(layer, z: int, center_yx: tuple[int, int], label: int) -> None:
-    """What a brush stroke does: Labels.paint inside a stroke, committed at mouse release."""
-    layer.brush_size = 7
-    layer._begin_stroke()
-    layer.paint((z, *center_yx), label)
-    layer._commit_stroke()
 
 
 def test_user_edits_survive_a_rerun_unless_overwrite(qtbot, viewer_with_ct, tiny_weights, errors):
@@ -183,7 +154,9 @@ def test_cancel_keeps_finished_slices_and_leaves_the_rest_untouched(
     assert coarse.data[:4].any()
     np.testing.assert_array_equal(coarse.data[4:], coarse_before[4:])
     assert coarse.data[7].any()  # the earlier run's slice is still there
-    assert "cancelled" in widget.status.value
+    assert "cancelled: 4 of 8 slice(s)" in widget.status.value
+    # The bar shows what was done, not a full run.
+    assert (widget.progress.value(), widget.progress.maximum()) == (4, 8)
 
 
 def test_bad_weights_and_non_ct_layers_give_a_notification_not_an_exception(
@@ -299,9 +272,11 @@ def test_visual_ablation_adds_one_mask_per_variant_in_grid_mode(
     qtbot, viewer_with_ct, tiny_weights, errors
 ):
     viewer, _ = viewer_with_ct
+    viewer.add_labels(np.zeros(CT_SHAPE, np.uint8), name="notes", visible=False)
     widget = make_widget(viewer, tiny_weights, coarse=True, stages=False)
     run_and_wait(qtbot, widget, "current slice", z=4)
     full = widget.last_outcome.prediction
+    before = [(layer.name, layer.visible) for layer in viewer.layers]
     widget.run_variants()
     qtbot.waitUntil(lambda: not widget.running, timeout=RUN_TIMEOUT_MS)
     assert errors == []
@@ -321,6 +296,32 @@ def test_visual_ablation_adds_one_mask_per_variant_in_grid_mode(
     assert (no_glm.final[4] != full.final[4]).any()
     # The main tumor mask (what users save) is untouched by the variants.
     np.testing.assert_array_equal(viewer.layers["CT tumor mask"].data[4], full.mask[4])
+
+    # What the user sees: one cell per model, each the CT (visible) under its mask (visible,
+    # its name written in the cell), the full model first.
+    from napari.layers import Image, Labels
+
+    cells = []
+    for _, indices in grid.iter_viewboxes(viewer.layers):
+        if not indices:  # five cells fill a 3 x 2 grid
+            continue
+        shown = [viewer.layers[i] for i in indices if viewer.layers[i].visible]
+        assert [type(layer) for layer in shown] == [Image, Labels], [ly.name for ly in shown]
+        ct_view, mask = shown
+        assert np.shares_memory(ct_view.data, viewer.layers["CT"].data)
+        assert tuple(ct_view.contrast_limits) == tuple(viewer.layers["CT"].contrast_limits)
+        assert mask.opacity > 0 and mask.name_overlay.visible
+        cells.append(mask.name)
+    variants = ("no SFM", "no GLM", "no LFM", "single scale 1.0")
+    assert cells == ["CT tumor mask", *(f"CT tumor mask [{v}]" for v in variants)]
+    assert widget.normal_view_button.enabled
+
+    # ... and the way back: the grid off, the layers as they were, the variants' hidden.
+    widget.show_normal_view()
+    assert not grid.enabled and not widget.normal_view_button.enabled
+    assert [(layer.name, layer.visible) for layer in viewer.layers][: len(before)] == before
+    assert not any(layer.visible for layer in list(viewer.layers)[len(before) :])
+    assert not any(layer.name_overlay.visible for layer in viewer.layers)
 
 
 def test_edited_mask_is_autosaved_and_offered_back_when_the_scan_reopens(
@@ -431,19 +432,6 @@ def test_window_preset_sets_the_ct_contrast_and_missing_mae_skips_the_residual(
     assert errors == []
     assert "CT SSL residual" not in viewer.layers
     assert "CT tumor mask" in viewer.layers
-
-
-def press(viewer, layer, action: str) -> None:
-    """Ctrl+Z ("undo") or Ctrl+Shift+Z ("redo") on the canvas with ``layer`` active: the path
-    a user's key takes through napari's key bindings to the layer."""
-    from qtpy.QtCore import Qt
-    from qtpy.QtTest import QTest
-
-    viewer.layers.selection.active = layer
-    modifiers = Qt.KeyboardModifier.ControlModifier
-    if action == "redo":
-        modifiers |= Qt.KeyboardModifier.ShiftModifier
-    QTest.keyClick(viewer.window._qt_viewer.canvas.native, Qt.Key.Key_Z, modifiers)
 
 
 def wait_for_threshold(qtbot, widget: NSTSegWidget, value: float) -> None:
@@ -576,59 +564,6 @@ def test_undo_and_redo_reach_the_autosave(qtbot, viewer_with_ct, tmp_path, monke
 
 
 # -- minimum lesion size ------------------------------------------------------------------------
-class BrightStandIn:
-    """Builds a network that calls tumor whatever is brighter than 150 HU, so the test knows
-    the mask: a large lesion and two specks."""
-
-    @staticmethod
-    def segmenter():
-        import torch
-
-        from napari_nstseg.inference import Segmenter
-        from napari_nstseg.models import SegOutput
-        from napari_nstseg.preprocessing import PreprocessConfig, window_normalize
-
-        prep = PreprocessConfig(working_spacing_mm=None)  # no resampling: crisp edges
-        edge = float(window_normalize(np.array([150.0], np.float32), prep)[0])
-
-        class Bright(torch.nn.Module):
-            def forward(self, x, residual=None, return_scale_weights=False):
-                logits = 50.0 * (x - edge)
-                return SegOutput(coarse=logits, stages=[logits], final=logits)
-
-        return Segmenter(Bright(), prep, "cpu")
-
-    @staticmethod
-    def ct() -> np.ndarray:
-        hu = make_ct()
-        hu[2:6, 14:29, 14:29] = 300.0  # 15 x 15 px at 0.8 mm: 17 mm across
-        hu[4, 44:46, 44:46] = 300.0  # 2 x 2 px: 2.3 mm
-        hu[2, 44:46, 20:22] = 300.0  # another speck, on the slice the user will edit
-        return hu
-
-
-def set_and_wait(qtbot, widget: NSTSegWidget, control: Any, value: float) -> None:
-    """Move an operating-point control and wait for its debounced re-cut."""
-    control.value = value
-    assert widget._threshold_timer.isActive()
-    qtbot.waitUntil(lambda: not widget._threshold_timer.isActive(), timeout=5000)
-
-
-def bright_volume_run(qtbot, make_napari_viewer, tiny_weights, monkeypatch, stages: bool):
-    """A whole-volume run of the stand-in model on its CT: (viewer, widget, tumor mask)."""
-    from napari_nstseg.widgets import runner
-
-    engine = BrightStandIn.segmenter()
-    monkeypatch.setattr(runner, "load_segmenter", lambda weights, device, variant="": engine)
-    viewer = make_napari_viewer()
-    viewer.add_image(BrightStandIn.ct(), name="CT", scale=CT_SCALE, translate=CT_TRANSLATE)
-    widget = make_widget(viewer, tiny_weights, coarse=False, stages=stages)
-    run_and_wait(qtbot, widget, "whole volume")
-    mask = viewer.layers[LayerNames("CT").tumor_mask]
-    assert mask.data[4, 44:46, 44:46].all() and mask.data[2, 44:46, 20:22].all()
-    return viewer, widget, mask
-
-
 def test_min_lesion_size_recuts_the_last_run_without_small_lesions_and_spares_edits(
     qtbot, make_napari_viewer, tiny_weights, errors, monkeypatch
 ):
@@ -667,7 +602,7 @@ def test_min_lesion_size_recuts_the_last_run_without_small_lesions_and_spares_ed
 def test_min_depth_recuts_the_last_run_without_lesions_seen_on_one_slice(
     qtbot, make_napari_viewer, tiny_weights, errors, monkeypatch
 ):
-    _, widget, mask = bright_volume_run(
+    viewer, widget, mask = bright_volume_run(
         qtbot, make_napari_viewer, tiny_weights, monkeypatch, stages=False
     )
     set_and_wait(qtbot, widget, widget.min_depth, 1.5 * CT_SCALE[0])  # asks for two slices
@@ -675,6 +610,8 @@ def test_min_depth_recuts_the_last_run_without_lesions_seen_on_one_slice(
     assert not mask.data[2, 44:46, 20:22].any()
     assert mask.data[2:6, 14:29, 14:29].all()  # four slices deep: kept
     assert "min depth" in widget.status.value
+    press(viewer, mask, "undo")  # one Ctrl+Z goes back to the run's own mask
+    assert mask.data[4, 44:46, 44:46].all() and mask.data[2, 44:46, 20:22].all()
     request = widget.make_request("whole volume")
     assert request.min_depth_mm == pytest.approx(1.5 * CT_SCALE[0])
     assert errors == []

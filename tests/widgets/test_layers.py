@@ -145,3 +145,63 @@ def test_layers_follow_a_ct_layer_with_rotation_in_its_affine():
         np.testing.assert_allclose(layer.rotate, ct.rotate)
         point = (1, 5, 7)
         np.testing.assert_allclose(layer.data_to_world(point), ct.data_to_world(point))
+
+
+# -- through napari's plugin proxy, which hands out a new object for every layer access --------
+def proxy_viewer():
+    from napari.utils._proxies import PublicOnlyProxy
+
+    viewer, ct, geometry = ct_viewer()
+    proxy = PublicOnlyProxy(viewer)
+    assert proxy.layers["scan"] is not proxy.layers["scan"]
+    return proxy
+
+
+def test_edits_and_undo_hold_through_the_plugin_proxy():
+    viewer = proxy_viewer()
+    pred = partial_prediction()
+    maps = MapsToShow(coarse=False, stages=False)
+    name = LayerNames("scan").tumor_mask
+    show_prediction(viewer, viewer.layers["scan"], pred, maps)
+    viewer.layers[name].data_setitem((np.array([1, 1]), np.array([0, 1]), np.array([0, 0])), 1)
+    assert edit_tracker(viewer.layers[name]).edited == {1}
+    callbacks = len(viewer.layers[name].events.paint.callbacks)  # napari's own and the tracker
+    edited = np.array(viewer.layers[name].data[1])
+
+    show_prediction(viewer, viewer.layers["scan"], pred, maps, threshold=0.1)
+    assert len(viewer.layers) == 2
+    assert len(viewer.layers[name].events.paint.callbacks) == callbacks
+    np.testing.assert_array_equal(viewer.layers[name].data[1], edited)  # the edit is spared
+    viewer.layers[name].undo()  # the second run's write
+    viewer.layers[name].undo()  # the edit
+    np.testing.assert_array_equal(viewer.layers[name].data, pred.mask_at(0.5))
+
+
+def test_session_recuts_its_last_run_and_follows_the_ct_through_a_rename():
+    from napari_nstseg.widgets.session import OperatingPoint, RunOutcome, RunRequest, Session
+
+    viewer = proxy_viewer()
+    session = Session(viewer)
+    session.follow_renames()
+    pred = partial_prediction()
+    request = RunRequest(
+        ct_name="scan", volume=np.zeros(SHAPE, np.float32), spacing=SCALE, z_indices=[1, 2],
+        roi=None, weights=None, device="cpu", threshold=0.5, maps=MapsToShow(),
+        overwrite=False, ct_id=str(viewer.layers["scan"].unique_id),
+    )  # fmt: skip
+    session.show(RunOutcome(request, prediction=pred))
+    viewer.layers["scan"].name = "liver"
+    assert session.follow_renames() == [("scan", "liver")]
+    names = LayerNames("liver")
+    assert {names.tumor_mask, names.coarse, names.stage(1)} <= {ly.name for ly in viewer.layers}
+    ct = viewer.layers["liver"]
+    assert session.mask_layer(ct).name == names.tumor_mask
+
+    assert session.recut(ct, OperatingPoint(threshold=0.25)) is not None
+    np.testing.assert_array_equal(session.mask_layer(ct).data, pred.mask_at(0.25))
+    n_layers = len(viewer.layers)
+    session.show(RunOutcome(request, prediction=pred))  # a later run finds the same layers
+    assert len(viewer.layers) == n_layers
+    viewer.layers.remove("liver")
+    session.forget(ct)
+    assert session.last_run is None

@@ -3,16 +3,17 @@
 The widget only wires layers to the engine: it reads the CT layer, asks the inference engine
 for a Prediction in a ``thread_worker`` generator (so Cancel acts between batches), and hands
 the result to :mod:`napari_nstseg.widgets.layers`. Nothing a user can do here raises out of the
-widget; problems arrive as napari notifications in one sentence.
+widget; problems arrive as napari notifications in one sentence. What the widget remembers
+about layers lives in :class:`session.Session`, keyed by napari's layer ids, because the viewer
+a plugin gets is a proxy that hands out a new object for every layer access.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import threading
 import weakref
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +46,24 @@ from qtpy.QtWidgets import (
 
 from napari_nstseg.windows import DEFAULT_WINDOW, WINDOWS, contrast_limits
 
+from . import ablation_view
+from .ablation_view import viewer_grid
 from .layers import (
     LayerNames,
     MapsToShow,
     ct_geometry,
     edit_tracker,
+    is_image,
+    is_labels,
+    is_shapes,
+    layer_id,
+    link,
     mirroring_of_slices,
-    show_prediction,
 )
 from .runner import VARIANTS
+from .session import OperatingPoint, RunOutcome, RunRequest, Session, mask_role
+
+__all__ = ["NSTSegWidget", "RunOutcome", "RunRequest", "viewer_grid"]
 
 MODES = ("current slice", "whole volume", "ROI")
 BUNDLED = "bundled default"
@@ -71,42 +81,11 @@ class WidgetError(ValueError):
     """A problem with what the user chose in the widget; its message is shown as-is."""
 
 
-@dataclass
-class RunRequest:
-    """Everything one model run needs, read from the widget on the GUI thread."""
-
-    ct_name: str
-    volume: np.ndarray
-    spacing: tuple[float, float, float]
-    z_indices: list[int] | None
-    roi: tuple[slice, slice, slice] | None
-    weights: str | None
-    device: str
-    threshold: float
-    maps: MapsToShow
-    overwrite: bool
-    variant: str = ""
-    min_lesion_mm: float = 0.0
-    min_depth_mm: float = 0.0
-    mirror: bool = False
-    cancel: threading.Event = field(default_factory=threading.Event)
-
-
-@dataclass
-class RunOutcome:
-    """What a worker hands back: a (possibly partial) prediction, or one readable error."""
-
-    request: RunRequest
-    prediction: Any = None
-    error: str = ""
-    cancelled: bool = False
-
-
 def check_ct_layer(layer: Any) -> None:
     """Refuse layers the network cannot read as CT, in one sentence naming the layer."""
-    kind = getattr(layer, "_type_string", "")
-    if kind != "image":
-        raise WidgetError(f"Layer {layer.name!r} is a {kind or 'non-image'} layer, not a CT image.")
+    if not is_image(layer):
+        kind = type(layer).__name__.lower()
+        raise WidgetError(f"Layer {layer.name!r} is a {kind} layer, not a CT image.")
     if getattr(layer, "rgb", False):
         raise WidgetError(f"Layer {layer.name!r} is a colour (RGB) image, not a CT scan.")
     if getattr(layer, "multiscale", False):
@@ -144,13 +123,15 @@ class NSTSegWidget(QWidget):
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        self._segmenters: dict[tuple[str, str, str], Any] = {}
+        self.session = Session(napari_viewer)
         self._worker: Any = None
         self._request: RunRequest | None = None
         self.last_outcome: RunOutcome | None = None
-        # The last full-model run shown and its CT layer (weakly: closing the CT frees it); what
-        # a threshold change re-cuts. Variant runs do not replace it.
-        self._shown: tuple[RunOutcome, weakref.ref] | None = None
+        # The chosen CT's napari unique_id: the choice follows the CT through a rename.
+        self._ct_id = ""
+        # What the viewer looked like before the ablation grid, while the grid is shown.
+        self._normal_view: ablation_view.NormalView | None = None
+        self._view_before_variants: ablation_view.NormalView | None = None
         self._threshold_pending = False
         # Operating-point controls the user moved ("threshold", "min_lesion", "min_depth"):
         # weights chosen later no longer set them.
@@ -168,7 +149,6 @@ class NSTSegWidget(QWidget):
         self._threshold_timer.setSingleShot(True)
         self._threshold_timer.setInterval(THRESHOLD_DELAY_MS)
         self._threshold_timer.timeout.connect(self.apply_threshold)
-        self._tracked: weakref.WeakSet = weakref.WeakSet()
         self._build_ui()
         self._connect_viewer()
         self._refresh_layer_choices()
@@ -281,7 +261,13 @@ class NSTSegWidget(QWidget):
         # visual ablation
         self.variant_boxes = {name: CheckBox(text=name, value=True) for name in VARIANTS}
         self.ablation_button = PushButton(text="Run variants on current slice")
-        ablation = Container(widgets=[*self.variant_boxes.values(), self.ablation_button])
+        self.normal_view_button = PushButton(text="Back to the normal view", enabled=False)
+        self.normal_view_button.tooltip = (
+            "Leave the side-by-side grid: layer order, visibility and grid as before the variants"
+        )
+        ablation = Container(
+            widgets=[*self.variant_boxes.values(), self.ablation_button, self.normal_view_button]
+        )
         ablation_box = QGroupBox("Visual ablation (same weights)")
         QVBoxLayout(ablation_box).addWidget(ablation.native)
 
@@ -313,25 +299,35 @@ class NSTSegWidget(QWidget):
         self.measure_button.clicked.connect(self.update_measurements)
         self.export_button.clicked.connect(self._export_clicked)
         self.ablation_button.changed.connect(self.run_variants)
+        self.normal_view_button.changed.connect(self.show_normal_view)
         self.restore_button.clicked.connect(self.restore_autosave)
 
     def _connect_viewer(self) -> None:
         events = self.viewer.layers.events
         events.inserted.connect(self._refresh_layer_choices)
+        events.removed.connect(self._on_layer_removed)
         events.removed.connect(self._refresh_layer_choices)
         events.moved.connect(self._refresh_layer_choices)
         self.viewer.dims.events.current_step.connect(self._on_step)
 
+    def _on_layer_removed(self, event: Any) -> None:
+        self.session.forget(event.value)
+
     def _refresh_layer_choices(self, event: Any = None) -> None:
+        # A renamed CT's layers take its new name, and the choice below follows it.
+        self.session.follow_renames()
         layers = list(self.viewer.layers)
         for layer in layers:
             # Renames must reach the choices too; connecting twice is harmless for psygnal/vispy.
             layer.events.name.disconnect(self._refresh_layer_choices)
             layer.events.name.connect(self._refresh_layer_choices)
-        images = [ly.name for ly in layers if ly._type_string == "image" and not _generated(ly)]
-        labels = [ly.name for ly in layers if ly._type_string == "labels"]
-        shapes = [ly.name for ly in layers if ly._type_string == "shapes"]
+        images = [ly.name for ly in layers if is_image(ly) and not _generated(ly)]
+        labels = [ly.name for ly in layers if is_labels(ly)]
+        shapes = [ly.name for ly in layers if is_shapes(ly)]
+        chosen = self.session.layer_by_id(self._ct_id)
         _set_choices(self.ct_layer, images, keep_first=False)
+        if chosen is not None and chosen.name in images and self.ct_layer.value != chosen.name:
+            self.ct_layer.value = chosen.name
         _set_choices(self.roi_layer, [NO_LAYER, *shapes, *labels])
         _set_choices(self.gt_layer, [NO_LAYER, *labels])
         self._track_mask_layer()
@@ -372,7 +368,10 @@ class NSTSegWidget(QWidget):
         return Path(value) if value and value != "." else None
 
     def _on_ct_changed(self, name: str | None) -> None:
-        if name:
+        ct = self._layer(name)
+        uid = "" if ct is None else layer_id(ct)
+        if uid and uid != self._ct_id:  # another CT, not this one renamed
+            self._ct_id = uid
             self.apply_window()
             self._offer_autosave()
         self._track_mask_layer()
@@ -400,9 +399,7 @@ class NSTSegWidget(QWidget):
 
     # -- helpers ----------------------------------------------------------------------------
     def _layer(self, name: str | None) -> Any:
-        if not name or name == NO_LAYER or name not in self.viewer.layers:
-            return None
-        return self.viewer.layers[name]
+        return None if name == NO_LAYER else self.session.layer(name)
 
     def _ct(self) -> Any:
         layer = self._layer(self.ct_layer.value)
@@ -412,10 +409,9 @@ class NSTSegWidget(QWidget):
         return layer
 
     def mask_layer(self, variant: str = "") -> Any:
-        name = self.ct_layer.value
-        if not name:
-            return None
-        return self._layer(LayerNames(name, _suffix(variant)).tumor_mask)
+        """The chosen CT's tumor mask (of ``variant`` if named), wherever it is in the list and
+        whatever the CT is called now."""
+        return self.session.mask_layer(self._layer(self.ct_layer.value), variant)
 
     def _fail(self, message: str) -> None:
         self.last_error = message
@@ -425,13 +421,31 @@ class NSTSegWidget(QWidget):
     def apply_window(self, *_: Any) -> None:
         """Set the CT layer's contrast limits to the chosen HU window preset."""
         layer = self._layer(self.ct_layer.value)
-        if layer is not None and layer._type_string == "image" and not layer.rgb:
+        if layer is not None and is_image(layer) and not layer.rgb:
             layer.contrast_limits = contrast_limits(self.window.value)
 
     def current_z(self, layer: Any) -> int:
-        """The axial slice of ``layer`` the viewer shows now."""
+        """The axial slice of ``layer`` the viewer shows now (the nearest one, off its ends)."""
+        return int(np.clip(self._z_on_screen(layer), 0, layer.data.shape[0] - 1))
+
+    def _z_on_screen(self, layer: Any) -> int:
         point = layer.world_to_data(self.viewer.dims.point[-layer.ndim :])
-        return int(np.clip(np.round(point[0]), 0, layer.data.shape[0] - 1))
+        return int(np.round(point[0]))
+
+    def slice_on_screen(self, ct: Any) -> int:
+        """The slice of ``ct`` the viewer shows now; WidgetError when the view is on no slice
+        of it (another scan on screen), rather than a run on its first or last slice."""
+        z = self._z_on_screen(ct)
+        n = int(ct.data.shape[0])
+        if 0 <= z < n:
+            return z
+        world_z = float(self.viewer.dims.point[-ct.ndim])
+        ends = sorted(float(ct.data_to_world((i, 0, 0))[0]) for i in (0, n - 1))
+        raise WidgetError(
+            f"The view is not on {ct.name!r}: it shows z = {world_z:.1f} mm, and "
+            f"{ct.name!r} spans z = {ends[0]:.1f} to {ends[1]:.1f} mm. Scroll to a slice of "
+            f"{ct.name!r}, or choose the CT on screen, then run again."
+        )
 
     def _weights(self) -> str | None:
         if self.weights_source.value == BUNDLED:
@@ -447,7 +461,7 @@ class NSTSegWidget(QWidget):
         if roi_layer is None:
             raise WidgetError("ROI mode needs a Shapes (rectangle) or Labels layer as ROI layer.")
         shape = np.asarray(ct.data.shape)
-        if roi_layer._type_string == "shapes":
+        if is_shapes(roi_layer):
             if len(roi_layer.data) == 0:
                 raise WidgetError(f"Shapes layer {roi_layer.name!r} has no rectangle; draw one.")
             chosen = sorted(roi_layer.selected_data) or [len(roi_layer.data) - 1]
@@ -490,7 +504,7 @@ class NSTSegWidget(QWidget):
         mode = mode or self.mode.value
         roi = None
         if mode == "current slice":
-            z_indices: list[int] | None = [self.current_z(ct)]
+            z_indices: list[int] | None = [self.slice_on_screen(ct)]
         elif mode == "whole volume":
             z_indices = None
         else:
@@ -511,6 +525,7 @@ class NSTSegWidget(QWidget):
             min_lesion_mm=float(self.min_lesion.value),
             min_depth_mm=float(self.min_depth.value),
             mirror=bool(self.mirror.value),
+            ct_id=layer_id(ct),
         )
 
     # -- running ----------------------------------------------------------------------------
@@ -539,6 +554,10 @@ class NSTSegWidget(QWidget):
             show_info("A run is already in progress; cancel it or wait for it to finish.")
             return
         self._pending_variants = [n for n, box in self.variant_boxes.items() if box.value]
+        # The view to come back to is the one before the variants' layers were made.
+        self._view_before_variants = (
+            ablation_view.normal_view(self.viewer) if self._normal_view is None else None
+        )
         if not self._pending_variants:
             self._fail("Tick at least one ablation variant to run.")
             return
@@ -561,63 +580,29 @@ class NSTSegWidget(QWidget):
         self._start(request)
 
     def _show_grid(self) -> None:
-        """Grid mode with one cell per variant: CT underneath its mask, full model first.
-
-        napari groups ``stride`` consecutive layers into one cell and drops cells without a
-        visible layer, so each (CT view, mask) pair goes to the bottom of the list in order and
-        everything else is hidden. The CT views share the CT's array (no copy).
-        """
+        """The full model and each variant side by side, each cell its CT under its mask with
+        the mask's name; "Back to the normal view" undoes it."""
         ct = self._layer(self.ct_layer.value)
         if ct is None:
             return
-        pairs = []
+        cells = []
         if self.mask_layer() is not None:
-            pairs.append((ct, self.mask_layer()))
+            cells.append((ct, self.mask_layer()))
         for variant in VARIANTS:
             mask = self.mask_layer(variant)
             if mask is not None:
-                pairs.append((self._ct_view(ct, variant), mask))
-        keep = {id(layer) for pair in pairs for layer in pair}
-        for layer in self.viewer.layers:
-            layer.visible = id(layer) in keep
-        for index, layer in enumerate(layer for pair in pairs for layer in pair):
-            self.viewer.layers.move(self.viewer.layers.index(layer), index)
-        grid = viewer_grid(self.viewer)
-        grid.stride = 2
-        grid.enabled = True
+                cells.append((self.session.ct_view(ct, variant), mask))
+        if self._normal_view is None:
+            self._normal_view = self._view_before_variants or ablation_view.normal_view(self.viewer)
+        ablation_view.show_grid(self.viewer, cells)
+        self.normal_view_button.enabled = True
 
-    def _ct_view(self, ct: Any, variant: str) -> Any:
-        name = f"{ct.name}{_suffix(variant)}"
-        layer = self._layer(name)
-        if layer is None:
-            layer = self.viewer.add_image(
-                ct.data,
-                name=name,
-                contrast_limits=ct.contrast_limits,
-                scale=ct.scale,
-                translate=ct.translate,
-                metadata={"nstseg_generated": True},
-            )
-        return layer
-
-    def _segmenter(self, request: RunRequest) -> Any:
-        """The loaded engine for the request's weights and device (cached; the file's mtime is
-        part of the key so a re-saved checkpoint is re-read)."""
-        from .runner import load_segmenter
-
-        stamp = Path(request.weights).stat().st_mtime_ns if request.weights else 0
-        key = (request.weights or "", stamp, request.device)
-        if key not in self._segmenters:
-            self._segmenters[key] = load_segmenter(request.weights, request.device)
-        return self._segmenters[key]
-
-    def _variant(self, request: RunRequest, base: Any) -> Any:
-        from .runner import variant_segmenter
-
-        key = (id(base), request.variant)
-        if key not in self._segmenters:
-            self._segmenters[key] = variant_segmenter(base, request.variant)
-        return self._segmenters[key]
+    def show_normal_view(self, *_: Any) -> None:
+        """Leave the ablation grid: layer order, visibility and grid settings as before it."""
+        if self._normal_view is not None:
+            ablation_view.restore_view(self.viewer, self._normal_view)
+        self._normal_view = None
+        self.normal_view_button.enabled = False
 
     def _start(self, request: RunRequest) -> None:
         self._request = request
@@ -626,7 +611,7 @@ class NSTSegWidget(QWidget):
         self.cancel_button.enabled = True
         self.progress.setRange(0, 0)
         self.status.value = "loading model..." if request.variant == "" else request.variant
-        worker = _predict(self, request)
+        worker = _predict(self.session, request)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_returned)
         worker.finished.connect(self._on_finished)
@@ -652,41 +637,36 @@ class NSTSegWidget(QWidget):
 
     def _on_returned(self, outcome: RunOutcome) -> None:
         self.last_outcome = outcome
-        if outcome.request.variant:
-            self.variant_outcomes[outcome.request.variant] = outcome
+        request = outcome.request
+        if request.variant:
+            self.variant_outcomes[request.variant] = outcome
         if outcome.error:
             self._fail(outcome.error)
-            if outcome.prediction is None:
-                return
-        request = outcome.request
-        ct = self._layer(request.ct_name)
-        if ct is None or outcome.prediction is None:
+        done = outcome.slices_done
+        if outcome.prediction is None or (outcome.cancelled and done == 0):
+            if outcome.cancelled:
+                self.status.value = (
+                    f"cancelled before any slice finished: the layers of {request.ct_name!r} "
+                    "are as they were"
+                )
             return
         try:
-            show_prediction(
-                self.viewer,
-                ct,
-                outcome.prediction,
-                maps=request.maps,
-                threshold=request.threshold,
-                overwrite=request.overwrite,
-                suffix=_suffix(request.variant),
-                min_lesion_mm=request.min_lesion_mm,
-                min_depth_mm=request.min_depth_mm,
-                mirror=request.mirror,
-            )
+            ct = self.session.show(outcome)
         except Exception as exc:  # a layer problem must not take the viewer down
             self._fail(f"Could not show the prediction on {request.ct_name!r}: {exc}")
             return
+        if ct is None:
+            if not outcome.error:
+                self._fail(f"The CT layer {request.ct_name!r} was closed during the run.")
+            return
         if not request.variant:
             self._warn_mixed_mirroring(ct)
-            self._shown = (outcome, weakref.ref(ct))
         self._track_mask_layer()
-        done = int(np.count_nonzero(outcome.prediction.done))
         if outcome.error:
             return
         self.status.value = (
-            f"cancelled: {done} slice(s) finished and kept"
+            f"cancelled: {done} of {request.n_slices} slice(s) finished and kept; the others "
+            "are as they were"
             if outcome.cancelled
             else f"done: {done} slice(s)"
         )
@@ -700,11 +680,16 @@ class NSTSegWidget(QWidget):
         self.run_button.enabled = True
         self.ablation_button.enabled = True
         self.cancel_button.enabled = False
-        self.progress.setRange(0, 1)
-        self.progress.setValue(1)
+        # The bar says how much of the run was done: full only when it all was.
+        outcome = self.last_outcome
+        total, done = 1, 1
+        if outcome is not None and (outcome.cancelled or outcome.error):
+            total, done = max(outcome.request.n_slices, 1), outcome.slices_done
+        self.progress.setRange(0, total)
+        self.progress.setValue(done)
         if self._pending_variants:
             self._next_variant()
-        elif self.last_outcome is not None and self.last_outcome.request.variant:
+        elif outcome is not None and outcome.request.variant and not outcome.cancelled:
             self._show_grid()
         if self._threshold_pending and not self.running:
             self._threshold_pending = False
@@ -725,39 +710,25 @@ class NSTSegWidget(QWidget):
         if self.running:
             self._threshold_pending = True
             return False
-        if self._shown is None:
-            return False
-        outcome, ct_ref = self._shown
-        ct = ct_ref()
-        if ct is None or ct not in self.viewer.layers or ct.name != self.ct_layer.value:
-            return False
-        threshold = float(self.threshold.value)
-        min_lesion = float(self.min_lesion.value)
-        min_depth = float(self.min_depth.value)
-        point = (
-            f"threshold {threshold:.2f}"
-            + (f", min lesion {min_lesion:g} mm" if min_lesion > 0 else "")
-            + (f", min depth {min_depth:g} mm" if min_depth > 0 else "")
+        ct = self._layer(self.ct_layer.value)
+        point = OperatingPoint(
+            float(self.threshold.value), float(self.min_lesion.value), float(self.min_depth.value)
         )
         try:
-            show_prediction(
-                self.viewer,
-                ct,
-                outcome.prediction,
-                maps=outcome.request.maps,
-                threshold=threshold,
-                overwrite=False,
-                rethreshold=True,
-                min_lesion_mm=min_lesion,
-                min_depth_mm=min_depth,
-                mirror=outcome.request.mirror,
-            )
+            outcome = self.session.recut(ct, point)
         except Exception as exc:  # a layer problem must not take the viewer down
-            self._fail(f"Could not apply {point} on {ct.name!r}: {exc}")
+            self._fail(f"Could not apply {point.describe()} on {ct.name!r}: {exc}")
+            return False
+        if outcome is None:
+            if ct is not None:
+                self.status.value = (
+                    f"{point.describe()}: used by the next run (no run on {ct.name!r} to re-cut)"
+                )
             return False
         self._track_mask_layer()
-        done = int(np.count_nonzero(outcome.prediction.done))
-        self.status.value = f"{point} applied to the last run ({done} slice(s))"
+        self.status.value = (
+            f"{point.describe()} applied to the last run ({outcome.slices_done} slice(s))"
+        )
         self.update_measurements()
         self.update_metrics()
         return True
@@ -765,7 +736,7 @@ class NSTSegWidget(QWidget):
     # -- edits and autosave -----------------------------------------------------------------
     def _warn_mixed_mirroring(self, ct: Any) -> None:
         """Say so when runs with and without mirroring have made slices of one tumor mask."""
-        layer = self._layer(LayerNames(ct.name).tumor_mask)
+        layer = self.session.mask_layer(ct)
         if layer is None:
             return
         mirrored, plain = mirroring_of_slices(layer)
@@ -779,11 +750,8 @@ class NSTSegWidget(QWidget):
 
     def _track_mask_layer(self) -> None:
         layer = self.mask_layer()
-        if layer is None or layer in self._tracked:
-            return
-        tracker = edit_tracker(layer)
-        tracker.on_edit.append(self._schedule_autosave)
-        self._tracked.add(layer)
+        if layer is not None:
+            self.session.watch(layer, _weak_call(self._schedule_autosave))
 
     def _schedule_autosave(self) -> None:
         self._volume_metrics = None
@@ -809,7 +777,7 @@ class NSTSegWidget(QWidget):
     def _offer_autosave(self) -> None:
         ct = self._layer(self.ct_layer.value)
         available = False
-        if ct is not None and ct._type_string == "image" and ct.data.ndim == 3:
+        if ct is not None and is_image(ct) and ct.data.ndim == 3:
             available = autosave_path(_source_key(ct), ct.data.shape).exists()
         self.restore_button.setVisible(available)
         if available:
@@ -839,6 +807,7 @@ class NSTSegWidget(QWidget):
                 name=LayerNames(ct.name).tumor_mask,
                 **layer_kwargs(ct),
             )
+            link(layer, ct, mask_role())
             self._track_mask_layer()
         region = Region(np.arange(ct.data.shape[0]), slice(None), slice(None))
         tracker = edit_tracker(layer)
@@ -924,29 +893,32 @@ class NSTSegWidget(QWidget):
         return path
 
 
-def _predict(widget: NSTSegWidget, request: RunRequest) -> Any:
+def _predict(session: Session, request: RunRequest) -> Any:
     """The worker: load (cached), estimate a whole-volume run, then predict batch by batch.
 
     It yields (done, total) progress or a status string and returns a RunOutcome; every failure
-    is caught here and becomes one sentence, so nothing raises out of the widget.
+    is caught here and becomes one sentence, so nothing raises out of the widget. Cancel is
+    heard between every step, before the first batch too.
     """
     from .runner import describe_estimate, predict_steps
 
     @thread_worker(start_thread=False)
     def work():
         try:
-            segmenter = widget._segmenter(request)
+            segmenter = session.engine(request)
         except Exception as exc:
             return RunOutcome(request, error=_weights_error(request.weights, exc))
         steps = None
         try:
             if request.variant:
-                segmenter = widget._variant(request, segmenter)
+                segmenter = session.variant_engine(request)
             if request.z_indices is None and request.roi is None:
                 text, fits = describe_estimate(segmenter, request)
                 if not fits:
                     return RunOutcome(request, error=text)
                 yield text
+            if request.cancel.is_set():
+                return RunOutcome(request, cancelled=True)
             steps = predict_steps(segmenter, request)
             if steps.skipped_residual:
                 yield "these weights name no masked autoencoder: no SSL residual map"
@@ -1000,24 +972,27 @@ def _weights_error(weights: str | None, exc: Exception) -> str:
     return f"Could not load {where}: {text}"
 
 
-def viewer_grid(viewer: Any) -> Any:
-    """Grid settings: ``viewer.canvas.grid`` since napari 0.9, ``viewer.grid`` before it."""
-    canvas = getattr(viewer, "canvas", None)
-    return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid
-
-
 def _source_key(ct: Any) -> str:
     """What identifies a scan across sessions: its file, else (made in napari) its layer name."""
     geometry = ct_geometry(ct)
     return geometry.source_path or f"layer:{ct.name}"
 
 
+def _weak_call(method: Callable[[], None]) -> Callable[[], None]:
+    """``method`` (of the widget itself, never of a napari proxy) without keeping the widget
+    alive from the mask's edit tracker."""
+    ref = weakref.WeakMethod(method)
+
+    def call() -> None:
+        bound = ref()
+        if bound is not None:
+            bound()
+
+    return call
+
+
 def _generated(layer: Any) -> bool:
     return bool(layer.metadata.get("nstseg_generated"))
-
-
-def _suffix(variant: str) -> str:
-    return f" [{variant}]" if variant else ""
 
 
 def _set_choices(combo: ComboBox, names: list[str], keep_first: bool = True) -> None:

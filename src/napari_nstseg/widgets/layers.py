@@ -6,6 +6,11 @@ is the layer users edit: model writes go through ``Labels.data_setitem`` inside 
 ``block_history`` so a whole run is a single Ctrl+Z, and slices the user painted are spared on
 re-runs unless ``overwrite`` is asked for.
 
+napari hands a plugin a proxy of the viewer that makes a new object for every layer access, so
+nothing here is keyed by object identity: each layer we make records in its metadata the
+``unique_id`` of its CT and its role ("tumor mask", ...), which is how it is found again (also
+after the CT is renamed), and edit trackers are kept by the mask's ``unique_id``.
+
 Probability maps are shown as uint8 (0-255 = probability 0-1) so that a dozen full-volume maps
 of a 512 x 512 x 300 scan stay near 75 MB each; ``metadata["probability_scale"]`` says so.
 The SFM scale weights are three Image layers (one per input scale, red/green/blue with additive
@@ -15,7 +20,6 @@ blending), so together they read as one RGB composite and each can still be togg
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -77,6 +81,66 @@ class LayerNames:
     def tumor_mask(self) -> str:
         return self._name("tumor mask")
 
+    def role_name(self, role: str) -> str:
+        """The name of this CT's layer of ``role`` (see :meth:`role`)."""
+        return f"{self.ct} {role}"
+
+    def role(self, name: str) -> str:
+        """What the layer ``name`` is, without the CT's name: e.g. "tumor mask [no GLM]"."""
+        return name[len(self.ct) + 1 :]
+
+
+# Metadata of the layers drawn on a CT: the CT's unique_id and the layer's role (see LayerNames).
+CT_KEY = "nstseg_ct"
+ROLE_KEY = "nstseg_role"
+
+
+def layer_id(layer: Any) -> str:
+    """A layer's napari ``unique_id`` as text: the same for every proxy of one layer."""
+    return str(layer.unique_id)
+
+
+def link(layer: Any, ct_layer: Any, role: str) -> None:
+    """Record that ``layer`` is ``ct_layer``'s ``role`` layer."""
+    layer.metadata[CT_KEY] = layer_id(ct_layer)
+    layer.metadata[ROLE_KEY] = role
+
+
+def find_linked(viewer: Any, ct_layer: Any, role: str) -> Any:
+    """``ct_layer``'s ``role`` layer: the one linked to it in metadata, else (a mask the user
+    opened, a restored one) the one with the usual name, which is then linked."""
+    ct_id = layer_id(ct_layer)
+    for layer in viewer.layers:
+        if layer.metadata.get(CT_KEY) == ct_id and layer.metadata.get(ROLE_KEY) == role:
+            return layer
+    name = f"{ct_layer.name} {role}"
+    if name in viewer.layers:
+        layer = viewer.layers[name]
+        # A layer of another CT still open is not taken over (napari numbers our new one).
+        owner = layer.metadata.get(CT_KEY)
+        if owner is None or not any(layer_id(other) == owner for other in viewer.layers):
+            link(layer, ct_layer, role)
+            return layer
+    return None
+
+
+def is_image(layer: Any) -> bool:
+    from napari.layers import Image
+
+    return isinstance(layer, Image)
+
+
+def is_labels(layer: Any) -> bool:
+    from napari.layers import Labels
+
+    return isinstance(layer, Labels)
+
+
+def is_shapes(layer: Any) -> bool:
+    from napari.layers import Shapes
+
+    return isinstance(layer, Shapes)
+
 
 # -- edits protection ---------------------------------------------------------------------------
 
@@ -96,11 +160,6 @@ class EditTracker:
         self._model_writing = False
         self._n_slices = int(layer.data.shape[0])
         layer.events.paint.connect(self._on_paint)
-        # napari's Labels.undo/redo write layer.data and refresh without emitting events.paint,
-        # so without this an autosave would keep the mask as it was before Ctrl+Z. The Ctrl+Z
-        # and Ctrl+Shift+Z key bindings call layer.undo()/layer.redo(), which find these first.
-        for name in ("undo", "redo"):
-            setattr(layer, name, self._notifying(layer, name))
 
     @contextmanager
     def model_writing(self) -> Iterator[None]:
@@ -118,26 +177,10 @@ class EditTracker:
         for callback in list(self.on_edit):
             callback()
 
-    def _notifying(self, layer: Any, name: str) -> Callable[[], None]:
-        """``layer.<name>`` that tells ``on_edit`` afterwards; marks no slice as edited, since an
-        undo can as well bring back what the model wrote."""
-        original = getattr(layer, name)
-        try:
-            # The wrapper lives on the layer: a strong bound method would be a reference cycle.
-            ref: Callable[[], Any] = weakref.WeakMethod(original)
-        except TypeError:  # already a plain function on this instance
-            ref = lambda: original  # noqa: E731
-
-        def wrapped() -> None:
-            method = ref()
-            if method is None:
-                return
-            method()
-            if not self._model_writing:
-                self._notify()
-
-        wrapped.__doc__ = original.__doc__
-        return wrapped
+    def _notify_after_history(self) -> None:
+        """Called after an undo or redo of the mask (see :func:`_notify_history`)."""
+        if not self._model_writing:
+            self._notify()
 
     def _on_paint(self, event: Any) -> None:
         if self._model_writing:
@@ -161,16 +204,49 @@ def _atom_slices(atom: Any, n_slices: int) -> set[int]:
     return {int(z) for z in np.unique(np.asarray(indices[0]))}
 
 
-_TRACKERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Keyed by the mask's unique_id: what the proxy hands out is a new object on every access.
+_TRACKERS: dict[str, EditTracker] = {}
 
 
 def edit_tracker(layer: Any) -> EditTracker:
     """The (one) EditTracker of a Labels layer, created on first use."""
-    tracker = _TRACKERS.get(layer)
+    key = layer_id(layer)
+    tracker = _TRACKERS.get(key)
     if tracker is None:
         tracker = EditTracker(layer)
-        _TRACKERS[layer] = tracker
+        _TRACKERS[key] = tracker
+        _notify_history(layer, key)
     return tracker
+
+
+def forget_tracker(layer: Any) -> None:
+    """Drop the tracker of a layer that left the viewer."""
+    _TRACKERS.pop(layer_id(layer), None)
+
+
+def _notify_history(layer: Any, key: str) -> None:
+    """Make ``layer.undo``/``layer.redo`` tell the mask's tracker afterwards (once per layer).
+
+    napari's Labels.undo/redo write layer.data and refresh without emitting events.paint, so
+    without this an autosave would keep the mask as it was before Ctrl+Z. The Ctrl+Z and
+    Ctrl+Shift+Z key bindings call layer.undo()/layer.redo(), which find these first. The
+    wrapper holds the layer's own method (a reference cycle the garbage collector frees with
+    the layer); a weak reference to it would die at once when it came through the proxy.
+    """
+    for name in ("undo", "redo"):
+        original = getattr(layer, name)
+        if getattr(original, "nstseg_notifies", False):
+            continue
+
+        def wrapped(original: Callable[[], None] = original) -> None:
+            original()
+            tracker = _TRACKERS.get(key)
+            if tracker is not None:
+                tracker._notify_after_history()
+
+        wrapped.__doc__ = original.__doc__
+        wrapped.nstseg_notifies = True  # type: ignore[attr-defined]
+        setattr(layer, name, wrapped)
 
 
 # -- geometry -------------------------------------------------------------------------------------
@@ -254,40 +330,63 @@ class PredictionView:
 
 
 def _get_image(
-    viewer: Any, name: str, shape: tuple[int, ...], ct_layer: Any, dtype: Any = np.uint8, **style
+    viewer: Any,
+    names: LayerNames,
+    name: str,
+    shape: tuple[int, ...],
+    ct_layer: Any,
+    dtype: Any = np.uint8,
+    **style,
 ) -> Any:
-    layer = _existing(viewer, name, shape, "image")
+    layer = _existing(viewer, names, name, shape, ct_layer, is_image)
     if layer is None:
         blank = np.zeros(shape, dtype)
         layer = viewer.add_image(blank, name=name, **layer_kwargs(ct_layer), **style)
+        link(layer, ct_layer, names.role(name))
         if dtype == np.uint8:
             layer.metadata["probability_scale"] = 1.0 / 255.0
     return layer
 
 
 def _get_labels(
-    viewer: Any, name: str, shape: tuple[int, ...], ct_layer: Any, color: str, **style: Any
+    viewer: Any,
+    names: LayerNames,
+    name: str,
+    shape: tuple[int, ...],
+    ct_layer: Any,
+    color: str,
+    **style: Any,
 ) -> Any:
-    layer = _existing(viewer, name, shape, "labels")
+    layer = _existing(viewer, names, name, shape, ct_layer, is_labels)
     if layer is None:
         layer = viewer.add_labels(np.zeros(shape, np.uint8), name=name, **layer_kwargs(ct_layer))
+        link(layer, ct_layer, names.role(name))
         _set_label_color(layer, color)
         for key, value in style.items():
             setattr(layer, key, value)
     return layer
 
 
-def _existing(viewer: Any, name: str, shape: tuple[int, ...], kind: str) -> Any:
-    if name not in viewer.layers:
+def _existing(
+    viewer: Any,
+    names: LayerNames,
+    name: str,
+    shape: tuple[int, ...],
+    ct_layer: Any,
+    kind: Callable[[Any], bool],
+) -> Any:
+    layer = find_linked(viewer, ct_layer, names.role(name))
+    if layer is None:
         return None
-    layer = viewer.layers[name]
-    if layer._type_string == kind and tuple(layer.data.shape) == tuple(shape):
+    if kind(layer) and tuple(layer.data.shape) == tuple(shape):
         return layer
-    # Same name, other kind or size (e.g. the CT was swapped): ours goes, the user's is kept aside.
+    # Same role, other kind or size (e.g. the CT was swapped): ours goes, the user's is kept aside.
     if layer.metadata.get("nstseg_generated"):
-        viewer.layers.remove(layer)
+        viewer.layers.remove(layer.name)
     else:
-        layer.name = f"{name} (old)"
+        layer.name = f"{layer.name} (old)"
+        layer.metadata.pop(CT_KEY, None)
+        layer.metadata.pop(ROLE_KEY, None)
     return None
 
 
@@ -371,9 +470,9 @@ def show_prediction(
     cut = math.ceil(threshold * 255.0 - 1e-6)
 
     def labels_from(prob: np.ndarray, name: str, color: str) -> None:
-        if rethreshold and name not in viewer.layers:
+        if rethreshold and find_linked(viewer, ct_layer, names.role(name)) is None:
             return
-        layer = _get_labels(viewer, name, shape, ct_layer, color, opacity=0.5, visible=False)
+        layer = _get_labels(viewer, names, name, shape, ct_layer, color, opacity=0.5, visible=False)
         _put_map(layer, region, prob, lambda p: (as_probability_uint8(p) >= cut).astype(np.uint8))
         out[name] = layer
 
@@ -382,6 +481,7 @@ def show_prediction(
             return
         layer = _get_image(
             viewer,
+            names,
             name,
             shape,
             ct_layer,
@@ -405,6 +505,7 @@ def show_prediction(
         # Reconstruction error is not a probability: kept as float, contrast from its range.
         layer = _get_image(
             viewer,
+            names,
             names.residual,
             shape,
             ct_layer,
@@ -425,7 +526,7 @@ def show_prediction(
             )
 
     # Not marked generated: a tumor mask of another shape is renamed aside, never deleted.
-    mask_layer = _get_labels(viewer, names.tumor_mask, shape, ct_layer, "red", opacity=0.6)
+    mask_layer = _get_labels(viewer, names, names.tumor_mask, shape, ct_layer, "red", opacity=0.6)
     written = write_mask(
         mask_layer,
         region,
