@@ -173,7 +173,7 @@ def test_residual_auroc_through_the_cli(cases_root, split_file, tmp_path):
 
 
 def test_mae_pretraining_on_case_folders_reads_the_training_cts_never_the_contours(cases_root):
-    from napari_nstseg.training.loop import find_volumes
+    from napari_nstseg.training.mae_data import find_volumes
 
     volumes = find_volumes(cases_root)
     assert volumes and all(v.name == "ct.nii.gz" for v in volumes)

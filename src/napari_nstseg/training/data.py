@@ -34,6 +34,8 @@ _CHANNEL_SUFFIX = "_0000"
 # Names a mask may carry in plain paired folders besides the image's own name.
 _MASK_SUFFIXES = ("_mask", "_seg", "_label", "_labels", "_gt")
 SPLITS = ("train", "val", "test")
+# The split a folder without a recorded one gets (every command splits it the same way).
+VAL_FRACTION, TEST_FRACTION, SPLIT_SEED = 0.15, 0.15, 0
 # Case folders (one folder per patient, as TCIA/IBSI exports and the corrections store keep them):
 # the image and the label map by these names, with any volume suffix.
 CASE_IMAGE_NAMES = ("ct", "image", "img")

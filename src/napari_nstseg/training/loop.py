@@ -42,18 +42,19 @@ from napari_nstseg.models.checkpoint import (
     save_checkpoint,
 )
 from napari_nstseg.models.mae import MAEConfig, MaskedAutoencoder
-from napari_nstseg.preprocessing import PreprocessConfig, window_normalize
+from napari_nstseg.preprocessing import PreprocessConfig
 from napari_nstseg.training.data import (
-    VOLUME_SUFFIXES,
+    SPLIT_SEED,
+    TEST_FRACTION,
+    VAL_FRACTION,
     AugmentConfig,
     Case,
     SamplingConfig,
     SliceDataset,
-    augment_crop,
     find_cases,
-    is_case_folder_set,
     split_cases,
 )
+from napari_nstseg.training.mae_data import UnlabeledSlices, find_sources
 from napari_nstseg.training.online_lesions import OnlineLesionDataset, read_source_blocks
 
 # Ablations of the paper (and the baseline) as ModelConfig changes; every variant gets the same
@@ -72,7 +73,6 @@ SCHEDULES = ("poly", "cosine")
 MIN_BATCH = 4
 # Fractions of a dataset without a split in dataset.json; a fixed seed so that train and
 # evaluate (and every variant) cut the same cases.
-VAL_FRACTION, TEST_FRACTION, SPLIT_SEED = 0.15, 0.15, 0
 STATE_SUFFIX = ".state"
 LOG_NAME = "log.csv"
 CONFIG_NAME = "train_config.json"
@@ -259,14 +259,16 @@ class TrainConfig:
 @dataclass
 class MAEPretrainConfig:
     """MAE pretraining on unlabeled CT slices (MAE paper: AdamW (0.9, 0.95), wd 0.05, warm-up then
-    cosine). ``data``: a folder of CT volumes (searched recursively), an MSD folder (its training
-    split's images), or one volume file. ``crop_size``: square crops in working pixels."""
+    cosine). ``data``: what ``mae_data.find_sources`` takes (a JSON sources file, a case-folder
+    set, an MSD folder, a folder of CT volumes or one file). ``crop_size``: square crops in
+    working pixels; ``exclude_margin_mm``: crops keep this far from excluded zones (tumours)."""
 
     data: str = ""
     out: str = "runs/mae"
     mae: MAEConfig = field(default_factory=MAEConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     crop_size: int = 128
+    exclude_margin_mm: float = 10.0
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_fraction: float = 0.05
@@ -563,103 +565,6 @@ def epoch_checkpoints(out: Path) -> list[tuple[int, Path]]:
 def _remove_checkpoint(stem: Path) -> None:
     for suffix in (".json", ".safetensors", f"{STATE_SUFFIX}.json", f"{STATE_SUFFIX}.safetensors"):
         stem.with_name(stem.name + suffix).unlink(missing_ok=True)
-
-
-# -- unlabeled slices for the MAE -----------------------------------------------------------------
-def find_volumes(data: str | Path) -> list[Path]:
-    """CT volumes for MAE pretraining: an MSD folder's or a case-folder set's training-split
-    images, every volume file under a folder (recursively), or one file."""
-    root = Path(data)
-    if root.is_file():
-        return [root]
-    if not root.is_dir():
-        raise ValueError(f"{root}: no such file or folder of CT volumes.")
-    if (root / "imagesTr").is_dir() or is_case_folder_set(root):
-        # Labelled sets give their training images only, never their label maps.
-        try:
-            cases = find_cases(root)
-        except ValueError:
-            cases = []
-        if cases:
-            split = split_cases(cases, VAL_FRACTION, TEST_FRACTION, SPLIT_SEED)
-            return [c.image for c in split["train"]]
-    files = sorted(
-        p
-        for p in root.rglob("*")
-        if p.is_file()
-        and not p.name.startswith(".")
-        and any(p.name.lower().endswith(s) for s in VOLUME_SUFFIXES)
-    )
-    if not files:
-        raise ValueError(f"{root}: found no CT volume ({', '.join(VOLUME_SUFFIXES)}).")
-    return files
-
-
-class UnlabeledSlices(Dataset):
-    """Random square crops of axial slices of unlabeled CT, for MAE pretraining.
-
-    Volumes are resampled in-plane to the working spacing once and cached as int16 HU. Item ``i``
-    of epoch ``e`` depends only on (seed, e, i), like SliceDataset. ``sequential`` yields each
-    slice once (centre crop, no augmentation) for validation.
-    """
-
-    def __init__(
-        self,
-        volumes: Sequence[Path],
-        preprocess: PreprocessConfig,
-        crop_size: int,
-        samples_per_epoch: int | None = None,
-        seed: int = 0,
-        sequential: bool = False,
-    ) -> None:
-        from napari_nstseg.io.readers import read_ct
-        from napari_nstseg.preprocessing import resample_slices_to_working
-
-        if not volumes:
-            raise ValueError("MAE pretraining needs at least one CT volume.")
-        self.preprocess = preprocess
-        self.crop = (int(crop_size), int(crop_size))
-        self.seed, self.epoch, self.sequential = seed, 0, sequential
-        cfg = replace(preprocess, pad_multiple=1)
-        self.volumes = []
-        for path in volumes:
-            ct = read_ct(path)
-            hu, _ = resample_slices_to_working(ct.hu, ct.spacing[1:], cfg)
-            self.volumes.append(np.clip(np.round(hu), -32768, 32767).astype(np.int16))
-        self.index = [(k, z) for k, v in enumerate(self.volumes) for z in range(v.shape[0])]
-        self.samples_per_epoch = samples_per_epoch
-        self.augment = AugmentConfig(rotate_deg=10.0, noise_std_hu=0.0)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        if self.sequential:
-            return len(self.index)
-        return self.samples_per_epoch or len(self.index)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        if self.sequential:
-            k, z = self.index[i]
-            rng, aug = np.random.default_rng([self.seed, i]), None
-            hu = self.volumes[k][z].astype(np.float32)
-            center = tuple((n - 1) / 2 for n in hu.shape)
-        else:
-            rng = np.random.default_rng([self.seed, self.epoch, i])
-            k, z = self.index[int(rng.integers(len(self.index)))]
-            hu = self.volumes[k][z].astype(np.float32)
-            # Crops centred inside the body (not in the air around it) teach anatomy.
-            body = np.argwhere(hu > -500)
-            if len(body):
-                center = tuple(body[int(rng.integers(len(body)))])
-            else:
-                center = tuple(rng.uniform(0, n - 1) for n in hu.shape)
-            aug = self.augment
-        img, _ = augment_crop(hu, np.zeros(hu.shape, np.uint8), center, self.crop, aug, rng)
-        image = window_normalize(img, self.preprocess)
-        return {"image": torch.from_numpy(np.ascontiguousarray(image, np.float32))[None]}
 
 
 # -- the generic epoch loop -----------------------------------------------------------------------
@@ -1341,17 +1246,18 @@ def run_mae_pretraining(cfg: MAEPretrainConfig) -> TrainResult:
 def _run_mae(cfg: MAEPretrainConfig, ctx: DistContext) -> TrainResult:
     if not cfg.data:
         raise ValueError("No data: pass --data (a folder of CT volumes or an MSD folder).")
-    volumes = find_volumes(cfg.data)
-    val_volumes: list[Path] = []
-    root = Path(cfg.data)
-    if root.is_dir() and (root / "imagesTr").is_dir():
-        try:
-            val_volumes = [c.image for c in _split(cfg.data)["val"]]
-        except ValueError:
-            val_volumes = []
+    sources, val_sources = find_sources(cfg.data)
+    volumes = [src.image for src in sources]
+    val_volumes = [src.image for src in val_sources]
     out = _prepare_out(cfg, ctx, "mae")
     device = ctx.device
-    train_set = UnlabeledSlices(volumes, cfg.preprocess, cfg.crop_size, seed=cfg.seed)
+    train_set = UnlabeledSlices(
+        sources,
+        cfg.preprocess,
+        cfg.crop_size,
+        seed=cfg.seed,
+        exclude_margin_mm=cfg.exclude_margin_mm,
+    )
     per_step = cfg.batch_size * ctx.world
     steps = cfg.steps_per_epoch or max(1, len(train_set.index) // per_step)
     train_set.samples_per_epoch = steps * per_step
@@ -1373,9 +1279,14 @@ def _run_mae(cfg: MAEPretrainConfig, ctx: DistContext) -> TrainResult:
             loss, _, _ = net(x)
         return {"reconstruction": loss}
 
-    if val_volumes:
+    if val_sources:
         val_set = UnlabeledSlices(
-            val_volumes, cfg.preprocess, cfg.crop_size, seed=cfg.seed, sequential=True
+            val_sources,
+            cfg.preprocess,
+            cfg.crop_size,
+            seed=cfg.seed,
+            sequential=True,
+            exclude_margin_mm=cfg.exclude_margin_mm,
         )
         validate = _MAEValidation(val_set, model, ctx, cfg.batch_size, cfg.seed, cfg.amp)
     else:
