@@ -63,6 +63,7 @@ def show_grid(viewer: Any, cells: Sequence[tuple[Any, Any]]) -> None:
     grid = viewer_grid(viewer)
     grid.stride = 2
     grid.enabled = True
+    viewer.reset_view()  # each cell shows its whole slice, not the single view's zoom
 
 
 def restore_view(viewer: Any, before: NormalView) -> None:
@@ -78,3 +79,4 @@ def restore_view(viewer: Any, before: NormalView) -> None:
     for layer in viewer.layers:
         layer.visible = before.visible.get(layer_id(layer), False)
         layer.name_overlay.visible = False
+    viewer.reset_view()
