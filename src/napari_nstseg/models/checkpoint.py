@@ -67,6 +67,7 @@ def save_checkpoint(
     kind: str | None = None,
     mae: str | None = None,
     postprocess: dict[str, Any] | None = None,
+    description: str | None = None,
 ) -> tuple[Path, Path]:
     """Write ``<stem>.safetensors`` and ``<stem>.json``; returns both paths.
 
@@ -76,7 +77,8 @@ def save_checkpoint(
     relative to this one) whose residual maps go with a segmentation model. ``postprocess``
     ({"threshold": t, "min_lesion_mm": m, "min_depth_mm": d}) is the operating point the engine
     uses by default (chosen on validation data with `nstseg tune-postprocess`); it is hashed
-    with the rest of the JSON. Both files are written atomically.
+    with the rest of the JSON. ``description``: the one line that lists the weights by name
+    (bundled checkpoints). Both files are written atomically.
     """
     kind = kind or _infer_kind(model)
     if kind not in KINDS:
@@ -95,6 +97,8 @@ def save_checkpoint(
     }
     if mae:
         meta["mae"] = mae
+    if description:
+        meta["description"] = description
     if postprocess is not None:
         from napari_nstseg.postprocess import PostprocessConfig
 

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The real-tumour (sarcoma) model: the exact commands behind weights/sarcoma.* and the figures in
+# its model card and docs/sarcoma.md. Run from the repository root; every step resumes.
+#   bash configs/sarcoma/recipe.sh train default     # CDI-NSTSEG, stage 1 (from scratch)
+#   bash configs/sarcoma/recipe.sh train unet        # the U-Net: same data, budget and seed
+#   bash configs/sarcoma/recipe.sh mae               # the MAE on normal tissue only
+#   bash configs/sarcoma/recipe.sh tune default      # operating point on the validation patients
+#   bash configs/sarcoma/recipe.sh auroc MAE.json    # residual-map AUROC, validation patients
+#   bash configs/sarcoma/recipe.sh bundle            # weights/sarcoma.* + MODEL_CARD_sarcoma.md
+# A later stage continues from the committed weights: INIT=sarcoma bash ... train default
+# (the model card adds the stages up). WORK (default runs/sarcoma) holds the runs.
+set -euo pipefail
+DATA=${DATA:-../shared/data/sts}
+SPLIT=configs/sarcoma/split.json
+WORK=${WORK:-runs/sarcoma}
+THREADS=${THREADS:-1}
+export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
+# Stage 1 budget: 30 epochs x 100 steps x batch 8 = 24 000 crops of 96 x 96 at 1.5 mm.
+TRAIN=(--data "$DATA" --split-file "$SPLIT" --base-width 16 --context-mm 3.0
+  --working-spacing-mm 1.5 --crop-size 96 --positive-fraction 0.5 --noise-hu 5 --dice-weight 1
+  --region-loss batch --epochs "${EPOCHS:-30}" --steps-per-epoch 100 --batch-size 8 --lr 1e-3
+  --seed 2024 --val-max-slices 60 --no-progress)
+
+case "${1:-}" in
+  train)
+    variant=${2:?variant: default, unet, single-scale, no-glm, no-lfm, no-sfm}
+    out="$WORK/$variant"
+    extra=()
+    [ -f "$out/train_config.json" ] && extra+=(--resume)
+    [ -n "${INIT:-}" ] && extra+=(--init "$INIT")
+    exec nstseg train "${TRAIN[@]}" --variant "$variant" --out "$out" "${extra[@]}"
+    ;;
+  mae)
+    extra=()
+    [ -f "$WORK/mae/train_config.json" ] && extra+=(--resume)
+    exec nstseg pretrain-mae --data configs/mae/sarcoma_sources.json --out "$WORK/mae" \
+      --working-spacing-mm 1.5 --crop-size 128 --set patch_size=8 --epochs "${MAE_EPOCHS:-10}" \
+      --steps-per-epoch 100 --batch-size 16 --seed 2024 --no-progress "${extra[@]}"
+    ;;
+  tune)
+    variant=${2:?variant}
+    exec nstseg tune-postprocess "$WORK/$variant/best.json" --data "$DATA" --split-file "$SPLIT" \
+      --split val --objective dice --max-fp-per-scan 1 --device cpu --out "$WORK/$variant/tune_val"
+    ;;
+  auroc)
+    exec nstseg residual-auroc "${2:?MAE checkpoint}" --data "$DATA" --split-file "$SPLIT" \
+      --split val --out "${3:-$WORK/auroc}"
+    ;;
+  bundle)
+    exec python scripts/bundle_sarcoma.py --seg "$WORK/default/best.json" \
+      --tune "$WORK/default/tune_val/tune.json" \
+      --compare "U-Net=$WORK/unet/best.json:$WORK/unet/tune_val/tune.json" \
+      --data "$DATA" --split-file "$SPLIT" --work "$WORK/bundle"
+    ;;
+  *)
+    sed -n '2,12p' "$0"
+    exit 2
+    ;;
+esac
