@@ -97,7 +97,9 @@ class EngineConfig:
       --no-channels-last) and results agree up to floating-point rounding. MPS runs NCHW.
     - ``maps``: which maps to keep when a call does not say.
     - ``prob_dtype``: "uint8" (0..255) or "float16" storage of probability maps.
-    - ``residual_masks``: complementary MAE masks per slice for the SSL residual map.
+    - ``residual_masks``: complementary MAE masks per slice for the SSL residual map;
+      ``residual_shifts``: patch grids (diagonal offsets) averaged, so patch edges do not show
+      (each costs another ``residual_masks`` MAE passes).
     - ``seed``: seeds the MAE masks (per slice), so residual maps do not depend on batching.
     - ``mirror``: test-time augmentation, nnU-Net's mirroring restricted to the flip training
       uses (left-right): every map is the mean of the slice's and its mirror image's, flipped
@@ -113,6 +115,7 @@ class EngineConfig:
     maps: MapRequest = field(default_factory=MapRequest)
     prob_dtype: str = "uint8"
     residual_masks: int = 4
+    residual_shifts: int = 4
     seed: int = 0
     mirror: bool = False
 
@@ -136,6 +139,8 @@ class EngineConfig:
             raise ValueError(f"prob_dtype must be one of {PROB_DTYPES}, got {self.prob_dtype!r}")
         if self.residual_masks < 2:
             raise ValueError(f"residual_masks must be at least 2, got {self.residual_masks}")
+        if self.residual_shifts < 1:
+            raise ValueError(f"residual_shifts must be at least 1, got {self.residual_shifts}")
 
 
 @dataclass(frozen=True)
@@ -478,7 +483,12 @@ class Segmenter:
             gen = torch.Generator(device=hu.device)
             gen.manual_seed(self.config.seed * 1_000_003 + int(zi))
             maps.append(
-                mae.residual_map(x[i : i + 1, None], k=self.config.residual_masks, generator=gen)
+                mae.residual_map(
+                    x[i : i + 1, None],
+                    k=self.config.residual_masks,
+                    generator=gen,
+                    shifts=self.config.residual_shifts,
+                )
             )
         return torch.cat(maps).float()
 

@@ -354,15 +354,37 @@ class MaskedAutoencoder(nn.Module):
 
     @torch.no_grad()
     def residual_map(
-        self, imgs: torch.Tensor, k: int = 4, generator: torch.Generator | None = None
+        self,
+        imgs: torch.Tensor,
+        k: int = 4,
+        generator: torch.Generator | None = None,
+        shifts: int = 1,
     ) -> torch.Tensor:
         """SSL residual map (N, 1, H, W): mean |reconstruction - input| while each patch is masked.
 
         A random permutation of the patches is cut into k groups and group g is masked in pass
-        g, so every patch is reconstructed (exactly once) from the others.
+        g, so every patch is reconstructed (exactly once) from the others. With ``shifts`` > 1
+        the patch grid is also laid at ``shifts - 1`` diagonal offsets (multiples of
+        patch / shifts, the image padded with its lowest value, i.e. air) and the maps are
+        averaged, so patch edges no longer show as a block pattern.
         """
         if k < 2:
             raise ValueError(f"residual_map needs k >= 2 complementary masks, got {k}")
+        if shifts < 1:
+            raise ValueError(f"residual_map needs shifts >= 1, got {shifts}")
+        p = self.config.patch_size
+        h, w = imgs.shape[-2:]
+        total = None
+        for j in range(shifts):
+            o = round(j * p / shifts)
+            x = F.pad(imgs, (o, 0, o, 0), value=float(imgs.amin())) if o else imgs
+            r = self._residual_once(x, k, generator)[..., o : o + h, o : o + w]
+            total = r if total is None else total + r
+        return total / shifts
+
+    def _residual_once(
+        self, imgs: torch.Tensor, k: int, generator: torch.Generator | None
+    ) -> torch.Tensor:
         h, w = imgs.shape[-2:]
         p = self.config.patch_size
         padded = self.pad(imgs)

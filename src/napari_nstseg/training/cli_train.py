@@ -217,6 +217,9 @@ def _add_residual_auroc(subparsers) -> None:
     p.add_argument("--split", default="val", choices=("train", "val", "test"))
     p.add_argument("--split-file", metavar="JSON", help="fixed split by case")
     p.add_argument("--ring-mm", type=float, default=20.0, help="surroundings: within MM (20)")
+    p.add_argument(
+        "--shifts", type=int, default=4, help="patch grids averaged per slice (4; 1: one grid)"
+    )
     p.add_argument("--out", help="folder for residual_auroc.json")
     p.set_defaults(func=_residual_auroc)
 
@@ -224,7 +227,7 @@ def _add_residual_auroc(subparsers) -> None:
 def _residual_auroc(args: argparse.Namespace) -> int:
     from napari_nstseg.training.residual_auroc import ResidualAurocConfig, measure
 
-    cfg = ResidualAurocConfig(ring_mm=args.ring_mm)
+    cfg = ResidualAurocConfig(ring_mm=args.ring_mm, shifts=args.shifts)
     measure(args.mae, args.data, args.split, args.split_file, cfg, args.out)
     return 0
 

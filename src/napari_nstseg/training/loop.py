@@ -193,6 +193,7 @@ class TrainConfig:
     init_weights: str | None = None
     mae_weights: str | None = None
     residual_masks: int = 4
+    residual_shifts: int = 4
     threshold: float = 0.5
     keep_epochs: int = 2
     progress: bool = True
@@ -214,6 +215,7 @@ class TrainConfig:
         _check_positive("TrainConfig", "val_max_slices", self.val_max_slices)
         _check_positive("TrainConfig", "keep_epochs", self.keep_epochs)
         _check_positive("TrainConfig", "residual_masks", self.residual_masks, 2)
+        _check_positive("TrainConfig", "residual_shifts", self.residual_shifts, 1)
         _check_positive("TrainConfig", "num_workers", self.num_workers, 0)
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ValueError(f"TrainConfig.lr must be a positive number, got {self.lr!r}.")
@@ -1011,7 +1013,10 @@ def _run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
         c = cfg.preprocess.center_channel  # the MAE knows single slices, not context planes
         with torch.no_grad():
             residual = mae.residual_map(
-                x[:, c : c + 1].float(), k=cfg.residual_masks, generator=gen
+                x[:, c : c + 1].float(),
+                k=cfg.residual_masks,
+                generator=gen,
+                shifts=cfg.residual_shifts,
             )
         return module(x, residual=residual.to(x.dtype))
 

@@ -26,12 +26,14 @@ from napari_nstseg.preprocessing import (
 class ResidualAurocConfig:
     """``ring_mm``: tissue counted as the tumour's surroundings lies within this 3-D distance of
     it; ``soft_hu``: and in this HU range (fat, gas and bone left out, which a reader would not
-    confuse with tumour); ``masks``: complementary MAE masks per slice (the engine's default);
+    confuse with tumour); ``masks`` and ``shifts``: complementary MAE masks and patch grids per
+    slice (the engine's defaults);
     ``max_pixels``: per class and scan, drawn evenly, so a big tumour does not outvote the rest."""
 
     ring_mm: float = 20.0
     soft_hu: tuple[float, float] = (-100.0, 200.0)
     masks: int = 4
+    shifts: int = 4
     seed: int = 0
     max_pixels: int = 20000
 
@@ -64,7 +66,7 @@ def residual_volume(
         gen = torch.Generator()
         gen.manual_seed(cfg.seed * 1_000_003 + int(z))
         with torch.no_grad():
-            r = mae.residual_map(x[:, None], k=cfg.masks, generator=gen)[:, 0]
+            r = mae.residual_map(x[:, None], k=cfg.masks, generator=gen, shifts=cfg.shifts)[:, 0]
         out[i] = resample_back(r, info).numpy()[0]
     return out
 
