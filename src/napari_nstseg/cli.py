@@ -11,12 +11,19 @@ import sys
 from collections.abc import Sequence
 
 # Subcommands live next to the code they drive; each module has add_parser(subparsers) that
-# registers its parser with `func` set. Imported on demand so `nstseg --help` stays quick.
-_SUBCOMMAND_MODULES = (
-    "napari_nstseg.inference.cli_predict",
-    "napari_nstseg.training.lesions_cli",
-    "napari_nstseg.training.cli_train",
-)
+# registers its parser with `func` set. Only the module of the command given is imported, so a
+# mistake in `nstseg predict ...` is reported before torch (seconds) is loaded by training's.
+_SUBCOMMAND_MODULES = {
+    "napari_nstseg.inference.cli_predict": ("predict",),
+    "napari_nstseg.training.lesions_cli": ("make-lesions",),
+    "napari_nstseg.training.cli_train": (
+        "train",
+        "pretrain-mae",
+        "evaluate",
+        "tune-postprocess",
+        "residual-auroc",
+    ),
+}
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -92,7 +99,9 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(headless=args.headless, out_dir=args.out)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `nstseg` parser; with ``command`` only that subcommand's module is loaded (the
+    others are left out), without it every subcommand, as ``--help`` lists them."""
     parser = argparse.ArgumentParser(
         prog="nstseg",
         description=(
@@ -117,13 +126,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_demo)
 
-    for name in _SUBCOMMAND_MODULES:
-        importlib.import_module(name).add_parser(sub)
+    for name, commands in _SUBCOMMAND_MODULES.items():
+        if command is None or command in commands:
+            importlib.import_module(name).add_parser(sub)
     return parser
 
 
+def _command(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` if it is a known one (the top level has no options
+    taking values, so it is the first word not starting with '-')."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    known = {"info", "demo", *(c for cs in _SUBCOMMAND_MODULES.values() for c in cs)}
+    return first if first in known else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -134,6 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Users get the one-sentence reason, not a traceback; --debug style traces are a rerun away.
         print(f"nstseg {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"nstseg {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
+import signal
 import sys
+import threading
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-MAP_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
+from napari_nstseg.inference.predict_outputs import (
+    PredictOutputs,
+    plan_outputs,
+    scale_weight_names,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -88,7 +97,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=None,
         help="also write the GLM, LFM stage, final, SFM scale-weight (and SSL residual) maps here",
     )
-    p.add_argument("--report", metavar="JSON", default=None, help="write a JSON run report here")
+    p.add_argument(
+        "--report",
+        metavar="JSON",
+        default=None,
+        help="write a JSON run report here (lesion positions as voxel index and RAS/LPS mm; "
+        "schema in docs/predict-report.md)",
+    )
+    p.add_argument(
+        "--lesion-map",
+        metavar="FILE",
+        default=None,
+        help="also write a label map on the scan's grid in which each lesion holds the id the "
+        "report gives it (1 = largest)",
+    )
     p.set_defaults(func=run_predict)
     return p
 
@@ -119,19 +141,6 @@ def parse_slices(text: str | None, n_slices: int) -> list[int] | None:
     return zs
 
 
-def _map_suffix(out_file: Path) -> str:
-    name = out_file.name.lower()
-    return next((s for s in MAP_SUFFIXES if name.endswith(s)), ".nii.gz")
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in (*MAP_SUFFIXES, ".mhd", ".nhdr", ".dcm"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def operating_point(seg) -> dict[str, Any]:
     """The threshold, minimum lesion size and depth a run uses, and where each came from
     ("command line", "weights": the checkpoint's recommendation, or "default")."""
@@ -151,15 +160,18 @@ def _peak_host_bytes() -> int | None:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
-def _write_maps(pred, folder: Path, stem: str, suffix: str, geometry, write_volume) -> dict:
-    """Each kept map as a float32 image on the scan's grid, one at a time to bound memory."""
+def _write_maps(pred, plan: PredictOutputs, geometry, batch) -> dict[str, str]:
+    """Stage each kept map as a float32 image on the scan's grid, one at a time (memory)."""
     from napari_nstseg.inference.prediction import decode_probability
+    from napari_nstseg.io import write_volume
+    from napari_nstseg.io.outputs import check_output
 
-    folder.mkdir(parents=True, exist_ok=True)
     written: dict[str, str] = {}
 
     def put(name: str, values: np.ndarray) -> None:
-        path = write_volume(folder / f"{stem}_{name}{suffix}", decode_probability(values), geometry)
+        # Checked again by its final name, in case the model gives a map the plan did not list.
+        path = check_output(plan.map_path(name), {k: str(v) for k, v in plan.inputs.items()})
+        write_volume(path, decode_probability(values), geometry, batch=batch)
         written[name] = str(path)
 
     put("final_probability", pred.final)
@@ -170,39 +182,73 @@ def _write_maps(pred, folder: Path, stem: str, suffix: str, geometry, write_volu
     if pred.residual is not None:
         put("ssl_residual", pred.residual)
     if pred.scale_weights is not None:
-        names = ("0.5x", "1.0x", "1.5x") if len(pred.scale_weights) == 3 else None
-        for i, weights in enumerate(pred.scale_weights):
-            put(f"sfm_weights_{names[i] if names else i}", weights)
+        for name, weights in zip(
+            scale_weight_names(len(pred.scale_weights)), pred.scale_weights, strict=True
+        ):
+            put(f"sfm_weights_{name}", weights)
     return written
+
+
+def _read_scan(path: str):
+    """The scan, its warnings printed once each (not also through Python's warnings)."""
+    from napari_nstseg.io import CTReadWarning, read_ct
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CTReadWarning)
+        ct = read_ct(path)
+    for warning in ct.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return ct
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """`kill` ends the run like Ctrl+C does: through the clean-up that removes temporaries."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def run_predict(args: argparse.Namespace) -> int:
     """Handler of `nstseg predict`; returns the exit status."""
+    with _sigterm_as_exit():
+        return _run_predict(args)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    # Arguments and every output path first: a mistake costs a second, not a model run, and
+    # none of this needs torch.
+    plan = plan_outputs(args)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+
+    t = time.perf_counter()
+    ct = _read_scan(args.ct_file)
+    timings["read"] = time.perf_counter() - t
+    zs = parse_slices(args.slices, ct.shape[0])
+    plan.check_space(int(np.prod(ct.shape)))
+
     import torch
 
     import napari_nstseg
     from napari_nstseg.inference.device import autocast_dtype, device_name, precision_name
-    from napari_nstseg.inference.engine import EngineConfig, Segmenter, default_weights_path
+    from napari_nstseg.inference.engine import EngineConfig, Segmenter
     from napari_nstseg.inference.prediction import MapRequest
-    from napari_nstseg.io import read_ct, write_mask, write_volume
-    from napari_nstseg.io.atomic import atomic_write, file_sha256
-    from napari_nstseg.metrics import measure_lesions
+    from napari_nstseg.inference.report import COORDINATES, SCHEMA, lesion_table
+    from napari_nstseg.io import write_mask
+    from napari_nstseg.io.atomic import AtomicBatch, file_sha256
     from napari_nstseg.models.checkpoint import checkpoint_paths
-
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
-    out_file = Path(args.out_file)
-    if not any(out_file.name.lower().endswith(s) for s in MAP_SUFFIXES):
-        raise ValueError(f"{out_file} has no mask file extension; use .nii.gz, .nii, .mha or .nrrd")
-
-    # Created before the (long) run, so a bad output place fails in seconds, not after it.
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-
-    t = time.perf_counter()
-    ct = read_ct(args.ct_file)
-    timings["read"] = time.perf_counter() - t
-    for warning in ct.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
 
     t = time.perf_counter()
     config = EngineConfig(
@@ -220,12 +266,11 @@ def run_predict(args: argparse.Namespace) -> int:
         f"min depth {point['min_depth_mm']:g} mm ({point['source']['min_depth_mm']})",
         file=sys.stderr,
     )
-    weights = Path(args.weights) if args.weights else default_weights_path()
+    weights = seg.weights_path or plan.inputs.get("the weights' description")
     timings["load"] = time.perf_counter() - t
 
-    zs = parse_slices(args.slices, ct.shape[0])
     n = len(zs) if zs is not None else ct.shape[0]
-    if args.maps:
+    if plan.maps_dir is not None:
         maps = MapRequest(coarse=True, stages=True, residual=seg.has_mae, scale_weights=True)
     else:
         maps = MapRequest.minimal()
@@ -256,28 +301,96 @@ def run_predict(args: argparse.Namespace) -> int:
     device_peak = (
         int(torch.cuda.max_memory_allocated(seg.device)) if seg.device.type == "cuda" else None
     )
+    lesions, lesion_ids = lesion_table(pred.mask, ct.geometry)
+    if plan.lesion_map is None:
+        # An id is only worth giving when a file holds it.
+        lesions = [{k: v for k, v in row.items() if k != "id"} for row in lesions]
 
-    t = time.perf_counter()
-    mask_path = write_mask(out_file, pred.mask, ct.geometry)
-    map_paths = (
-        _write_maps(
-            pred,
-            Path(args.maps),
-            _stem(Path(args.ct_file)),
-            _map_suffix(out_file),
-            ct.geometry,
-            write_volume,
-        )
-        if args.maps
-        else {}
-    )
-    timings["write"] = time.perf_counter() - t
-    lesions = measure_lesions(pred.mask, ct.spacing)
-    timings["total"] = time.perf_counter() - t_start
+    # Every file goes to a temporary first and all move into place together at the end: an
+    # error, Ctrl+C or `kill` before then leaves every output path as it was.
+    with plan.folders(), AtomicBatch() as batch:
+        t = time.perf_counter()
+        write_mask(plan.mask, pred.mask, ct.geometry, batch=batch)
+        map_paths = _write_maps(pred, plan, ct.geometry, batch) if plan.maps_dir else {}
+        if plan.lesion_map is not None:
+            write_mask(plan.lesion_map, lesion_ids, ct.geometry, batch=batch)
+        timings["write"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t_start
+        outputs: dict[str, Any] = {"mask": str(plan.mask), "maps": map_paths}
+        if plan.lesion_map is not None:
+            outputs["lesion_map"] = str(plan.lesion_map)
+        if plan.report is not None:
+            tensor_path, json_path = checkpoint_paths(weights)
+            amp = autocast_dtype(seg.device, seg.config.amp)
+            geometry = ct.geometry
+            report: dict[str, Any] = {
+                "schema": SCHEMA,
+                "coordinates": COORDINATES,
+                "versions": {
+                    "napari_nstseg": napari_nstseg.__version__,
+                    "torch": torch.__version__,
+                    "numpy": np.__version__,
+                    "python": platform.python_version(),
+                    "cuda": torch.version.cuda,
+                },
+                "input": {
+                    "path": str(Path(args.ct_file).resolve()),
+                    "shape_ijk": list(geometry.source_shape),
+                    "spacing_ijk_mm": list(geometry.source_spacing),
+                    "affine_ras": geometry.affine_ras.tolist(),
+                    "axial_axis": "ijk"[geometry.display_axes[0]],
+                    "shape_zyx": list(ct.shape),
+                    "spacing_zyx_mm": list(ct.spacing),
+                },
+                "device": {
+                    "name": str(seg.device),
+                    "description": device_name(seg.device),
+                    "autocast": precision_name(amp),
+                    "platform": platform.platform(),
+                },
+                "weights": {
+                    "path": str(json_path.resolve()),
+                    "tensors": str(tensor_path.resolve()),
+                    "sha256": file_sha256(tensor_path),
+                    "arch": seg.arch,
+                    "model_config": seg.meta.get("model_config"),
+                    "preprocessing": seg.preprocessing.to_dict(),
+                },
+                "run": {
+                    "slices": [int(z) for z in pred.done_slices],
+                    "threshold": point["threshold"],
+                    "min_lesion_mm": point["min_lesion_mm"],
+                    "min_depth_mm": point["min_depth_mm"],
+                    "operating_point_source": point["source"],
+                    "mirror": seg.config.mirror,
+                    "batch_size": pred.info.get("batch_size"),
+                    "oom_backoffs": pred.info.get("oom_backoffs", 0),
+                    "maps": sorted(map_paths),
+                },
+                "timings_s": {
+                    **timings,
+                    **{f"predict_{k}": v for k, v in pred.timings.items()},
+                    "slices_per_s": n / timings["predict"] if timings["predict"] > 0 else None,
+                },
+                "estimate": est.to_dict(),
+                "actual": {
+                    "predict_seconds": timings["predict"],
+                    "device_peak_bytes": device_peak,
+                    "process_peak_rss_bytes": _peak_host_bytes(),
+                    "prediction_bytes": pred.nbytes,
+                },
+                "lesions": lesions,
+                "outputs": outputs,
+            }
+            text = json.dumps(report, indent=2, default=_jsonable) + "\n"
+            batch.add(plan.report, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        batch.commit()
 
-    print(f"mask: {mask_path}")
+    print(f"mask: {plan.mask}")
     if map_paths:
-        print(f"maps: {len(map_paths)} file(s) in {Path(args.maps)}")
+        print(f"maps: {len(map_paths)} file(s) in {plan.maps_dir}")
+    if plan.lesion_map is not None:
+        print(f"lesion map: {plan.lesion_map}")
     print(
         f"{len(lesions)} lesion(s) found"
         + (
@@ -287,68 +400,8 @@ def run_predict(args: argparse.Namespace) -> int:
             else ""
         )
     )
-    if args.report:
-        tensor_path, json_path = checkpoint_paths(weights)
-        amp = autocast_dtype(seg.device, seg.config.amp)
-        report: dict[str, Any] = {
-            "versions": {
-                "napari_nstseg": napari_nstseg.__version__,
-                "torch": torch.__version__,
-                "numpy": np.__version__,
-                "python": platform.python_version(),
-                "cuda": torch.version.cuda,
-            },
-            "input": {
-                "path": str(Path(args.ct_file).resolve()),
-                "shape_zyx": list(ct.shape),
-                "spacing_zyx_mm": list(ct.spacing),
-            },
-            "device": {
-                "name": str(seg.device),
-                "description": device_name(seg.device),
-                "autocast": precision_name(amp),
-                "platform": platform.platform(),
-            },
-            "weights": {
-                "path": str(json_path.resolve()),
-                "tensors": str(tensor_path.resolve()),
-                "sha256": file_sha256(tensor_path),
-                "arch": seg.arch,
-                "model_config": seg.meta.get("model_config"),
-                "preprocessing": seg.preprocessing.to_dict(),
-            },
-            "run": {
-                "slices": [int(z) for z in pred.done_slices],
-                "threshold": point["threshold"],
-                "min_lesion_mm": point["min_lesion_mm"],
-                "min_depth_mm": point["min_depth_mm"],
-                "operating_point_source": point["source"],
-                "mirror": seg.config.mirror,
-                "batch_size": pred.info.get("batch_size"),
-                "oom_backoffs": pred.info.get("oom_backoffs", 0),
-                "maps": sorted(map_paths),
-            },
-            "timings_s": {
-                **timings,
-                **{f"predict_{k}": v for k, v in pred.timings.items()},
-                "slices_per_s": n / timings["predict"] if timings["predict"] > 0 else None,
-            },
-            "estimate": est.to_dict(),
-            "actual": {
-                "predict_seconds": timings["predict"],
-                "device_peak_bytes": device_peak,
-                "process_peak_rss_bytes": _peak_host_bytes(),
-                "prediction_bytes": pred.nbytes,
-            },
-            "lesions": lesions,
-            "outputs": {"mask": str(mask_path), "maps": map_paths},
-        }
-        report_path = Path(args.report)
-        report_path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(report, indent=2, default=_jsonable) + "\n"
-        # never a half-written report
-        atomic_write(report_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-        print(f"report: {report_path}")
+    if plan.report is not None:
+        print(f"report: {plan.report}")
     return 0
 
 
