@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -30,29 +29,35 @@ def open_viewer(viewer=None):
     return viewer
 
 
-def run_headless(out_dir: Path) -> int:
-    """Predict on the sample CT with the bundled weights; write mask, maps and report."""
-    from napari_nstseg.inference.cli_predict import run_predict
+def headless_argv(out_dir: Path) -> list[str]:
+    """The `nstseg predict` command line the headless demo runs on the sample CT."""
+    return [
+        "predict",
+        str(SAMPLE_CT),
+        str(out_dir / "sample_ct_tumor_mask.nii.gz"),
+        "--maps",
+        str(out_dir / "maps"),
+        "--report",
+        str(out_dir / "report.json"),
+        "--lesion-map",
+        str(out_dir / "sample_ct_lesions.nii.gz"),
+    ]
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    args = argparse.Namespace(
-        ct_file=str(SAMPLE_CT),
-        out_file=str(out_dir / "sample_ct_tumor_mask.nii.gz"),
-        weights=None,
-        device="auto",
-        batch_size=4,
-        threshold=None,  # the bundled weights' operating point
-        min_lesion_mm=None,
-        min_depth_mm=None,
-        slices=None,
-        maps=str(out_dir / "maps"),
-        report=str(out_dir / "report.json"),
-    )
-    rc = run_predict(args)
+
+def run_headless(out_dir: Path) -> int:
+    """Predict on the sample CT with the bundled weights at their operating point: mask, maps,
+    lesion map and report, through the real `nstseg predict` parser (so every option it gains
+    has its default here too)."""
+    from napari_nstseg.cli import build_parser
+
+    argv = headless_argv(out_dir)
+    print("nstseg " + " ".join(argv), file=sys.stderr)
+    args = build_parser("predict").parse_args(argv)
+    rc = args.func(args)
     if rc == 0:
         print(
-            f"\nHeadless demo (no display found): the tumor mask, every stage's map and a report "
-            f"for the sample CT are in {out_dir.resolve()}"
+            f"\nHeadless demo (no display found): the tumor mask, every stage's map, a lesion "
+            f"map and a report for the sample CT are in {out_dir.resolve()}"
         )
     return rc
 
