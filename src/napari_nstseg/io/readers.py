@@ -231,23 +231,25 @@ def _nifti_problem(path: Path) -> str:
 def _load_itk_file(path: Path) -> LoadedImage:
     import SimpleITK as sitk
 
+    nrrd = path.name.lower().endswith((".nrrd", ".nhdr"))
+    # A MetaImage header is plain text whose first key may vary: only other kinds count. Checked
+    # before ITK, which would otherwise pick a reader by content (a PNG opens as a 2-D image,
+    # or libpng prints its own errors).
+    fits = ("an NRRD image",) if nrrd else ("a MetaImage (.mha/.mhd) header", "a text file")
+    what = describe_file(path)
+    if what is not None and what not in fits:
+        kind = "an NRRD" if nrrd else "a MetaImage"
+        raise CTReadError(path, f"not {kind} file: it starts like {what}")
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
         image = reader.Execute()
     except RuntimeError as e:
-        nrrd = path.name.lower().endswith((".nrrd", ".nhdr"))
-        # A MetaImage header is plain text whose first key may vary: only other kinds count.
-        fits = ("an NRRD image",) if nrrd else ("a MetaImage (.mha/.mhd) header", "a text file")
-        what = describe_file(path)
-        if what is not None and what not in fits:
-            kind = "an NRRD" if nrrd else "a MetaImage"
-            raise CTReadError(path, f"not {kind} file: it starts like {what}") from e
         problem = "the file is damaged, truncated or not a valid image"
         if path.name.lower().endswith((".mhd", ".nhdr")):
             problem += " (or the voxel data file its header names is missing)"
         raise CTReadError(path, problem, "copy it again") from e
-    fmt = "nrrd" if path.name.lower().endswith((".nrrd", ".nhdr")) else "mha"
+    fmt = "nrrd" if nrrd else "mha"
     return _from_sitk(path, image, fmt, [])
 
 
