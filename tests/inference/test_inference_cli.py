@@ -353,12 +353,13 @@ def test_bad_arguments_are_reported_before_torch_is_imported(ct_file, tmp_path):
         "import sys\nfrom napari_nstseg.cli import main\n"
         f"codes = [main(['predict', {str(ct_file)!r}, {str(ct_file)!r}]),\n"
         f"         main(['predict', {str(tmp_path / 'none.nii.gz')!r}, 'm.nii.gz']),\n"
-        f"         main(['predict', {str(ct_file)!r}, 'm.nii.gz', '--slices', '9:12'])]\n"
+        f"         main(['predict', {str(ct_file)!r}, 'm.nii.gz', '--slices', '9:12']),\n"
+        f"         main(['predict', {str(ct_file)!r}, 'm.nii.gz', '--batch-size', '0'])]\n"
         "print(codes, 'torch' in sys.modules)\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           cwd=tmp_path, timeout=120)  # fmt: skip
-    assert done.stdout.strip() == "[2, 2, 2] False", done.stderr
+    assert done.stdout.strip() == "[2, 2, 2, 2] False", done.stderr
     assert not (tmp_path / "m.nii.gz").exists()
 
 
@@ -446,3 +447,10 @@ def test_weights_are_found_as_the_engine_finds_them(tmp_path):
         assert weights_file(name) == resolve_weights(name)
     assert weights_file(str(tmp_path / "w.json")) == resolve_weights(str(tmp_path / "w.json"))
     assert weights_file("no-such-bundle") is None
+
+
+def test_an_unknown_bundled_name_says_which_exist(ct_file, tmp_path, capsys):
+    assert nstseg(["predict", ct_file, tmp_path / "m.nii.gz", "--weights", "no-such-bundle"]) == 2
+    err = capsys.readouterr().err
+    assert "'no-such-bundle' is neither a weights file nor the name of bundled weights" in err
+    assert "default" in err and not (tmp_path / "m.nii.gz").exists()
