@@ -54,14 +54,25 @@ def files_under(folder) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
 
 
+# However fast the machine, the model is still at work when the signal comes: each batch of
+# one slice takes at least 0.2 s more.
+SLOW_MODEL = """
+import time
+from napari_nstseg.inference.engine import Segmenter
+real_iter = Segmenter.iter_predict
+def slow_iter(self, *args, **kwargs):
+    for event in real_iter(self, *args, **kwargs):
+        time.sleep(0.2)
+        yield event
+Segmenter.iter_predict = slow_iter
+"""
 EXIT = {signal.SIGKILL: -signal.SIGKILL, signal.SIGTERM: 143, signal.SIGINT: 130}
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
 def test_a_kill_while_the_model_runs_leaves_no_output(tmp_path, checkpoint_dir, make_ct, sig):
-    # big enough that the tiny model is still at work when the signal comes
-    argv, out = job(tmp_path, checkpoint_dir, make_ct, (24, 96, 96))
-    proc = start(argv)
+    argv, out = job(tmp_path, checkpoint_dir, make_ct, (24, 48, 48))
+    proc = start(argv, SLOW_MODEL)
     wait_for(proc, "slice(s) of")  # printed just before the first batch
     proc.send_signal(sig)
     code = proc.wait(timeout=60)
