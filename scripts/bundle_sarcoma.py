@@ -22,6 +22,7 @@ from pathlib import Path
 
 from bundle_weights import _minutes, operating_point, package, training_phases
 
+from napari_nstseg.models.checkpoint import read_metadata
 from napari_nstseg.training.evaluate import EvalConfig, evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,6 +158,32 @@ def main(argv=None) -> int:
         "",
     ]
     (WEIGHTS / "MODEL_CARD_sarcoma.md").write_text("\n".join(card))
+    budgets = []
+    for name, (ckpt, _) in models.items():
+        p = read_metadata(ckpt)["provenance"]
+        b = p.get("budget") or {}
+        took = _minutes(p.get("started"), p.get("date"))
+        budgets.append(
+            f"| {name} | {b.get('epochs')} x {b.get('steps_per_epoch')} x {b.get('batch_size')} "
+            f"= {b.get('samples')} crops | {p.get('seed')} | "
+            f"{'-' if took is None else f'{took:.0f}'} | {p.get('device')} |"
+        )
+    doc = [
+        "# Real tumours: soft-tissue sarcoma (36 patients, radiologists' contours)",
+        "",
+        "Written by `scripts/bundle_sarcoma.py` (recipe: configs/sarcoma/recipe.sh) from "
+        "`nstseg evaluate` on the fixed split configs/sarcoma/split.json; every model has the "
+        "same data, budget and seed. Hardware: " + args.hardware + ", CPU only.",
+        "",
+        "| model | budget (epochs x steps x batch) | seed | minutes | device |",
+        "|---|---|---|---|---|",
+        *budgets,
+        "",
+        *tables,
+        f"{CREDIT}",
+        "",
+    ]
+    (ROOT / "docs" / "sarcoma.md").write_text("\n".join(doc))
     print("\n".join(card))
     return 0
 

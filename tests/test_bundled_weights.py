@@ -83,3 +83,12 @@ def test_shifted_patch_grids_remove_the_block_pattern_of_the_residual_map():
     assert one_grid > 1.5  # the block pattern a user saw (1.88 measured)
     # four grids leave each edge a quarter of its jump (1.21 measured)
     assert edge_excess(4) - 1 < (one_grid - 1) / 3
+
+
+def test_nstseg_info_lists_the_bundled_weights_by_name(capsys):
+    from napari_nstseg.cli import main
+
+    assert main(["info", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["bundled_weights"]
+    assert listed == {w.name: w.description for w in bundled_weights().values()}
+    assert listed["default"].startswith("CDI-NSTSEG trained on synthetic lesions")

@@ -8,7 +8,8 @@
 #   bash configs/sarcoma/recipe.sh auroc MAE.json    # residual-map AUROC, validation patients
 #   bash configs/sarcoma/recipe.sh bundle            # weights/sarcoma.* + MODEL_CARD_sarcoma.md
 # A later stage continues from the committed weights: INIT=sarcoma bash ... train default
-# (the model card adds the stages up). WORK (default runs/sarcoma) holds the runs.
+# (the model card adds the stages up). WORK (default runs/sarcoma) holds the runs. Run it with the
+# project's environment active (`. .venv/bin/activate`, as scripts/setup.sh makes it).
 set -euo pipefail
 DATA=${DATA:-../shared/data/sts}
 SPLIT=configs/sarcoma/split.json

@@ -27,7 +27,7 @@ _SUBCOMMAND_MODULES = {
 
 
 def _info(args: argparse.Namespace) -> int:
-    """Print versions and the compute devices torch can use."""
+    """Print versions, the compute devices torch can use and the bundled weights by name."""
     import napari_nstseg
 
     info: dict[str, object] = {
@@ -57,6 +57,11 @@ def _info(args: argparse.Namespace) -> int:
     info["precision"] = precision_label(device)
     if torch.cuda.is_available():
         info["cuda_version"] = torch.version.cuda
+    from napari_nstseg.models.bundled import bundled_weights
+
+    info["bundled_weights"] = {w.name: w.description for w in bundled_weights().values()} or (
+        "none installed"
+    )
     weights = default_weights_path()
     info["default_weights"] = str(weights) if weights.exists() else f"missing ({weights})"
     if weights.exists():
