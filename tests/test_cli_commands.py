@@ -70,7 +70,7 @@ def test_headless_demo_end_to_end_on_the_sample(tmp_path):
     out = tmp_path / "nstseg-demo"
     done = subprocess.run(
         [sys.executable, "-m", "napari_nstseg.cli", "demo", "--headless", "--out", str(out)],
-        capture_output=True, text=True, timeout=1200, cwd=tmp_path,
+        capture_output=True, encoding="utf-8", errors="replace", timeout=1200, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"are in {out.resolve()}" in done.stdout

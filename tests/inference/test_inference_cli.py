@@ -357,8 +357,8 @@ def test_bad_arguments_are_reported_before_torch_is_imported(ct_file, tmp_path):
         f"         main(['predict', {str(ct_file)!r}, 'm.nii.gz', '--batch-size', '0'])]\n"
         "print(codes, 'torch' in sys.modules)\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=120)  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, encoding="utf-8",
+                          errors="replace", cwd=tmp_path, timeout=120)  # fmt: skip
     assert done.stdout.strip() == "[2, 2, 2, 2] False", done.stderr
     assert not (tmp_path / "m.nii.gz").exists()
 

@@ -34,7 +34,11 @@ def start(argv, prelude: str = "") -> subprocess.Popen:
     script = f"{prelude}\nimport sys\nfrom napari_nstseg.cli import main\nsys.exit(main({argv!r}))"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, "-c", script], stderr=subprocess.PIPE, text=True, env=env
+        [sys.executable, "-c", script],
+        stderr=subprocess.PIPE,
+        encoding="utf-8",
+        errors="replace",
+        env=env,
     )
 
 
