@@ -264,3 +264,16 @@ def test_loss_errors_are_readable():
         LossConfig(dice_weight=-1)
     with pytest.raises(ValueError, match="LossConfig.stage_weights"):
         LossConfig(stage_weights=(1, "2"))
+
+
+def test_hardest_mean_averages_the_top_share_of_pixels_by_hand():
+    loss = torch.arange(1.0, 9.0).reshape(1, 1, 2, 4)  # pixel losses 1..8
+    assert losses.hardest_mean(loss, 1.0).item() == pytest.approx(4.5)  # all: 36 / 8
+    assert losses.hardest_mean(loss, 0.5).item() == pytest.approx(6.5)  # 8 + 7 + 6 + 5
+    assert losses.hardest_mean(loss, 0.25).item() == pytest.approx(7.5)  # 8 + 7
+    assert losses.hardest_mean(loss, 0.01).item() == pytest.approx(8.0)  # at least one pixel
+    # weighted: ranked by w * loss, averaged as sum(w * loss) / sum(w) over the chosen pixels
+    w = torch.ones_like(loss)
+    w[0, 0, 0, 0] = 10.0  # the pixel of loss 1 weighs 10 (w * loss = 10, the largest)
+    assert losses.hardest_mean(loss, 0.25, w).item() == pytest.approx((10 + 8) / (10 + 1))
+    assert losses.hardest_mean(loss, 1.0, w).item() == pytest.approx((10 + 35) / (10 + 7))
