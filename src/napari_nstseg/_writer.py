@@ -36,4 +36,8 @@ def write_labels(path: str | os.PathLike, data: Any, meta: dict[str, Any]) -> li
         translate = tuple(meta.get("translate") or (0.0, 0.0, 0.0))[-3:]
         geometry = Geometry.from_spacing(mask.shape, scale, translate)
     written = write_mask(path, mask, geometry)
+    # The mask is on disk now: its crash-recovery copy would only offer back what is saved.
+    from .widgets.autosave import mask_saved
+
+    mask_saved(meta.get("metadata"), mask)
     return [str(written)]

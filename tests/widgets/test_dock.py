@@ -26,6 +26,7 @@ from napari_nstseg.io.volume import METADATA_KEY
 from napari_nstseg.widgets import dock as dock_module
 from napari_nstseg.widgets.dock import BUNDLED, FROM_FILE, NSTSegWidget, viewer_grid
 from napari_nstseg.widgets.layers import LayerNames, mirroring_of_slices
+from napari_nstseg.widgets.weights import WeightsChoice
 
 
 def test_slice_then_volume_run_make_every_stage_layer_on_the_ct_grid(
@@ -162,8 +163,6 @@ def test_cancel_keeps_finished_slices_and_leaves_the_rest_untouched(
 def test_bad_weights_and_non_ct_layers_give_a_notification_not_an_exception(
     qtbot, viewer_with_ct, tiny_weights, errors, tmp_path, monkeypatch
 ):
-    from napari_nstseg.inference import engine
-
     viewer, _ = viewer_with_ct
     bad = tmp_path / "bad.json"
     bad.write_text("this is not a checkpoint")
@@ -177,10 +176,13 @@ def test_bad_weights_and_non_ct_layers_give_a_notification_not_an_exception(
     widget.run()
     assert "missing.json" in errors[-1] and "does not exist" in errors[-1]
 
-    monkeypatch.setattr(engine, "WEIGHTS_DIR", tmp_path / "no-weights-here")
+    # Bundled weights removed while napari runs: the run says so and what to do instead.
+    gone = WeightsChoice(BUNDLED, tmp_path / "no-weights-here" / "default.json", "gone")
+    monkeypatch.setitem(widget.weights_choices, BUNDLED, gone)
     widget.weights_source.value = BUNDLED
     run_and_wait(qtbot, widget, "current slice", z=1)
-    assert "No bundled weights" in errors[-1] and "file..." in errors[-1]
+    assert "'default'" in errors[-1] and "no longer installed" in errors[-1]
+    assert "file..." in errors[-1]
     widget.weights_source.value = FROM_FILE
 
     widget.weights_file.value = tiny_weights

@@ -28,9 +28,11 @@ def _describe(meta: dict) -> str:
     return f"{arch}" + (f" trained on {data}" if data else "")
 
 
-def bundled_weights(folder: Path = WEIGHTS_DIR) -> dict[str, BundledWeights]:
+def bundled_weights(folder: Path | None = None) -> dict[str, BundledWeights]:
     """Every segmentation checkpoint shipped in ``folder`` (JSON and tensor file both present),
-    by name, the default first."""
+    by name, the default first. ``folder`` defaults to :data:`WEIGHTS_DIR` as it is at the call
+    (read then, not at import, so tests can point it elsewhere)."""
+    folder = WEIGHTS_DIR if folder is None else folder
     found: dict[str, BundledWeights] = {}
     for json_path in sorted(folder.glob("*.json")):
         if not json_path.with_suffix(".safetensors").is_file():
@@ -45,9 +47,11 @@ def bundled_weights(folder: Path = WEIGHTS_DIR) -> dict[str, BundledWeights]:
     return {n: found[n] for n in ordered}
 
 
-def resolve_weights(spec: str | Path | None, folder: Path = WEIGHTS_DIR) -> Path:
+def resolve_weights(spec: str | Path | None, folder: Path | None = None) -> Path:
     """The checkpoint path ``spec`` names: None is the default bundled checkpoint, a bundled name
-    (``sarcoma``) its file, anything else a path (an existing file wins over a name)."""
+    (``sarcoma``) its file, anything else a path (an existing file wins over a name).
+    ``folder`` defaults to :data:`WEIGHTS_DIR` as it is at the call."""
+    folder = WEIGHTS_DIR if folder is None else folder
     if spec is None:
         return folder / f"{DEFAULT_NAME}.json"
     path = Path(spec)

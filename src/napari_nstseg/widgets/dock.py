@@ -11,7 +11,6 @@ a plugin gets is a proxy that hands out a new object for every layer access.
 from __future__ import annotations
 
 import csv
-import hashlib
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -30,16 +29,22 @@ from magicgui.widgets import (
 )
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer
 from qtpy.QtWidgets import (
     QAbstractItemView,
+    QDockWidget,
     QFileDialog,
+    QFrame,
+    QGridLayout,
     QGroupBox,
     QHeaderView,
     QProgressBar,
     QPushButton,
+    QScrollArea,
+    QSizePolicy,
     QTableWidget,
     QTableWidgetItem,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -48,6 +53,8 @@ from napari_nstseg.windows import DEFAULT_WINDOW, WINDOWS, contrast_limits
 
 from . import ablation_view
 from .ablation_view import viewer_grid
+from .autosave import AUTOSAVE_KEY, Recovery, autosave_path, ct_autosave_path
+from .ground_truth import pick_ground_truth
 from .layers import (
     LayerNames,
     MapsToShow,
@@ -62,12 +69,12 @@ from .layers import (
 )
 from .runner import VARIANTS
 from .session import OperatingPoint, RunOutcome, RunRequest, Session, mask_role
+from .weights import BUNDLED, FROM_FILE, WeightsChoice, describe, first_choice, weights_choices
 
-__all__ = ["NSTSegWidget", "RunOutcome", "RunRequest", "viewer_grid"]
+__all__ = ["BUNDLED", "FROM_FILE", "NSTSegWidget", "RunOutcome", "RunRequest", "autosave_path"]
+__all__ += ["viewer_grid"]
 
 MODES = ("current slice", "whole volume", "ROI")
-BUNDLED = "bundled default"
-FROM_FILE = "file..."
 NO_LAYER = "(none)"
 AUTOSAVE_DELAY_MS = 3000
 # Long enough that dragging the threshold slider re-cuts the mask once (one undo step), short
@@ -108,15 +115,6 @@ def check_ct_layer(layer: Any) -> None:
             )
 
 
-def autosave_path(source: str, shape: tuple[int, ...]) -> Path:
-    """The recovery file for a scan: keyed by its source path and shape, in the user cache."""
-    from platformdirs import user_cache_dir
-
-    key = f"{source}|{tuple(int(s) for s in shape)}"
-    digest = hashlib.sha1(key.encode("utf-8")).hexdigest()[:16]
-    return Path(user_cache_dir("napari-nstseg")) / "autosave" / f"mask_{digest}.nii.gz"
-
-
 class NSTSegWidget(QWidget):
     """Dock widget: choose CT, weights, device and mode; run, cancel, inspect, measure, save."""
 
@@ -145,6 +143,12 @@ class NSTSegWidget(QWidget):
         self._autosave_timer.setSingleShot(True)
         self._autosave_timer.setInterval(AUTOSAVE_DELAY_MS)
         self._autosave_timer.timeout.connect(self.autosave_now)
+        self.recovery = Recovery()
+        self._docked = False
+        self._watched_window: Any = None
+        # Labels layers already offered as ground truth (by unique_id): each is picked once.
+        self._seen_labels: set[str] = set()
+        self._close_watch = _CloseWatch(self, _weak_call(self.end_session))
         self._threshold_timer = QTimer(self)
         self._threshold_timer.setSingleShot(True)
         self._threshold_timer.setInterval(THRESHOLD_DELAY_MS)
@@ -156,14 +160,24 @@ class NSTSegWidget(QWidget):
 
     # -- UI -----------------------------------------------------------------------------------
     def _build_ui(self) -> None:
-        from napari_nstseg.inference import available_devices, default_weights_path
+        from napari_nstseg.inference import available_devices
 
         self.ct_layer = ComboBox(label="CT layer", choices=[])
-        self.weights_source = ComboBox(label="weights", choices=[BUNDLED, FROM_FILE])
+        # Bundled checkpoints by name (each one's description as its tooltip and below), 'file...'.
+        self.weights_choices: dict[str, WeightsChoice] = weights_choices()
+        self.weights_source = ComboBox(
+            label="weights",
+            choices=list(self.weights_choices),
+            value=first_choice(self.weights_choices),
+        )
+        for index, choice in enumerate(self.weights_choices.values()):
+            self.weights_source.native.setItemData(
+                index, choice.description, Qt.ItemDataRole.ToolTipRole
+            )
+        self.weights_about = Label(value="")
+        self.weights_about.native.setWordWrap(True)
         self.weights_file = FileEdit(label="weights file", mode="r", filter="*.safetensors *.json")
-        if not default_weights_path().is_file():
-            self.weights_source.value = FROM_FILE
-        self.weights_file.visible = self.weights_source.value == FROM_FILE
+        self._show_weights_choice()
         self.device = ComboBox(label="device", choices=["auto", *available_devices()])
         self.mode = ComboBox(label="mode", choices=list(MODES), value="current slice")
         self.roi_layer = ComboBox(label="ROI layer", choices=[NO_LAYER])
@@ -204,6 +218,7 @@ class NSTSegWidget(QWidget):
             widgets=[
                 self.ct_layer,
                 self.weights_source,
+                self.weights_about,
                 self.weights_file,
                 self.device,
                 self.mode,
@@ -213,12 +228,23 @@ class NSTSegWidget(QWidget):
                 self.threshold,
                 self.min_lesion,
                 self.min_depth,
+            ]
+        )
+        # The maps to show, two to a row: five rows of check boxes would push the results down.
+        maps_box = QGroupBox("Maps to show")
+        maps_grid = QGridLayout(maps_box)
+        map_boxes = (
+            self.show_coarse,
+            self.show_stages,
+            self.show_stage_probs,
+            self.show_residual,
+            self.show_scale_weights,
+        )
+        for index, box in enumerate(map_boxes):
+            maps_grid.addWidget(box.native, index // 2, index % 2)
+        options = Container(
+            widgets=[
                 self.mirror,
-                self.show_coarse,
-                self.show_stages,
-                self.show_stage_probs,
-                self.show_residual,
-                self.show_scale_weights,
                 self.overwrite,
                 Container(widgets=[self.run_button, self.cancel_button], layout="horizontal"),
             ]
@@ -233,7 +259,7 @@ class NSTSegWidget(QWidget):
         self.metrics_table.setHorizontalHeaderLabels(["current slice", "volume"])
         self.metrics_table.setVerticalHeaderLabels(list(METRIC_NAMES))
         _fit_table(self.metrics_table, len(METRIC_NAMES))
-        metrics_box = QGroupBox("Metrics")
+        metrics_box = QWidget()
         metrics_layout = QVBoxLayout(metrics_box)
         metrics_layout.addWidget(Container(widgets=[self.gt_layer]).native)
         metrics_layout.addWidget(self.metrics_table)
@@ -252,7 +278,8 @@ class NSTSegWidget(QWidget):
         )
         self.measure_button = QPushButton("Measure lesions")
         self.export_button = QPushButton("Export CSV")
-        lesions_box = QGroupBox("Lesions in the tumor mask")
+        lesions_box = QWidget()
+        lesions_box.setToolTip("Lesions in the tumor mask")
         lesions_layout = QVBoxLayout(lesions_box)
         lesions_layout.addWidget(self.lesion_table)
         lesions_layout.addWidget(self.measure_button)
@@ -268,25 +295,44 @@ class NSTSegWidget(QWidget):
         ablation = Container(
             widgets=[*self.variant_boxes.values(), self.ablation_button, self.normal_view_button]
         )
-        ablation_box = QGroupBox("Visual ablation (same weights)")
+        ablation_box = QWidget()
+        ablation_box.setToolTip("Visual ablation: the same weights with one module switched off")
         QVBoxLayout(ablation_box).addWidget(ablation.native)
 
         self.restore_button = QPushButton("Restore autosaved mask")
         self.restore_button.setVisible(False)
 
-        # Wide enough for the lesion table's four columns to show their headers.
-        self.setMinimumWidth(380)
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.form.native)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status.native)
+        # Results in tabs: one above the other they made the dock taller than a laptop screen.
+        self.results = QTabWidget()
+        self.results.addTab(metrics_box, "Metrics")
+        self.results.addTab(lesions_box, "Lesions")
+        self.results.addTab(ablation_box, "Visual ablation")
+        content = QWidget()
+        layout = QVBoxLayout(content)
+        for part in (self.form.native, maps_box, options.native, self.progress, self.status.native):
+            layout.addWidget(part)
         layout.addWidget(self.restore_button)
-        layout.addWidget(metrics_box)
-        layout.addWidget(lesions_box)
-        layout.addWidget(ablation_box)
+        layout.addWidget(self.results)
         layout.addStretch(1)
+        # Whatever does not fit the dock's height scrolls, so no control is ever off-screen.
+        self.scroll = QScrollArea()
+        self.scroll.setWidget(content)
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(self.scroll)
+        # Wide enough for the content (the lesion table's headers) beside the scroll bar; the
+        # height is the dock's to give (napari then adds no stretch below).
+        width = (
+            content.minimumSizeHint().width() + self.scroll.verticalScrollBar().sizeHint().width()
+        )
+        self.setMinimumWidth(max(380, width))
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Expanding)
 
         self.weights_source.changed.connect(self._on_weights_source)
+        self.mode.changed.connect(self._show_roi_controls)
         self.weights_file.changed.connect(self.apply_recommendation)
         self.window.changed.connect(self.apply_window)
         self.threshold.changed.connect(self._on_threshold_changed)
@@ -311,6 +357,9 @@ class NSTSegWidget(QWidget):
         self.viewer.dims.events.current_step.connect(self._on_step)
 
     def _on_layer_removed(self, event: Any) -> None:
+        # A mask closed (also by viewer.close(), which removes every layer before the window
+        # closes): its recovery file is settled before its edit tracker is forgotten.
+        self._settle_recovery(event.value)
         self.session.forget(event.value)
 
     def _refresh_layer_choices(self, event: Any = None) -> None:
@@ -330,11 +379,37 @@ class NSTSegWidget(QWidget):
             self.ct_layer.value = chosen.name
         _set_choices(self.roi_layer, [NO_LAYER, *shapes, *labels])
         _set_choices(self.gt_layer, [NO_LAYER, *labels])
+        self._pick_ground_truth(layers)
         self._track_mask_layer()
 
+    def _pick_ground_truth(self, layers: list[Any]) -> None:
+        """A Labels layer that newly arrived and looks like ground truth (the sample's, or one
+        named so) becomes the metrics' reference while none is chosen; a choice the user made,
+        "(none)" included once a layer was offered, is left alone."""
+        new = [ly for ly in layers if is_labels(ly) and layer_id(ly) not in self._seen_labels]
+        self._seen_labels.update(layer_id(ly) for ly in new)
+        if self.gt_layer.value not in (None, NO_LAYER) or not new:
+            return
+        ct = self._layer(self.ct_layer.value)
+        name = pick_ground_truth(new, None if ct is None else tuple(ct.data.shape))
+        if name is not None:
+            self.gt_layer.value = name
+
     def _on_weights_source(self, value: str) -> None:
-        self.weights_file.visible = value == FROM_FILE
+        self._show_weights_choice()
         self.apply_recommendation()
+
+    def _show_weights_choice(self) -> None:
+        choice = self.weights_choices[self.weights_source.value]
+        self.weights_file.visible = not choice.bundled
+        self.weights_about.value = describe(choice)
+        self.weights_source.tooltip = choice.description
+
+    def _show_roi_controls(self, *_: Any) -> None:
+        # Only ROI mode reads them: elsewhere they would only make the panel taller.
+        roi = self.mode.value == "ROI"
+        self.roi_layer.visible = roi
+        self.roi_margin.visible = roi
 
     def apply_recommendation(self, *_: Any) -> None:
         """Set the threshold, min-lesion and min-depth controls the user has not moved to the
@@ -360,10 +435,9 @@ class NSTSegWidget(QWidget):
             self._recommending = False
 
     def _chosen_weights_path(self) -> Path | None:
-        from napari_nstseg.inference import default_weights_path
-
-        if self.weights_source.value == BUNDLED:
-            return default_weights_path()
+        choice = self.weights_choices[self.weights_source.value]
+        if choice.bundled:
+            return choice.path
         value = str(self.weights_file.value)
         return Path(value) if value and value != "." else None
 
@@ -448,8 +522,15 @@ class NSTSegWidget(QWidget):
         )
 
     def _weights(self) -> str | None:
-        if self.weights_source.value == BUNDLED:
-            return None
+        choice = self.weights_choices[self.weights_source.value]
+        if choice.bundled:
+            # The engine gets the checkpoint's path, so the chosen name is what runs.
+            if choice.path is None or not choice.path.is_file():
+                raise WidgetError(
+                    f"The bundled weights {choice.name!r} are no longer installed at "
+                    f"{choice.path}; choose 'file...' under weights and pick a checkpoint (.json)."
+                )
+            return str(choice.path)
         path = Path(self.weights_file.value)
         if not str(self.weights_file.value) or str(path) == "." or not path.exists():
             raise WidgetError(f"Weights file {str(path)!r} does not exist; choose a checkpoint.")
@@ -671,8 +752,18 @@ class NSTSegWidget(QWidget):
             else f"done: {done} slice(s)"
         )
         if not request.variant:
+            self._ready_to_correct(ct)
             self.update_measurements()
             self.update_metrics()
+
+    def _ready_to_correct(self, ct: Any) -> None:
+        """After a run the tumor mask is the selected layer, shown, so napari's brush, eraser and
+        fill act on it at once (not on a map that happened to be added last)."""
+        mask = self.session.mask_layer(ct)
+        if mask is None:
+            return
+        mask.visible = True
+        self.viewer.layers.selection.active = mask
 
     def _on_finished(self) -> None:
         self._worker = None
@@ -752,33 +843,93 @@ class NSTSegWidget(QWidget):
         layer = self.mask_layer()
         if layer is not None:
             self.session.watch(layer, _weak_call(self._schedule_autosave))
+            ct = self._layer(self.ct_layer.value)
+            # Where its recovery file goes, for the writer to remove it when the mask is saved.
+            layer.metadata[AUTOSAVE_KEY] = str(ct_autosave_path(ct))
 
     def _schedule_autosave(self) -> None:
         self._volume_metrics = None
         self._autosave_timer.start()
 
     def autosave_now(self) -> Path | None:
-        """Write the tumor mask to the recovery file (atomically, via io.write_mask)."""
-        from napari_nstseg.io.writers import write_mask
-
+        """Write the tumor mask to the recovery file (atomically, via io.write_mask); a mask as
+        it was last saved removes the file instead. Returns the file written, if any."""
         mask, ct = self.mask_layer(), self._layer(self.ct_layer.value)
         if mask is None or ct is None:
             return None
-        geometry = ct_geometry(ct)
-        path = autosave_path(_source_key(ct), ct.data.shape)
+        path = ct_autosave_path(ct)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_mask(path, np.asarray(mask.data), geometry)
+            return self.recovery.write(path, mask.data, ct_geometry(ct))
         except Exception as exc:
             show_warning(f"Autosave of {mask.name!r} to {path} failed: {exc}")
             return None
-        return path
+
+    def end_session(self) -> list[Path]:
+        """The viewer or this panel is closing cleanly: each tumor mask still open settles its
+        recovery file (:meth:`autosave.Recovery.settle`). Returns the files kept."""
+        self._autosave_timer.stop()
+        kept = []
+        for mask in list(self.viewer.layers):
+            if self._settle_recovery(mask):
+                kept.append(Path(mask.metadata[AUTOSAVE_KEY]))
+        return kept
+
+    def _settle_recovery(self, mask: Any) -> bool:
+        """Keep ``mask``'s recovery file only while it holds unsaved hand edits; whether kept."""
+        path = mask.metadata.get(AUTOSAVE_KEY)
+        if not path or not is_labels(mask):
+            return False
+        edited = bool(edit_tracker(mask).edited)
+        try:
+            return self.recovery.settle(Path(path), mask.data, ct_geometry(mask), edited)
+        except Exception as exc:  # closing must go on whatever the disk says
+            show_warning(f"Could not settle the autosave of {mask.name!r} at {path}: {exc}")
+            return False
+
+    def event(self, event: QEvent) -> bool:
+        # Docked: watch the main window's close and fit the dock's title. Taken out of the
+        # dock (its close button): the panel's session ends.
+        if event.type() == QEvent.Type.ParentChange:
+            if self.parent() is None:
+                if getattr(self, "_docked", False):
+                    self._docked = False
+                    self.end_session()
+            else:
+                self._docked = True
+                self._on_docked()
+        return super().event(event)
+
+    def _on_docked(self) -> None:
+        window = QWidget.window(self)  # self.window is the HU window control
+        if window is not self and window is not self._watched_window:
+            window.installEventFilter(self._close_watch)
+            self._watched_window = window
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
+        # The dock's title bar is made after the panel is put in it, and the main window lays
+        # its docks out once they are shown: fitted then.
+        super().showEvent(event)
+        QTimer.singleShot(0, self._fit_dock_title)
+
+    def _fit_dock_title(self) -> None:
+        dock = self.parent()
+        while dock is not None and not isinstance(dock, QDockWidget):
+            dock = dock.parent()
+        title = None if dock is None else dock.titleBarWidget()
+        if title is not None and title.layout() is not None:
+            # The whole title ("Segment small tumors (CDI-NSTSEG) (napari-nstseg)") readable
+            # beside the title bar's buttons, not cut at the panel's own width.
+            # (+16: the title bar's separator line takes a few pixels of its own)
+            needed = title.layout().sizeHint().width() + 16
+            if needed > self.minimumWidth():
+                self.setMinimumWidth(needed)
+                dock.updateGeometry()
 
     def _offer_autosave(self) -> None:
         ct = self._layer(self.ct_layer.value)
         available = False
         if ct is not None and is_image(ct) and ct.data.ndim == 3:
-            available = autosave_path(_source_key(ct), ct.data.shape).exists()
+            available = ct_autosave_path(ct).exists()
         self.restore_button.setVisible(available)
         if available:
             show_info(
@@ -795,7 +946,7 @@ class NSTSegWidget(QWidget):
         try:
             ct = self._ct()
             geometry = ct_geometry(ct)
-            path = autosave_path(_source_key(ct), ct.data.shape)
+            path = ct_autosave_path(ct)
             data = read_mask(path, like=geometry)
         except Exception as exc:
             self._fail(f"Could not restore the autosaved mask: {exc}")
@@ -968,14 +1119,29 @@ def _weights_error(weights: str | None, exc: Exception) -> str:
             "weights and pick a checkpoint (.json)."
         )
     where = "the bundled weights" if weights is None else f"weights file {weights!r}"
+    if weights is not None and _is_bundled(Path(weights)):
+        where = f"the bundled weights {Path(weights).stem!r}"
     text = str(exc).strip() or type(exc).__name__
     return f"Could not load {where}: {text}"
 
 
-def _source_key(ct: Any) -> str:
-    """What identifies a scan across sessions: its file, else (made in napari) its layer name."""
-    geometry = ct_geometry(ct)
-    return geometry.source_path or f"layer:{ct.name}"
+def _is_bundled(path: Path) -> bool:
+    from napari_nstseg.models import bundled
+
+    return path.resolve().parent == Path(bundled.WEIGHTS_DIR).resolve()
+
+
+class _CloseWatch(QObject):
+    """Calls ``on_close`` when the window it watches (napari's main window) is closed."""
+
+    def __init__(self, parent: QObject, on_close: Callable[[], None]) -> None:
+        super().__init__(parent)
+        self._on_close = on_close
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt's name)
+        if event.type() == QEvent.Type.Close:
+            self._on_close()
+        return False
 
 
 def _weak_call(method: Callable[[], None]) -> Callable[[], None]:

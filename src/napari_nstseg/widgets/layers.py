@@ -472,7 +472,8 @@ def show_prediction(
     def labels_from(prob: np.ndarray, name: str, color: str) -> None:
         if rethreshold and find_linked(viewer, ct_layer, names.role(name)) is None:
             return
-        layer = _get_labels(viewer, names, name, shape, ct_layer, color, opacity=0.5, visible=False)
+        # Outlines: the stage masks show where each stage cuts without hiding the CT under them.
+        layer = _get_labels(viewer, names, name, shape, ct_layer, color, opacity=0.8, contour=1)
         _put_map(layer, region, prob, lambda p: (as_probability_uint8(p) >= cut).astype(np.uint8))
         out[name] = layer
 
@@ -500,7 +501,8 @@ def show_prediction(
         if maps.stages:
             labels_from(prob, names.stage(k), "cyan")
         if maps.stage_probabilities:
-            image_from(prob, names.stage_probability(k), "viridis", opacity=0.6, visible=False)
+            # Black at 0: with additive blending only where the stage sees tumor is tinted.
+            image_from(prob, names.stage_probability(k), "green", opacity=0.5)
     if maps.residual and view.residual is not None and not rethreshold:
         # Reconstruction error is not a probability: kept as float, contrast from its range.
         layer = _get_image(
@@ -513,7 +515,6 @@ def show_prediction(
             colormap="inferno",
             blending="additive",
             opacity=0.6,
-            visible=False,
         )
         _put_map(layer, region, view.residual, lambda r: r.astype(np.float32))
         high = float(np.percentile(layer.data[region.z, region.y, region.x], 99.5))
@@ -521,9 +522,8 @@ def show_prediction(
         out[names.residual] = layer
     if maps.scale_weights and view.scale_weights is not None and not rethreshold:
         for i, weights in enumerate(view.scale_weights):
-            image_from(
-                weights, names.scale_weight(i), _SCALE_COLORMAPS[i], opacity=0.5, visible=False
-            )
+            # The three add up to 1 everywhere: faint, so the CT still reads through them.
+            image_from(weights, names.scale_weight(i), _SCALE_COLORMAPS[i], opacity=0.3)
 
     # Not marked generated: a tumor mask of another shape is renamed aside, never deleted.
     mask_layer = _get_labels(viewer, names, names.tumor_mask, shape, ct_layer, "red", opacity=0.6)
