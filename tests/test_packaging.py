@@ -50,7 +50,7 @@ def test_napari_lists_reader_writer_sample_and_widget():
     c = mf.contributions
     assert any("*.nii.gz" in r.filename_patterns and r.accepts_directories for r in c.readers)
     assert any("labels" in [str(t) for t in w.layer_types] for w in c.writers)
-    assert [s.key for s in c.sample_data] == ["sample_ct"]
+    assert [s.key for s in c.sample_data] == ["sample_ct", "sample_sarcoma"]
     assert len(c.widgets) == 1
     # every command must resolve to a real, importable callable
     for cmd in c.commands:
