@@ -51,7 +51,7 @@ case "${1:-}" in
     exec python scripts/bundle_sarcoma.py --seg "$WORK/default/best.json" \
       --tune "$WORK/default/tune_val/tune.json" \
       --compare "U-Net=$WORK/unet/best.json:$WORK/unet/tune_val/tune.json" \
-      --data "$DATA" --split-file "$SPLIT" --work "$WORK/bundle"
+      --data "$DATA" --split-file "$SPLIT" --work "$WORK/bundle" --offcentre
     ;;
   *)
     sed -n '2,12p' "$0"

@@ -102,14 +102,23 @@ def test_the_repository_sarcoma_split_is_by_patient_and_disjoint():
         assert found == ids["train"] | ids["val"] | ids["test"]
 
 
-def test_train_then_evaluate_on_case_folders_through_the_cli(cases_root, split_file, tmp_path):
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def tiny_run(cases_root, split_file, tmp_path_factory) -> Path:
+    """A tiny CDI-NSTSEG trained on the case folders through `nstseg train`."""
+    out = tmp_path_factory.mktemp("runs") / "run"
     code = main([
         "train", "--data", str(cases_root), "--split-file", str(split_file), "--out", str(out),
         "--base-width", "8", "--set", "fused_channels=8", "--epochs", "1",
         "--steps-per-epoch", "2", "--batch-size", "4", "--crop-size", "32", "--no-progress",
     ])  # fmt: skip
     assert code == 0
+    return out
+
+
+def test_train_then_evaluate_on_case_folders_through_the_cli(
+    cases_root, split_file, tiny_run, tmp_path
+):
+    out = tiny_run
     meta = json.loads((out / "final.json").read_text())
     data = meta["provenance"]["training_data"]
     assert data["cases"] == {"train": 3, "val": 1, "test": 1}
@@ -121,6 +130,12 @@ def test_train_then_evaluate_on_case_folders_through_the_cli(cases_root, split_f
     assert code == 0
     rows = (tmp_path / "ev" / "cases.csv").read_text().splitlines()
     assert len(rows) == 2 and "STS_004" in rows[1] and "hd95_mm" in rows[0]
+    from napari_nstseg.training.offcentre import CORNERS, measure
+
+    off = measure(out / "final.json", cases_root, "val", str(split_file), out=tmp_path / "off")
+    assert [r["case"] for r in off["cases"]] == ["STS_003"]
+    assert 0 <= off["whole_dice"] <= 1 and set(CORNERS) <= set(off["cases"][0])
+    assert (tmp_path / "off" / "offcentre.json").is_file()
     volume = json.loads((tmp_path / "ev" / "evaluation.json").read_text())["volume"]
     assert volume["cases"] == 1 and volume["scans_with_tumour"] == 1
     assert volume["dice_median"] == pytest.approx(volume["dice"])
@@ -177,3 +192,44 @@ def test_mae_pretraining_on_case_folders_reads_the_training_cts_never_the_contou
 
     volumes = find_volumes(cases_root)
     assert volumes and all(v.name == "ct.nii.gz" for v in volumes)
+
+
+def test_corner_crops_put_the_tumour_off_centre():
+    from napari_nstseg.training.offcentre import corner_boxes
+
+    boxes = corner_boxes((100, 80), 0.7)
+    assert boxes["top-left"] == (slice(0, 70), slice(0, 56))
+    assert boxes["bottom-right"] == (slice(30, 100), slice(24, 80))
+    # a tumour in the middle of the case lies at an edge region of every corner crop
+    for ys, xs in boxes.values():
+        centre = ((ys.start + ys.stop) / 2, (xs.start + xs.stop) / 2)
+        assert abs(centre[0] - 50) >= 14 and abs(centre[1] - 40) >= 11
+
+
+def test_bundle_sarcoma_writes_named_weights_card_and_comparison(
+    cases_root, split_file, tiny_run, tmp_path, monkeypatch
+):
+    from napari_nstseg.models.bundled import bundled_weights
+    from script_helpers import ROOT, load_script
+
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    bundle = load_script("bundle_sarcoma")
+    tune = tmp_path / "tune.json"
+    point = {"threshold": 0.6, "min_lesion_mm": 0.0, "min_depth_mm": 4.0}
+    tune.write_text(json.dumps({"postprocess": point}))
+    weights, docs = tmp_path / "weights", tmp_path / "docs"
+    docs.mkdir()
+    code = bundle.main([
+        "--seg", str(tiny_run / "final.json"), "--tune", str(tune),
+        "--compare", f"U-Net={tiny_run / 'final.json'}:{tune}", "--data", str(cases_root),
+        "--split-file", str(split_file), "--work", str(tmp_path / "work"),
+        "--weights-dir", str(weights), "--docs", str(docs), "--hardware", "test CPU",
+    ])  # fmt: skip
+    assert code == 0
+    named = bundled_weights(weights)["sarcoma"]
+    assert named.description.startswith("CDI-NSTSEG for soft-tissue sarcoma")
+    assert json.loads(named.path.read_text())["postprocess"] == point
+    card = (weights / "MODEL_CARD_sarcoma.md").read_text()
+    assert "not for diagnosis" in card and "STS_003" in card and "test CPU" in card
+    table = (docs / "sarcoma.md").read_text()
+    assert "| U-Net |" in table and "| CDI-NSTSEG (bundled `sarcoma`) |" in table

@@ -115,7 +115,7 @@ class EngineConfig:
     maps: MapRequest = field(default_factory=MapRequest)
     prob_dtype: str = "uint8"
     residual_masks: int = 4
-    residual_shifts: int = 4
+    residual_shifts: int = 2
     seed: int = 0
     mirror: bool = False
 

@@ -218,7 +218,7 @@ def _add_residual_auroc(subparsers) -> None:
     p.add_argument("--split-file", metavar="JSON", help="fixed split by case")
     p.add_argument("--ring-mm", type=float, default=20.0, help="surroundings: within MM (20)")
     p.add_argument(
-        "--shifts", type=int, default=4, help="patch grids averaged per slice (4; 1: one grid)"
+        "--shifts", type=int, default=2, help="patch grids averaged per slice (2; 1: one grid)"
     )
     p.add_argument("--out", help="folder for residual_auroc.json")
     p.set_defaults(func=_residual_auroc)

@@ -193,7 +193,7 @@ class TrainConfig:
     init_weights: str | None = None
     mae_weights: str | None = None
     residual_masks: int = 4
-    residual_shifts: int = 4
+    residual_shifts: int = 2
     threshold: float = 0.5
     keep_epochs: int = 2
     progress: bool = True

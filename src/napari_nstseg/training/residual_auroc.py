@@ -33,7 +33,7 @@ class ResidualAurocConfig:
     ring_mm: float = 20.0
     soft_hu: tuple[float, float] = (-100.0, 200.0)
     masks: int = 4
-    shifts: int = 4
+    shifts: int = 2
     seed: int = 0
     max_pixels: int = 20000
 
