@@ -8,6 +8,9 @@ from typing import Any
 SAMPLE_DIR = Path(__file__).parent / "sample_data"
 SAMPLE_CT = SAMPLE_DIR / "sample_ct.nii.gz"
 SAMPLE_MASK = SAMPLE_DIR / "sample_ct_lesion.nii.gz"
+# TotalSegmentator's organ labels of the same scan ("total" ids: 5 liver, ...), for organ mode.
+SAMPLE_ORGANS = SAMPLE_DIR / "sample_ct_organs.nii.gz"
+SAMPLE_ORGANS_NAME = "sample CT organs (TotalSegmentator)"
 SARCOMA_DIR = SAMPLE_DIR / "sarcoma"
 SARCOMA_CT = SARCOMA_DIR / "STS_008_ct.nii.gz"
 SARCOMA_CONTOUR = SARCOMA_DIR / "STS_008_tumour.nii.gz"
@@ -28,10 +31,16 @@ def _ct_and_ground_truth(
 
 
 def sample_ct():
-    """The sample CT (Image) and its ground-truth lesion mask (Labels), on the same grid."""
-    return _ct_and_ground_truth(
+    """The sample CT (Image), its ground-truth lesion mask (Labels) and TotalSegmentator's organ
+    labels (Labels, hidden so the faint lesion stays visible), all on the same grid."""
+    from napari_nstseg._reader import read_layers
+
+    layers = _ct_and_ground_truth(
         SAMPLE_CT, SAMPLE_MASK, "sample CT", "sample CT ground truth", opacity=0.5
     )
+    organs, kwargs, _ = read_layers(SAMPLE_ORGANS, as_labels=True)[0]
+    style = {"name": SAMPLE_ORGANS_NAME, "visible": False, "opacity": 0.3}
+    return [*layers, (organs, {**kwargs, **style}, "labels")]
 
 
 def sample_sarcoma():
