@@ -1,11 +1,14 @@
-"""Screenshot of the NSTSEG dock widget on the sample CT: docs/images/widget.png.
+"""Screenshots of the NSTSEG panel on the sample CT: docs/images/widget.png and ablation_grid.png.
 
-Opens sample_data/sample_ct.nii.gz (and its ground-truth lesion) with the plugin's reader,
-docks the widget, runs the whole volume and saves the window. Until trained weights are bundled
-it runs an UNTRAINED tiny network (its BatchNorm statistics measured on the scan so the maps are
-not flat), so every map in the picture is structured noise, not a segmentation.
+As a user gets there: napari at 1600 x 1000, File > Open Sample > napari-nstseg > the sample CT
+(with its ground truth), the panel from the Plugins menu, the bundled weights, a whole-volume
+run (widget.png: the whole panel, the tumor mask selected, the maps asked for shown, the metrics
+against the ground truth), then "Run variants on current slice" on the lesion's slice
+(ablation_grid.png: the full model and the four variants side by side, each cell its CT, mask
+and name). ``--weights untrained`` runs a small untrained network instead (structured noise,
+for an installation without bundled weights).
 
-    xvfb-run -a .venv/bin/python docs/screenshots.py [--weights CHECKPOINT|bundled] [--out PATH]
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/screenshots.py
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLE_CT = ROOT / "sample_data" / "sample_ct.nii.gz"
-SAMPLE_MASK = ROOT / "sample_data" / "sample_ct_lesion.nii.gz"
+IMAGES = ROOT / "docs" / "images"
+PLUGIN, WIDGET = "napari-nstseg", "Segment small tumors (CDI-NSTSEG)"
+WINDOW_SIZE = (1600, 1000)
 
 
 def untrained_checkpoint(folder: Path, hu_zyx) -> str:
@@ -38,77 +42,90 @@ def untrained_checkpoint(folder: Path, hu_zyx) -> str:
     return str(stem) + ".json"
 
 
+def settle(seconds: float = 1.0) -> None:
+    """Let Qt lay out and draw for a while."""
+    from qtpy.QtWidgets import QApplication
+
+    app = QApplication.instance()
+    end = time.time() + seconds
+    while time.time() < end:
+        app.processEvents()
+        time.sleep(0.02)
+
+
+def wait_for(widget, what: str, limit_s: float = 900) -> None:
+    end = time.time() + limit_s
+    while widget.running and time.time() < end:
+        settle(0.1)
+    if widget.running:
+        raise SystemExit(f"{what} did not finish in {limit_s:.0f} s")
+    if widget.last_error:
+        raise SystemExit(f"{what} failed: {widget.last_error}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--weights",
-        help="checkpoint to run, or 'bundled' for the shipped weights as a user picks them "
-        "(default: an untrained tiny one)",
+        default="bundled",
+        help="'bundled' (the shipped default, as a user picks it), 'untrained', or a checkpoint",
     )
-    parser.add_argument("--threshold", type=float, default=0.8)
-    parser.add_argument("--out", default=str(ROOT / "docs" / "images" / "widget.png"))
+    parser.add_argument("--threshold", type=float, help="default: the weights' own")
+    parser.add_argument("--out", default=str(IMAGES), help="folder for the two PNGs")
     args = parser.parse_args()
 
     import napari
-    from qtpy.QtWidgets import QApplication
+    import numpy as np
 
-    from napari_nstseg._reader import read_layers
-    from napari_nstseg.widgets.dock import BUNDLED, FROM_FILE, NSTSegWidget
+    from napari_nstseg.widgets.dock import BUNDLED, FROM_FILE
 
     viewer = napari.Viewer(show=True)
-    viewer.window._qt_window.resize(1600, 1000)
-    data, kwargs, _ = read_layers(SAMPLE_CT)[0]
-    ct = viewer.add_image(data, **{**kwargs, "name": "sample CT"})
-    mask_data, mask_kwargs, _ = read_layers(SAMPLE_MASK, as_labels=True)[0]
-    viewer.add_labels(mask_data, **{**mask_kwargs, "name": "ground truth", "opacity": 0.4})
-
-    weights = args.weights or untrained_checkpoint(Path(tempfile.mkdtemp()), ct.data)
-    widget = NSTSegWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="NSTSEG", area="right")
-    widget.ct_layer.value = "sample CT"
-    if weights == "bundled":
+    viewer.window.resize(*WINDOW_SIZE)
+    viewer.open_sample(PLUGIN, "sample_ct")
+    ct, truth = viewer.layers["sample CT"], viewer.layers["sample CT ground truth"]
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    if args.weights == "bundled":
         widget.weights_source.value = BUNDLED
     else:
+        weights = args.weights
+        if weights == "untrained":
+            weights = untrained_checkpoint(Path(tempfile.mkdtemp()), np.asarray(ct.data))
         widget.weights_source.value = FROM_FILE
         widget.weights_file.value = weights
+    if args.threshold is not None:
+        widget.threshold.value = args.threshold
     widget.device.value = "auto"
-    widget.show_stage_probs.value = True
-    widget.show_scale_weights.value = True
-    widget.gt_layer.value = "ground truth"
     widget.mode.value = "whole volume"
-    # An untrained net puts most pixels near 0.5; a high threshold keeps the CT visible.
-    widget.threshold.value = args.threshold
 
-    lesion_z = int(mask_data.reshape(mask_data.shape[0], -1).any(axis=1).argmax())
-    viewer.dims.set_point(0, ct.translate[0] + (lesion_z + 2) * ct.scale[0])
-    app = QApplication.instance()
+    # The view on the lesion's largest cross-section.
+    lesion = np.asarray(truth.data) > 0
+    lesion_z = int(np.argmax(lesion.sum(axis=(1, 2))))
+    viewer.dims.set_point(0, ct.translate[0] + lesion_z * ct.scale[0])
     widget.run()
-    deadline = time.time() + 600
-    while widget.running and time.time() < deadline:
-        app.processEvents()
-        time.sleep(0.05)
-    if widget.last_error:
-        raise SystemExit(f"the run failed: {widget.last_error}")
-
-    names = [layer.name for layer in viewer.layers]
-    for name in names:
-        if name.startswith("sample CT ") and name != "sample CT tumor mask":
-            viewer.layers[name].visible = False
-    # The coarse map faintly under the mask outline, so the CT stays readable.
-    viewer.layers["sample CT GLM coarse"].visible = True
-    viewer.layers["sample CT GLM coarse"].opacity = 0.35
-    viewer.layers["sample CT tumor mask"].contour = 1
-    viewer.layers.selection.active = viewer.layers["sample CT tumor mask"]
+    wait_for(widget, "the whole-volume run")
+    truth.visible = False  # scored in the panel; the picture shows the model's mask
     viewer.reset_view()
-    widget.update_metrics()
-    for _ in range(20):
-        app.processEvents()
-        time.sleep(0.05)
-
+    settle(2.0)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    viewer.screenshot(str(out), canvas_only=False)
-    print(f"saved {out} ({len(names)} layers: {', '.join(names)})")
+    out.mkdir(parents=True, exist_ok=True)
+    names = [layer.name for layer in viewer.layers]
+    viewer.screenshot(str(out / "widget.png"), canvas_only=False)
+    active = viewer.layers.selection.active
+    print(f"saved {out / 'widget.png'}: selected {active.name!r}; layers {', '.join(names)}")
+    print(f"  status: {widget.status.value}; ground truth: {widget.gt_layer.value}")
+
+    widget.results.setCurrentIndex(2)  # the "Visual ablation" tab, as a user opens it
+    widget.run_variants()
+    wait_for(widget, "the ablation variants")
+    # The panel folded away for this one: five cells get the window's width and their names
+    # ("sample CT tumor mask [single scale 1.0]") fit.
+    dock.hide()
+    settle(2.0)
+    viewer.reset_view()
+    settle(1.0)
+    viewer.screenshot(str(out / "ablation_grid.png"), canvas_only=True)
+    shown = [layer.name for layer in viewer.layers if layer.visible]
+    print(f"saved {out / 'ablation_grid.png'}: visible {', '.join(shown)}")
     viewer.close()
 
 
