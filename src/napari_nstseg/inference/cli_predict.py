@@ -17,6 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from napari_nstseg.inference.organ_cli import (
+    add_organ_args,
+    organ_labels,
+    organ_report,
+    read_organ_mask,
+)
 from napari_nstseg.inference.predict_outputs import (
     PredictOutputs,
     plan_outputs,
@@ -111,6 +117,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="also write a label map on the scan's grid in which each lesion holds the id the "
         "report gives it (1 = largest)",
     )
+    add_organ_args(p)
     p.set_defaults(func=run_predict)
     return p
 
@@ -229,6 +236,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     timings: dict[str, float] = {}
     # Arguments and every output path first: a mistake costs a second, not a model run, and
     # none of this needs torch.
+    organs = organ_labels(args.organ_mask, args.organs, args.organ_margin_mm, "--organ-mask")
     plan = plan_outputs(args)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -238,6 +246,9 @@ def _run_predict(args: argparse.Namespace) -> int:
     timings["read"] = time.perf_counter() - t
     zs = parse_slices(args.slices, ct.shape[0])
     plan.check_space(int(np.prod(ct.shape)))
+    search = organ_map = None
+    if organs is not None:
+        search, organ_map, zs_run = _organ_search(args, ct, organs, zs, plan.weights_meta)
 
     import torch
 
@@ -270,6 +281,8 @@ def _run_predict(args: argparse.Namespace) -> int:
     timings["load"] = time.perf_counter() - t
 
     n = len(zs) if zs is not None else ct.shape[0]
+    if search is not None:
+        n = len(zs_run)  # slices the organ boxes run, counted once per box
     if plan.maps_dir is not None:
         maps = MapRequest(coarse=True, stages=True, residual=seg.has_mae, scale_weights=True)
     else:
@@ -294,7 +307,15 @@ def _run_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     with tqdm(total=n, unit="slice", file=sys.stderr, disable=None) as bar:
-        for event in seg.iter_predict(ct.hu, ct.spacing, z_indices=zs, maps=maps):
+        if search is None:
+            events = seg.iter_predict(ct.hu, ct.spacing, z_indices=zs, maps=maps)
+        else:
+            from napari_nstseg.inference.organs import iter_predict_in_organs
+
+            events = iter_predict_in_organs(
+                seg, ct.hu, ct.spacing, organ_map, search, z_indices=zs, maps=maps
+            )
+        for event in events:
             bar.update(len(event.z))
             pred = event.prediction
     timings["predict"] = time.perf_counter() - t
@@ -379,6 +400,7 @@ def _run_predict(args: argparse.Namespace) -> int:
                     "process_peak_rss_bytes": _peak_host_bytes(),
                     "prediction_bytes": pred.nbytes,
                 },
+                "organs": _organ_entry(args, search, pred),
                 "lesions": lesions,
                 "outputs": outputs,
             }
@@ -403,6 +425,35 @@ def _run_predict(args: argparse.Namespace) -> int:
     if plan.report is not None:
         print(f"report: {plan.report}")
     return 0
+
+
+def _organ_search(args, ct, organs, zs, meta):
+    """Organ mode's search, its label map (checked) and the slices its boxes run; before torch,
+    so a bad mask or a --slices range without organ costs a second."""
+    from napari_nstseg.inference.organs import OrganSearch, organ_boxes, organ_jobs
+
+    organ_map = read_organ_mask(args.organ_mask, ct.geometry, organs)
+    search = OrganSearch.for_weights(organs, args.organ_margin_mm, meta)
+    jobs = organ_jobs(organ_boxes(organ_map, ct.spacing, search), zs)
+    wanted = ", ".join(f"{v} ({n})" for v, n in zip(organs, search.names(), strict=True))
+    if not jobs:
+        raise ValueError(
+            f"{args.organ_mask}: organ label {wanted} lies on none of the slices "
+            f"--slices {args.slices!r} selects"
+        )
+    zs_run = [z for _, _, job_zs in jobs for z in job_zs]
+    print(
+        f"organ mode: searching organ label {wanted} within {search.margin_mm:g} mm "
+        f"({len(jobs)} box(es), {len(set(zs_run))} slice(s)); lesions elsewhere are not sought",
+        file=sys.stderr,
+    )
+    return search, organ_map, zs_run
+
+
+def _organ_entry(args, search, pred) -> dict[str, Any] | None:
+    if search is None:
+        return None
+    return {**organ_report(search, pred), "mask": str(Path(args.organ_mask).resolve())}
 
 
 def _jsonable(value: Any) -> Any:

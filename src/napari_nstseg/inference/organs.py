@@ -8,12 +8,16 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import ndimage
 
-from napari_nstseg.inference.engine import ProgressEvent
-from napari_nstseg.inference.prediction import MapRequest, Prediction
+from napari_nstseg.organ_labels import TOTALSEGMENTATOR_TOTAL
+
+if TYPE_CHECKING:  # torch only when a model runs: `nstseg predict` checks masks before it
+    from napari_nstseg.inference.engine import ProgressEvent
+    from napari_nstseg.inference.prediction import MapRequest, Prediction
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,22 @@ class OrganSearch:
         if self.field_mm is not None and not self.field_mm > 0:
             raise ValueError(f"field_mm must be a positive size in mm, got {self.field_mm!r}")
 
+    @classmethod
+    def for_weights(
+        cls, labels: Sequence[int], margin_mm: float, meta: dict[str, Any] | None
+    ) -> OrganSearch:
+        """The search over ``labels`` with the zoom limits the checkpoint stores under
+        ``organ_search`` (``field_mm``, ``min_zoom``, ``max_zoom``); none stored: zoom 1, the
+        scale the weights were trained at."""
+        stored = (meta or {}).get("organ_search") or {}
+        keys = ("field_mm", "min_zoom", "max_zoom")
+        return cls(tuple(labels), margin_mm, **{k: stored[k] for k in keys if k in stored})
+
+    def names(self, names: dict[int, str] | None = None) -> list[str]:
+        """Each label's organ name (TotalSegmentator's "total" table by default), or its id."""
+        table = TOTALSEGMENTATOR_TOTAL if names is None else names
+        return [table.get(v, f"label {v}") for v in self.labels]
+
     def zoom(self, extent_mm: float) -> float:
         """How much to enlarge a crop ``extent_mm`` wide (its longer in-plane side)."""
         if self.field_mm is None or extent_mm <= 0:
@@ -70,7 +90,10 @@ def check_label_map(labels: np.ndarray, shape: Sequence[int], wanted: Sequence[i
         )
     present = set(np.unique(labels).tolist()) - {0}
     if not present:
-        raise ValueError(f"{name}: the organ mask is empty")
+        raise ValueError(
+            f"{name}: the organ mask is empty (no voxel has organ label "
+            f"{', '.join(map(str, wanted))})"
+        )
     missing = [v for v in wanted if v not in present]
     if missing:
         raise ValueError(
@@ -141,6 +164,29 @@ def _clip_to_zone(pred: Prediction, zone: np.ndarray) -> None:
         pred.scale_weights[:, outside] = 0
 
 
+def organ_jobs(
+    boxes: Sequence[OrganBox],
+    z_indices: Sequence[int] | None = None,
+    roi: Sequence[int] | None = None,
+) -> list[tuple[OrganBox, tuple[int, int, int, int, int, int], list[int]]]:
+    """What organ mode runs: each box cut to ``roi`` and with the slices of ``z_indices`` in
+    it, as (box, cut box, slices); boxes left with no slice are dropped."""
+    wanted = None if z_indices is None else {int(z) for z in z_indices}
+    jobs = []
+    for ob in boxes:
+        z0, z1, y0, y1, x0, x1 = ob.box
+        if roi is not None:
+            r = [int(v) for v in roi]
+            z0, y0, x0 = max(z0, r[0]), max(y0, r[2]), max(x0, r[4])
+            z1, y1, x1 = min(z1, r[1]), min(y1, r[3]), min(x1, r[5])
+            if z0 >= z1 or y0 >= y1 or x0 >= x1:
+                continue
+        zs = list(range(z0, z1)) if wanted is None else sorted(wanted & set(range(z0, z1)))
+        if zs:
+            jobs.append((ob, (z0, z1, y0, y1, x0, x1), zs))
+    return jobs
+
+
 def iter_predict_in_organs(
     engine,
     volume_hu: np.ndarray,
@@ -157,23 +203,13 @@ def iter_predict_in_organs(
     ``zoom`` times larger, so the engine resamples it ``zoom`` times finer and maps it back;
     then everything outside ``search_zone`` is set to 0 and the operating point re-applied.
     Yields the engine's progress events, numbered over all organs."""
+    from napari_nstseg.inference.engine import ProgressEvent
+
     vol = np.asarray(volume_hu)
     check_label_map(labels, vol.shape, search.labels, "organ mask")
     sp = tuple(float(s) for s in spacing)
     boxes = organ_boxes(labels, sp, search)
-    wanted = None if z_indices is None else {int(z) for z in z_indices}
-    jobs = []
-    for ob in boxes:
-        z0, z1, y0, y1, x0, x1 = ob.box
-        if roi is not None:
-            r = [int(v) for v in roi]
-            z0, y0, x0 = max(z0, r[0]), max(y0, r[2]), max(x0, r[4])
-            z1, y1, x1 = min(z1, r[1]), min(y1, r[3]), min(x1, r[5])
-            if z0 >= z1 or y0 >= y1 or x0 >= x1:
-                continue
-        zs = list(range(z0, z1)) if wanted is None else sorted(wanted & set(range(z0, z1)))
-        if zs:
-            jobs.append((ob, (z0, z1, y0, y1, x0, x1), zs))
+    jobs = organ_jobs(boxes, z_indices, roi)
     pred = into if into is not None else engine._new_prediction(vol.shape, sp)
     total = sum(len(zs) for _, _, zs in jobs)
     done = 0

@@ -141,11 +141,17 @@ def plan_outputs(args: argparse.Namespace) -> PredictOutputs:
         map_suffix=suffix,
         report=Path(args.report).expanduser().absolute() if args.report else None,
         lesion_map=Path(lesion_map).expanduser().absolute() if lesion_map else None,
-        inputs={"the CT scan": Path(args.ct_file), **inputs},
+        inputs={"the CT scan": Path(args.ct_file), **_organ_input(args), **inputs},
         weights_meta=meta,
     )
     plan.check()
     return plan
+
+
+def _organ_input(args: argparse.Namespace) -> dict[str, Path]:
+    """Organ mode's label map is an input too: never written over."""
+    mask = getattr(args, "organ_mask", None)
+    return {"the organ mask": Path(mask)} if mask else {}
 
 
 def weights_file(spec: str | None) -> Path | None:
