@@ -233,3 +233,16 @@ def test_bundle_sarcoma_writes_named_weights_card_and_comparison(
     assert "not for diagnosis" in card and "STS_003" in card and "test CPU" in card
     table = (docs / "sarcoma.md").read_text()
     assert "| U-Net |" in table and "| CDI-NSTSEG (bundled `sarcoma`) |" in table
+
+
+def test_results_never_go_into_the_data_set_or_over_an_input(
+    cases_root, tiny_run, tmp_path, capsys
+):
+    ckpt = str(tiny_run / "final.json")
+    before = {p: p.stat().st_mtime_ns for p in [*cases_root.rglob("*"), *tiny_run.iterdir()]}
+    assert main(["evaluate", ckpt, "--data", str(cases_root), "--out", str(cases_root / "e")]) == 2
+    assert "it is inside the data set" in capsys.readouterr().err
+    assert main(["train", "--data", str(cases_root), "--init", ckpt, "--out", str(tiny_run)]) == 2
+    assert "it is the starting weights this command reads" in capsys.readouterr().err
+    after = {p: p.stat().st_mtime_ns for p in [*cases_root.rglob("*"), *tiny_run.iterdir()]}
+    assert after == before  # nothing written, nothing made

@@ -109,6 +109,37 @@ def check_folder(folder: str | os.PathLike, for_file: str | os.PathLike | None =
         )
 
 
+def check_results_folder(
+    folder: str | os.PathLike,
+    writes: Iterable[str],
+    inputs: Mapping[str, str | os.PathLike | None],
+) -> Path:
+    """Refuse a results folder a command would write ``writes`` (file names) into when it is,
+    or lies inside, an input folder (a data set is never written into), when one of those files
+    would be an input file, or when the folder cannot be written. ``inputs``: what -> path
+    (None: not given)."""
+    target = Path(folder).expanduser().absolute()
+    check_folder(target)
+    for what, path in inputs.items():
+        if path is None:
+            continue
+        source = Path(path).expanduser().absolute()
+        if source.is_dir() and (
+            same_file(target, source) or target.resolve().is_relative_to(source.resolve())
+        ):
+            raise OutputPathError(
+                target, f"it is inside {what} ({source})", "choose a results folder outside it"
+            )
+        for name in writes:
+            if same_file(target / name, source):
+                raise OutputPathError(
+                    target / name,
+                    f"it is {what} this command reads",
+                    "choose another results folder (inputs are never written over)",
+                )
+    return target
+
+
 def check_distinct(paths: Iterable[str | os.PathLike]) -> None:
     """Refuse two outputs at one path (one would silently replace the other)."""
     seen: list[Path] = []

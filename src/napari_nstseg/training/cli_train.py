@@ -29,12 +29,6 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="dataset folder: MSD (split in dataset.json), images/ + masks/, or one folder per "
         "case with ct.nii.gz and tumour.nii.gz",
     )
-    p.add_argument(
-        "--split-file",
-        metavar="JSON",
-        help='fixed split by case: {"train": [ids], "val": [ids], "test": [ids]}; cases not '
-        "listed are left out",
-    )
     p.add_argument("--out", required=True, help="output folder for checkpoints and the log")
     p.add_argument("--epochs", type=int)
     p.add_argument("--steps-per-epoch", type=int, help="default: one pass over the slices")
@@ -74,6 +68,12 @@ def add_parser(subparsers) -> None:
         ),
     )
     _common(p)
+    p.add_argument(
+        "--split-file",
+        metavar="JSON",
+        help='fixed split by case: {"train": [ids], "val": [ids], "test": [ids]}; cases not '
+        "listed are left out",
+    )
     p.add_argument("--variant", choices=tuple(VARIANTS), help="ablation (default: default)")
     p.add_argument("--base-width", type=int, help="encoder width b (64 in the paper)")
     p.add_argument(
@@ -228,6 +228,7 @@ def _residual_auroc(args: argparse.Namespace) -> int:
     from napari_nstseg.training.residual_auroc import ResidualAurocConfig, measure
 
     cfg = ResidualAurocConfig(ring_mm=args.ring_mm, shifts=args.shifts)
+    _check_results(args.out, None, ("residual_auroc.json",), args, **{"the MAE": args.mae})
     measure(args.mae, args.data, args.split, args.split_file, cfg, args.out)
     return 0
 
@@ -255,6 +256,9 @@ def _checkpoint_on_split_args(p: argparse.ArgumentParser, split: str, out: str) 
         action="store_true",
         help="average each slice's maps with its left-right mirror image's (twice the time)",
     )
+    from napari_nstseg.training.organ_eval import add_organ_eval_args
+
+    add_organ_eval_args(p)  # organ mode (--organ-masks, --organs, --organ-margin-mm)
 
 
 def _weights(args: argparse.Namespace, what: str) -> str:
@@ -407,9 +411,33 @@ def build_mae_config(args: argparse.Namespace):
     return MAEPretrainConfig.from_dict(d)
 
 
+# What each command writes into its results folder (checked against its inputs before work).
+_RUN_FILES = ("best.json", "best.safetensors", "final.json", "final.safetensors", "log.csv")
+_EVAL_FILES = ("evaluation.json", "evaluation.csv", "cases.csv", "lesions.csv")
+_TUNE_FILES = ("tune.json", "tune.csv")
+
+
+def _check_results(out, default_name: str | None, writes, args, **inputs) -> None:
+    """A command's results folder never lies inside its data set and never writes over one of
+    its inputs (see io.outputs.check_results_folder)."""
+    from napari_nstseg.io.outputs import check_results_folder
+
+    if out is None and default_name is not None:
+        weights = args.weights or args.weights_pos
+        out = Path(weights).resolve().parent / default_name if weights else None
+    if out is not None:
+        named = {"the data set": getattr(args, "data", None), **inputs}
+        check_results_folder(out, writes, {k: v for k, v in named.items() if v})
+
+
 def _train(args: argparse.Namespace) -> int:
     from napari_nstseg.training.loop import train
 
+    _check_results(args.out, None, _RUN_FILES, args, **{
+        "the starting weights": args.init if args.init and args.init != "bundled" else None,
+        "the masked autoencoder": args.mae,
+        "the split file": args.split_file,
+    })  # fmt: skip
     best = train(build_train_config(args))
     print(f"best checkpoint: {best}")
     return 0
@@ -418,6 +446,7 @@ def _train(args: argparse.Namespace) -> int:
 def _pretrain(args: argparse.Namespace) -> int:
     from napari_nstseg.training.loop import pretrain_mae
 
+    _check_results(args.out, None, _RUN_FILES, args)
     best = pretrain_mae(build_mae_config(args))
     print(f"best MAE checkpoint: {best}")
     return 0
@@ -425,6 +454,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from napari_nstseg.training.evaluate import EvalConfig, evaluate
+    from napari_nstseg.training.organ_eval import organ_eval_from_args
 
     cfg = EvalConfig(
         device=args.device,
@@ -436,13 +466,17 @@ def _evaluate(args: argparse.Namespace) -> int:
         min_dice=args.min_dice,
         mirror=args.mirror,
         split_file=args.split_file,
+        organs=organ_eval_from_args(args),
     )
-    result = evaluate(_weights(args, "evaluate"), args.data, args.split, args.out, cfg)
+    weights = _weights(args, "evaluate")
+    _check_results(args.out, f"eval_{args.split}", _EVAL_FILES, args, **{"the weights": weights})
+    result = evaluate(weights, args.data, args.split, args.out, cfg)
     print(f"wrote {result['files']['evaluation.json']} and evaluation.csv")
     return 0
 
 
 def _tune(args: argparse.Namespace) -> int:
+    from napari_nstseg.training.organ_eval import organ_eval_from_args
     from napari_nstseg.training.tune import TuneConfig, tune_postprocess
 
     grid = {}
@@ -460,8 +494,11 @@ def _tune(args: argparse.Namespace) -> int:
         mirror=args.mirror,
         split_file=args.split_file,
         objective=args.objective,
+        organs=organ_eval_from_args(args),
         **grid,
     )
-    result = tune_postprocess(_weights(args, "tune"), args.data, args.split, args.out, cfg)
+    weights = _weights(args, "tune")
+    _check_results(args.out, f"tune_{args.split}", _TUNE_FILES, args, **{"the weights": weights})
+    result = tune_postprocess(weights, args.data, args.split, args.out, cfg)
     print(f"wrote {result['files']['tune.json']} and tune.csv")
     return 0
