@@ -22,10 +22,11 @@ def test_metadata_has_an_spdx_licence_and_builds_without_deprecations(tmp_path):
     assert "Deprecat" not in done.stdout + done.stderr
     info = tmp_path / done.stdout.strip().splitlines()[-1]
     metadata = (info / "METADATA").read_text(encoding="utf-8")
-    assert "License-Expression: BSD-3-Clause AND Apache-2.0" in metadata
+    assert "License-Expression: BSD-3-Clause AND Apache-2.0 AND CC-BY-3.0" in metadata
     assert (
         (info / "licenses" / "LICENSE")
         .read_text(encoding="utf-8")
         .startswith("BSD 3-Clause License")
     )
     assert (info / "licenses" / "sample_data" / "LICENSE-TotalSegmentator").is_file()
+    assert (info / "licenses" / "sample_data" / "sarcoma" / "LICENSE-STS.md").is_file()
