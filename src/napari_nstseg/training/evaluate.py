@@ -30,6 +30,7 @@ from napari_nstseg.metrics import (
     summarize_detection,
 )
 from napari_nstseg.training.data import default_label_values, foreground, load_case
+from napari_nstseg.training.organ_eval import OrganEval, OrganScoring, format_organs, organ_rows
 from napari_nstseg.training.regions import RegionTally, format_regions, read_case_regions
 
 # Lesions a reader should not miss (the brief's target): at least this large and contrasted.
@@ -66,6 +67,7 @@ class EvalConfig:
     contrast_bins_hu: tuple[float, ...] = (20.0, 40.0)
     surround_soft: float = 0.8
     split_file: str | None = None
+    organs: OrganEval | None = None  # organ mode: predict inside each case's organs only
 
 
 def _bin_names(edges: Sequence[float], unit: str) -> list[str]:
@@ -360,11 +362,15 @@ def evaluate(
         diameter_bins_mm=tuple(cfg.diameter_bins_mm),
     )
     regions = RegionTally(read_case_regions(data_folder))
+    organs = OrganScoring(cfg.organs, data_folder, engine.meta) if cfg.organs else None
     case_rows, detections, lesion_rows = [], [], []
     for case in cases:
-        hu, labels, spacing = load_case(case)
+        if organs is None:
+            hu, labels, spacing = load_case(case)
+            pred = engine.predict(hu, spacing)
+        else:
+            hu, labels, spacing, pred, zone = organs.predict_case(engine, case)
         gt = foreground(labels, label_values)
-        pred = engine.predict(hu, spacing)
         row, det = score_case(pred.probability("final"), pred.mask, gt, spacing, cfg, slices)
         matched = (
             _match_table(table[case.case_id], det.lesions, spacing)
@@ -372,6 +378,8 @@ def evaluate(
             else None
         )
         regions.add(case.case_id, det, matched)
+        if organs is not None:
+            organs.add(case.case_id, det, zone, matched)
         # Only the region tally needs where the false positives are; a scan's mask is not kept.
         detections.append(replace(det, false_positive_mask=None))
         case_rows.append({"case": case.case_id, **row})
@@ -417,6 +425,8 @@ def evaluate(
         result["lesions_by_table"] = _lesion_groups(lesion_rows, cfg)
     if regions:
         result["by_region"] = regions.results()
+    if organs is not None:
+        result["organs"] = organs.results()
     out_dir = Path(out) if out is not None else Path(weights).resolve().parent / f"eval_{split}"
     write_results(result, case_rows, lesion_rows, out_dir)
     result["files"] = {
@@ -539,7 +549,7 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
                 "fp_per_scan": r["fp_per_scan"],
             }
         )
-    return rows
+    return rows + organ_rows(result.get("organs"))
 
 
 SUMMARY_COLUMNS = (
@@ -631,6 +641,8 @@ def format_table(result: dict[str, Any]) -> str:
         "  ".join("-" * w for w in widths),
     ]
     lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)) for b in body]
+    if result.get("organs"):
+        lines += format_organs(result["organs"])
     if result.get("by_region"):
         lines.append("by source region (copies of one z-block share its anatomy):")
         lines += [f"  {line}" for line in format_regions(result["by_region"])]

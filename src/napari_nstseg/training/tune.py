@@ -34,6 +34,7 @@ from napari_nstseg.training.evaluate import (
     read_lesion_table,
     target_lesion,
 )
+from napari_nstseg.training.organ_eval import OrganEval, OrganScoring, in_zone
 
 OBJECTIVES = ("sensitivity", "dice")
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(0.30 + 0.05 * k, 2) for k in range(14))
@@ -76,6 +77,7 @@ class TuneConfig:
     mirror: bool = False
     split_file: str | None = None
     objective: str = "sensitivity"
+    organs: OrganEval | None = None  # organ mode: predict and count inside the organs only
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -106,6 +108,7 @@ def sweep_case(
     min_dice: float = 0.1,
     targets: Sequence[int] = (),
     depths_mm: Sequence[float] = (0.0,),
+    counted: Sequence[int] | None = None,
 ) -> dict[tuple[float, float, float], dict[str, int]]:
     """Detection counts of one scan at every (threshold, minimum size, minimum depth) of the
     grid.
@@ -117,12 +120,19 @@ def sweep_case(
     when the kept components touching it reach ``min_dice``, a kept component touching no lesion
     is a false positive. Components are labelled and measured once per threshold; the sizes
     and depths (slices spanned x slice spacing; the whole scan is segmented, so every depth is
-    known) only filter those measurements.
+    known) only filter those measurements. ``counted`` (organ mode): the ground-truth components
+    (0-based) counted as lesions, the others (outside the searched zone) neither counted nor,
+    when a kept component touches them, a false positive; None: all.
     """
     sp = tuple(float(s) for s in spacing)
     gt_labels, n_gt = label_lesions(np.asarray(gt) > 0)
     gt_sizes = np.bincount(gt_labels.ravel(), minlength=n_gt + 1).astype(np.float64)
     targets = np.asarray(list(targets), dtype=np.intp) + 1
+    scored = np.zeros(n_gt + 1, bool)
+    scored[1:] = True
+    if counted is not None:
+        scored[1:] = False
+        scored[np.asarray(list(counted), dtype=np.intp) + 1] = True
     positive = [m for m in sizes_mm if m > 0]
     out: dict[tuple[float, float], dict[str, int]] = {}
     for t in thresholds:
@@ -156,8 +166,8 @@ def sweep_case(
             out[(float(t), float(m), float(d))] = {
                 # Volume Dice of the kept mask, x 1e6 so the counts stay integers to sum.
                 "dice_e6": _dice_e6(kept_overlap, kept_voxels, float(gt_sizes[1:].sum())),
-                "lesions": int(n_gt),
-                "detected": int(detected.sum()),
+                "lesions": int(scored.sum()),
+                "detected": int((detected & scored).sum()),
                 "target_lesions": int(targets.size),
                 "target_detected": int(detected[targets].sum()) if targets.size else 0,
                 "false_positives": int(np.count_nonzero(kept & ~touches)),
@@ -298,19 +308,29 @@ def tune_postprocess(
         split_file=cfg.split_file,
     )
     table = read_lesion_table(data_folder)
+    organs = OrganScoring(cfg.organs, data_folder, engine.meta) if cfg.organs else None
+    outside = 0
     per_case = []
     for case in cases:
-        hu, labels, spacing = load_case(case)
+        counted = None
+        if organs is None:
+            hu, labels, spacing = load_case(case)
+            # Only the stored probability is swept; the engine's own mask is not needed.
+            final = engine.predict(hu, spacing).final
+        else:
+            hu, labels, spacing, pred, zone = organs.predict_case(engine, case)
+            final = pred.final
         gt = foreground(labels, label_values)
-        # Only the stored probability is swept; the engine's own mask is not needed.
-        final = engine.predict(hu, spacing).final
+        gt_labels, n_gt = label_lesions(gt)
+        centroids = ndimage.center_of_mass(gt_labels > 0, gt_labels, range(1, n_gt + 1))
+        if organs is not None:  # lesions centred outside the zone are counted apart
+            counted = [k for k, ok in enumerate(in_zone(centroids, zone)) if ok]
+            outside += n_gt - len(counted)
         targets: list[int] = []
         rows = table.get(case.case_id, [])
         if rows:
-            gt_labels, n_gt = label_lesions(gt)
-            centroids = ndimage.center_of_mass(gt_labels > 0, gt_labels, range(1, n_gt + 1))
             for row, k in zip(rows, match_table_rows(rows, centroids, spacing), strict=True):
-                if k is not None and target_lesion(row):
+                if k is not None and target_lesion(row) and (counted is None or k in counted):
                     targets.append(k)
         per_case.append(
             sweep_case(
@@ -322,6 +342,7 @@ def tune_postprocess(
                 cfg.min_dice,
                 targets,
                 cfg.min_depth_mm,
+                counted,
             )
         )
         if verbose:
@@ -345,6 +366,13 @@ def tune_postprocess(
         "choice": best,
         "grid": grid,
     }
+    if organs is not None:
+        # The grid's figures are in-organ; the lesions it leaves out are counted here.
+        result["organs"] = {
+            **{k: v for k, v in organs.results().items() if k in ORGAN_KEYS},
+            "scans": len(cases),
+            "lesions_outside_zone": outside,
+        }
     out_dir = Path(out) if out is not None else Path(weights).resolve().parent / f"tune_{split}"
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "tune.csv", "w", newline="") as f:
@@ -357,6 +385,9 @@ def tune_postprocess(
     if verbose:
         print(format_grid(result))
     return result
+
+
+ORGAN_KEYS = ("labels", "names", "margin_mm", "zoom_limits")
 
 
 def _no_nan(value: Any) -> Any:
@@ -392,6 +423,13 @@ def format_grid(result: dict[str, Any]) -> str:
     lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths, strict=True))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(b, widths, strict=True)) for b in body]
     point = result["postprocess"]
+    if result.get("organs"):
+        o = result["organs"]
+        names = ", ".join(f"{v} ({n})" for v, n in zip(o["labels"], o["names"], strict=True))
+        lines.append(
+            f"inside organs {names} + {o['margin_mm']:g} mm (sensitivity and FP/scan in-organ); "
+            f"{o['lesions_outside_zone']} lesion(s) outside the searched zone not counted"
+        )
     lines.append(
         f"chosen: threshold {point['threshold']:g}, min lesion {point['min_lesion_mm']:g} mm, "
         f"min depth {point['min_depth_mm']:g} mm ({result['split']} split). {result['note']}"

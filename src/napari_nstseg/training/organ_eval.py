@@ -1,0 +1,202 @@
+"""Organ mode in `nstseg evaluate` and `tune-postprocess` (issue 26; cascade paper 001): each
+case's organ label map is found beside it, the case is predicted inside the organs only, and the
+lesions whose centre lies in the searched zone give the in-organ sensitivity and false positives
+per scan; lesions whose centre lies outside the zone are left out of those figures and counted
+apart."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MASKS_HELP = (
+    "organ mode: where each case's organ label map is: a file name inside each case folder "
+    "(organs.nii.gz: CASE/organs.nii.gz), a folder of <case>.nii.gz files (for an MSD set, "
+    "organsTr beside labelsTr; relative to --data), or a pattern with {case}; use with --organs"
+)
+SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
+
+
+@dataclass(frozen=True)
+class OrganEval:
+    """Organ mode for scoring: ``masks`` says where each case's label map is
+    (:func:`organ_mask_path`), ``labels`` the organ ids searched, ``margin_mm`` the zone kept
+    around them."""
+
+    masks: str
+    labels: tuple[int, ...]
+    margin_mm: float = 10.0
+
+
+def add_organ_eval_args(p: argparse.ArgumentParser) -> None:
+    from napari_nstseg.inference.organ_cli import add_organ_args
+
+    add_organ_args(p, masks_help=MASKS_HELP)
+
+
+def organ_eval_from_args(args: argparse.Namespace) -> OrganEval | None:
+    """The organ mode the command line asks for (None: whole scans), checked before any work."""
+    from napari_nstseg.inference.organ_cli import organ_labels
+
+    labels = organ_labels(args.organ_masks, args.organs, args.organ_margin_mm, "--organ-masks")
+    if labels is None:
+        return None
+    return OrganEval(args.organ_masks, labels, args.organ_margin_mm)
+
+
+def organ_mask_path(spec: str, case, data_folder: str | Path) -> Path:
+    """Case ``case``'s organ label map by ``spec``: a pattern with ``{case}``, a folder (as
+    given, else under ``data_folder``) of ``<case>.nii.gz`` files, or a file name in the case's
+    own folder."""
+    if "{case}" in spec:
+        path = Path(spec.format(case=case.case_id))
+    else:
+        given = Path(spec).expanduser()
+        folder = given if given.is_absolute() else Path(data_folder) / given
+        if not folder.is_dir() and given.is_dir():
+            folder = given
+        if folder.is_dir():
+            found = [folder / f"{case.case_id}{s}" for s in SUFFIXES]
+            path = next((p for p in found if p.is_file()), found[0])
+        else:
+            path = Path(case.image).parent / spec
+    if not path.is_file():
+        raise ValueError(f"{path}: no organ mask for case {case.case_id} (--organ-masks {spec})")
+    return path
+
+
+class OrganScoring:
+    """Predicts cases inside their organs and tallies the in-organ figures."""
+
+    def __init__(self, cfg: OrganEval, data_folder: str | Path, meta: dict[str, Any] | None):
+        from napari_nstseg.inference.organs import OrganSearch
+
+        self.cfg = cfg
+        self.data_folder = data_folder
+        self.search = OrganSearch.for_weights(cfg.labels, cfg.margin_mm, meta)
+        self.rows: list[dict[str, Any]] = []
+
+    def predict_case(self, engine, case):
+        """(HU, label map, spacing, Prediction, zone) of one case in organ mode; its organ map
+        must lie on its CT's grid and hold every searched label (one line naming the file)."""
+        from napari_nstseg.inference.organ_cli import read_organ_mask
+        from napari_nstseg.inference.organs import predict_in_organs, search_zone
+        from napari_nstseg.io import read_ct, read_mask
+
+        ct = read_ct(case.image)
+        labels = read_mask(case.label, like=ct.geometry)
+        path = organ_mask_path(self.cfg.masks, case, self.data_folder)
+        organs = read_organ_mask(path, ct.geometry, self.search.labels)
+        pred = predict_in_organs(engine, ct.hu, ct.spacing, organs, self.search)
+        return ct.hu, labels, ct.spacing, pred, search_zone(organs, ct.spacing, self.search)
+
+    def add(self, case_id: str, det, zone: np.ndarray, table_rows=None) -> None:
+        """One scored scan: ``det`` its DetectionResult in organ mode, ``table_rows`` its
+        lesions.csv rows matched to detections (for the target lesions), if any."""
+        inside = in_zone([les["centroid_zyx"] for les in det.lesions], zone)
+        row = {
+            "case": case_id,
+            "lesions": int(sum(inside)),
+            "detected": sum(
+                1 for les, i in zip(det.lesions, inside, strict=True) if i and les["detected"]
+            ),
+            "outside_zone": int(len(inside) - sum(inside)),
+            "false_positives": int(det.false_positives),
+        }
+        if table_rows is not None:
+            from napari_nstseg.training.evaluate import target_lesion
+
+            ok = in_zone([r["centre_zyx"] for r in table_rows], zone)
+            target = [r for r, i in zip(table_rows, ok, strict=True) if i and target_lesion(r)]
+            row["target_lesions"] = len(target)
+            row["target_detected"] = sum(1 for r in target if r["detected"])
+        self.rows.append(row)
+
+    def results(self) -> dict[str, Any]:
+        rows = self.rows
+        out = {
+            "labels": list(self.search.labels),
+            "names": self.search.names(),
+            "margin_mm": self.search.margin_mm,
+            "zoom_limits": [self.search.min_zoom, self.search.max_zoom],
+            "scans": len(rows),
+            "lesions": sum(r["lesions"] for r in rows),
+            "detected": sum(r["detected"] for r in rows),
+            "lesions_outside_zone": sum(r["outside_zone"] for r in rows),
+            "fp_per_scan": float(np.mean([r["false_positives"] for r in rows])) if rows else None,
+            "by_case": rows,
+            "note": "in-organ figures: lesions whose centre lies in the organs grown by "
+            "margin_mm; lesions outside are left out of them and counted in "
+            "lesions_outside_zone (the whole-scan sections count them as missed)",
+        }
+        out["sensitivity"] = _ratio(out["detected"], out["lesions"])
+        if any("target_lesions" in r for r in rows):
+            n = sum(r.get("target_lesions", 0) for r in rows)
+            hit = sum(r.get("target_detected", 0) for r in rows)
+            out["target"] = {"lesions": n, "detected": hit, "sensitivity": _ratio(hit, n)}
+        return out
+
+
+def organ_rows(result: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The in-organ figures as rows of evaluation.csv (section "inside organs")."""
+    if not result:
+        return []
+    rows = [
+        {
+            "section": "inside organs",
+            "group": "all",
+            "n": result["lesions"],
+            "sensitivity": result["sensitivity"],
+            "fp_per_scan": result["fp_per_scan"],
+        }
+    ]
+    if "target" in result:
+        t = result["target"]
+        rows.append(
+            {"section": "inside organs", "group": "target", "n": t["lesions"],
+             "sensitivity": t["sensitivity"]}
+        )  # fmt: skip
+    rows.append(
+        {"section": "inside organs", "group": "outside zone", "n": result["lesions_outside_zone"]}
+    )
+    return rows
+
+
+def in_zone(centres_zyx: Sequence[Sequence[float]], zone: np.ndarray) -> list[bool]:
+    """Whether each (z, y, x) voxel-coordinate centre lies in ``zone`` (nearest voxel)."""
+    top = np.asarray(zone.shape) - 1
+    out = []
+    for c in centres_zyx:
+        idx = np.clip(np.rint(np.asarray(c, dtype=float)).astype(int), 0, top)
+        out.append(bool(zone[tuple(idx)]))
+    return out
+
+
+def format_organs(result: dict[str, Any]) -> list[str]:
+    """The in-organ figures as text lines (what evaluate and tune-postprocess print)."""
+    names = ", ".join(f"{v} ({n})" for v, n in zip(result["labels"], result["names"], strict=True))
+    line = (
+        f"inside organs {names} + {result['margin_mm']:g} mm: sensitivity "
+        f"{_pct(result['sensitivity'])} ({result['detected']}/{result['lesions']})"
+    )
+    if "target" in result:
+        t = result["target"]
+        line += f", >=10 mm and >=20 HU {_pct(t['sensitivity'])} ({t['detected']}/{t['lesions']})"
+    if result.get("fp_per_scan") is not None:
+        line += f", {result['fp_per_scan']:.2f} false positives per scan"
+    return [line, f"  lesions outside the searched zone (not in these figures): "
+                  f"{result['lesions_outside_zone']}"]  # fmt: skip
+
+
+def _ratio(a: int, b: int) -> float:
+    return a / b if b else float("nan")
+
+
+def _pct(value: float) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.3f}"
