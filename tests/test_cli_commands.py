@@ -12,6 +12,7 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from model_helpers import tiny_mae_config
 from napari_nstseg import cli
@@ -83,3 +84,13 @@ def test_headless_demo_end_to_end_on_the_sample(tmp_path):
     assert len(report["outputs"]["maps"]) >= 5
     ids = np.asarray(nib.load(out / "sample_ct_lesions.nii.gz").dataobj)
     assert {les["id"] for les in report["lesions"]} == set(np.unique(ids)) - {0}
+    # Organ mode on the liver by default: the search is in the report, nothing is found
+    # outside the liver grown by 10 mm, and the inserted lesion is found.
+    from napari_nstseg._sample_data import SAMPLE_MASK, SAMPLE_ORGANS
+
+    assert report["organs"]["labels"] == [5] and report["organs"]["names"] == ["liver"]
+    organs = np.asarray(nib.load(SAMPLE_ORGANS).dataobj)
+    far = ndimage.distance_transform_edt(organs != 5, sampling=(3.0, 3.0, 3.0)) > 10.0
+    assert not (ids[far] > 0).any()
+    lesion = np.asarray(nib.load(SAMPLE_MASK).dataobj) > 0
+    assert (ids[lesion] > 0).sum() >= 0.6 * lesion.sum()

@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from napari_nstseg._sample_data import SAMPLE_CT
+from napari_nstseg._sample_data import SAMPLE_CT, SAMPLE_ORGANS
 
 PLUGIN = "napari-nstseg"
 WIDGET = "Segment small tumors (CDI-NSTSEG)"
@@ -29,12 +29,20 @@ def open_viewer(viewer=None):
     return viewer
 
 
-def headless_argv(out_dir: Path) -> list[str]:
-    """The `nstseg predict` command line the headless demo runs on the sample CT."""
+# Organ mode on the liver, where the sample's lesion lies (cascade 001): a first-time user sees
+# the lesion found, not the whole-scan false positives on anatomy the weights have not seen.
+DEMO_ORGANS = "liver"
+
+
+def headless_argv(out_dir: Path, organs: str | None = DEMO_ORGANS) -> list[str]:
+    """The `nstseg predict` command line the headless demo runs on the sample CT (organ mode
+    on ``organs`` of the sample's TotalSegmentator labels; None: the whole scan)."""
+    search = ["--organ-mask", str(SAMPLE_ORGANS), "--organs", organs] if organs else []
     return [
         "predict",
         str(SAMPLE_CT),
         str(out_dir / "sample_ct_tumor_mask.nii.gz"),
+        *search,
         "--maps",
         str(out_dir / "maps"),
         "--report",
@@ -56,8 +64,9 @@ def run_headless(out_dir: Path) -> int:
     rc = args.func(args)
     if rc == 0:
         print(
-            f"\nHeadless demo (no display found): the tumor mask, every stage's map, a lesion "
-            f"map and a report for the sample CT are in {out_dir.resolve()}"
+            f"\nHeadless demo (no display found): lesions searched inside the liver (organ "
+            f"mode); the tumor mask, every stage's map, a lesion map and a report for the "
+            f"sample CT are in {out_dir.resolve()}"
         )
     return rc
 
