@@ -155,6 +155,24 @@ def test_organ_masks_are_found_per_case_and_a_missing_one_is_named(dataset, tmp_
         organ_mask_path("seg.nii.gz", case, root)
 
 
+def test_a_missing_organ_mask_stops_evaluate_before_any_case_is_predicted(dataset, tmp_path,
+                                                                          monkeypatch):  # fmt: skip
+    from napari_nstseg.inference.engine import Segmenter
+    from napari_nstseg.training.evaluate import EvalConfig, evaluate
+    from napari_nstseg.training.organ_eval import OrganEval
+
+    root, split = dataset
+    (root / "P1" / "organs.nii.gz").unlink()  # the second case lacks its map
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a case was predicted before every organ mask was found")
+
+    monkeypatch.setattr(Segmenter, "iter_predict", refuse)
+    cfg = EvalConfig(device="cpu", split_file=str(split), organs=OrganEval("organs.nii.gz", (5,)))
+    with pytest.raises(ValueError, match="no organ mask for case P1"):
+        evaluate(tmp_path / "w.json", root, "test", tmp_path / "e", cfg, False)
+
+
 def test_the_command_line_takes_organ_options_and_refuses_bad_ones(dataset, tmp_path, capsys):
     from napari_nstseg.cli import main
 

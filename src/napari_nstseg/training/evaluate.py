@@ -363,6 +363,8 @@ def evaluate(
     )
     regions = RegionTally(read_case_regions(data_folder))
     organs = OrganScoring(cfg.organs, data_folder, engine.meta) if cfg.organs else None
+    if organs is not None:
+        organs.check(cases)
     case_rows, detections, lesion_rows = [], [], []
     for case in cases:
         if organs is None:

@@ -82,6 +82,12 @@ class OrganScoring:
         self.search = OrganSearch.for_weights(cfg.labels, cfg.margin_mm, meta)
         self.rows: list[dict[str, Any]] = []
 
+    def check(self, cases) -> None:
+        """Every case has an organ label map where --organ-masks says (before any model run,
+        so a missing one costs a second, not the cases before it)."""
+        for case in cases:
+            organ_mask_path(self.cfg.masks, case, self.data_folder)
+
     def predict_case(self, engine, case):
         """(HU, label map, spacing, Prediction, zone) of one case in organ mode; its organ map
         must lie on its CT's grid and hold every searched label (one line naming the file)."""

@@ -309,6 +309,8 @@ def tune_postprocess(
     )
     table = read_lesion_table(data_folder)
     organs = OrganScoring(cfg.organs, data_folder, engine.meta) if cfg.organs else None
+    if organs is not None:
+        organs.check(cases)
     outside = 0
     per_case = []
     for case in cases:
