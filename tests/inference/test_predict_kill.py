@@ -79,9 +79,9 @@ def test_a_kill_while_the_model_runs_leaves_no_output(tmp_path, checkpoint_dir, 
     proc = start(argv, SLOW_MODEL)
     wait_for(proc, "slice(s) of")  # printed just before the first batch
     proc.send_signal(sig)
-    code = proc.wait(timeout=60)
-    rest = proc.stderr.read()
-    proc.stderr.close()
+    # communicate drains stderr while waiting: a child blocked on a full pipe never exits.
+    _, rest = proc.communicate(timeout=180)
+    code = proc.returncode
     # SIGTERM and Ctrl+C end through the clean-up (exit status 128 + signal), SIGKILL at once
     assert code == EXIT[sig], rest
     assert "Traceback" not in rest
@@ -110,9 +110,8 @@ def test_a_kill_while_the_outputs_are_written_leaves_none_of_them(
 ):
     argv, out = job(tmp_path, checkpoint_dir, make_ct, (3, 32, 32))
     proc = start(argv, SELF_KILL.format(sig=sig))
-    code = proc.wait(timeout=300)
-    err = proc.stderr.read()
-    proc.stderr.close()
+    _, err = proc.communicate(timeout=300)
+    code = proc.returncode
     assert code == (-9 if sig == "SIGKILL" else 143), err
     left = files_under(out)
     outputs = ["mask.nii.gz", "lesions.nii.gz", "report.json"]
