@@ -15,7 +15,9 @@ The bundled file (float16) is what is scored for CDI-NSTSEG: what users get.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -39,6 +41,29 @@ CREDIT = (
     "Med Biol 2015;60(14):5471; Clark K et al., J Digit Imaging 2013) as cropped and converted by "
     "the IBSI (Zwanenburg A et al.), CC BY 3.0."
 )
+
+
+def cpu_name() -> str:
+    """The processor as /proc/cpuinfo names it, with the core count (Linux; else platform's)."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"
+
+
+def training_minutes(ckpt: Path) -> float | None:
+    """Minutes of training: the epoch times in the run's log.csv beside the checkpoint (so
+    pauses and restarts between epochs do not count), else None."""
+    log = ckpt.resolve().parent / "log.csv"
+    if not log.is_file():
+        return None
+    with open(log, newline="") as f:
+        return sum(float(r["epoch_time_s"]) for r in csv.DictReader(f)) / 60
 
 
 def score(weights: str, point: dict, args, split: str, out: Path) -> dict:
@@ -123,17 +148,26 @@ def main(argv=None) -> int:
     ap.add_argument("--data", required=True)
     ap.add_argument("--split-file", required=True)
     ap.add_argument("--work", default="runs/sarcoma-bundle", help="evaluation outputs")
-    ap.add_argument("--hardware", default=platform.processor() or platform.machine())
+    ap.add_argument("--hardware", default=cpu_name(), help="named in the card and docs")
     ap.add_argument(
         "--offcentre", action="store_true", help="also Dice on off-centre sub-crops (val)"
     )
     ap.add_argument("--weights-dir", type=Path, default=WEIGHTS, help="where the bundle goes")
+    ap.add_argument(
+        "--mae-name", default="mae.json", help="the bundled MAE the weights name ('' for none)"
+    )
     ap.add_argument("--docs", type=Path, default=ROOT / "docs", help="where sarcoma.md goes")
     args = ap.parse_args(argv)
     work = Path(args.work)
     point = operating_point(args.tune, None, None)
+    # The residual layer comes from the bundled MAE (docs/ssl-residual.md: the one that measured
+    # best on the validation patients).
     meta = package(
-        args.seg, args.weights_dir / "sarcoma", postprocess=point, description=DESCRIPTION
+        args.seg,
+        args.weights_dir / "sarcoma",
+        postprocess=point,
+        description=DESCRIPTION,
+        mae=args.mae_name,
     )
     bundled = str(args.weights_dir / "sarcoma.json")
     models = {BUNDLED_NAME: (bundled, {})}
@@ -156,7 +190,7 @@ def main(argv=None) -> int:
         else {}
     )
     prov = meta["provenance"]
-    minutes = _minutes(prov.get("started"), prov.get("date"))
+    minutes = training_minutes(Path(args.seg)) or _minutes(prov.get("started"), prov.get("date"))
     split = json.loads(Path(args.split_file).read_text())
     tables = []
     for part, title in (("val", "Validation patients (operating points chosen here)"),
@@ -186,7 +220,8 @@ def main(argv=None) -> int:
         f"with at most 1 false-positive component per scan): {point}.",
         "- Training (every stage; the budget adds up over `--init` continuations):",
         training_phases(prov, minutes or 0.0),
-        f"- Hardware of the measurements: {args.hardware}, CPU only.",
+        f"- Hardware of the measurements: {args.hardware}, CPU only. Training times are the "
+        "sum of the epochs' wall-clock times on that CPU, shared with other jobs.",
         "",
         "## Results",
         "",
@@ -194,6 +229,9 @@ def main(argv=None) -> int:
         "### Per patient (bundled, test)",
         "",
         *per_patient(bundled_res["test"]),
+        "",
+        "SSL residual map: the bundled MAE (`mae.json`); how well it singles out these tumours "
+        "is measured in docs/ssl-residual.md.",
         "",
         "Recipe: configs/sarcoma/recipe.sh (exact commands).",
         "",
@@ -203,7 +241,7 @@ def main(argv=None) -> int:
     for name, (ckpt, _) in models.items():
         p = read_metadata(ckpt)["provenance"]
         b = p.get("budget") or {}
-        took = _minutes(p.get("started"), p.get("date"))
+        took = training_minutes(Path(args.seg if name == BUNDLED_NAME else ckpt))
         budgets.append(
             f"| {name} | {b.get('epochs')} x {b.get('steps_per_epoch')} x {b.get('batch_size')} "
             f"= {b.get('samples')} crops | {p.get('seed')} | "
@@ -216,7 +254,7 @@ def main(argv=None) -> int:
         "`nstseg evaluate` on the fixed split configs/sarcoma/split.json; every model has the "
         "same data, budget and seed. Hardware: " + args.hardware + ", CPU only.",
         "",
-        "| model | budget (epochs x steps x batch) | seed | minutes | device |",
+        "| model | budget (epochs x steps x batch) | seed | training minutes | device |",
         "|---|---|---|---|---|",
         *budgets,
         "",
