@@ -31,7 +31,13 @@ def job(tmp_path, checkpoint_dir, make_ct, shape):
 
 
 def start(argv, prelude: str = "") -> subprocess.Popen:
-    script = f"{prelude}\nimport sys\nfrom napari_nstseg.cli import main\nsys.exit(main({argv!r}))"
+    # A job started in the background of a non-interactive shell (as CI may start the suite)
+    # inherits SIGINT ignored, and Python then installs no Ctrl+C handler: give it a terminal's.
+    ctrl_c = "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)"
+    script = (
+        f"{ctrl_c}\n{prelude}\nimport sys\nfrom napari_nstseg.cli import main\n"
+        f"sys.exit(main({argv!r}))"
+    )
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         [sys.executable, "-c", script],
