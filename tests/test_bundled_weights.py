@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from napari_nstseg.models.bundled import DEFAULT_NAME, bundled_weights, resolve_weights
+from napari_nstseg.bundled import DEFAULT_NAME, bundled_weights, resolve_weights
 
 
 def _fake(folder: Path, name: str, kind: str = "segmentation", **extra) -> Path:

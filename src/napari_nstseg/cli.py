@@ -57,7 +57,7 @@ def _info(args: argparse.Namespace) -> int:
     info["precision"] = precision_label(device)
     if torch.cuda.is_available():
         info["cuda_version"] = torch.version.cuda
-    from napari_nstseg.models.bundled import bundled_weights
+    from napari_nstseg.bundled import bundled_weights
 
     info["bundled_weights"] = {w.name: w.description for w in bundled_weights().values()} or (
         "none installed"

@@ -439,9 +439,9 @@ def test_without_a_lesion_map_the_report_gives_no_ids(ct_file, tmp_path, checkpo
 
 def test_weights_are_found_as_the_engine_finds_them(tmp_path):
     """predict protects the checkpoint files before torch is loaded, so it resolves --weights
-    itself; it must agree with models.bundled for every bundled name and for paths."""
+    itself; it must agree with napari_nstseg.bundled for every bundled name and for paths."""
+    from napari_nstseg.bundled import bundled_weights, resolve_weights
     from napari_nstseg.inference.predict_outputs import weights_file
-    from napari_nstseg.models.bundled import bundled_weights, resolve_weights
 
     for name in [None, *bundled_weights()]:
         assert weights_file(name) == resolve_weights(name)

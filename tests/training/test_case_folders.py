@@ -209,7 +209,7 @@ def test_corner_crops_put_the_tumour_off_centre():
 def test_bundle_sarcoma_writes_named_weights_card_and_comparison(
     cases_root, split_file, tiny_run, tmp_path, monkeypatch
 ):
-    from napari_nstseg.models.bundled import bundled_weights
+    from napari_nstseg.bundled import bundled_weights
     from script_helpers import ROOT, load_script
 
     monkeypatch.syspath_prepend(str(ROOT / "scripts"))

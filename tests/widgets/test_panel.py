@@ -100,8 +100,8 @@ def test_the_weights_chooser_offers_each_bundled_checkpoint_by_name_and_runs_the
 ):
     from qtpy.QtCore import Qt
 
+    from napari_nstseg import bundled
     from napari_nstseg.inference import Segmenter
-    from napari_nstseg.models import bundled
 
     shipped = _bundled_folder(tmp_path, tiny_weights)
     monkeypatch.setattr(bundled, "WEIGHTS_DIR", tmp_path / "weights")

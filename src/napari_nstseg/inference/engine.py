@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from napari_nstseg.bundled import WEIGHTS_DIR, resolve_weights
 from napari_nstseg.inference.device import (
     autocast,
     device_memory_available,
@@ -38,7 +39,6 @@ from napari_nstseg.inference.prediction import (
     Prediction,
     encode_probability,
 )
-from napari_nstseg.models.bundled import WEIGHTS_DIR, resolve_weights
 from napari_nstseg.postprocess import PostprocessConfig
 from napari_nstseg.preprocessing import (
     PreprocessConfig,

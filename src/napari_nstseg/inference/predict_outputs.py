@@ -12,14 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import napari_nstseg
+from napari_nstseg.bundled import resolve_weights
 from napari_nstseg.io.errors import CTReadError
 from napari_nstseg.io.outputs import check_distinct, check_folder, check_output, check_space
 
 MAP_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
-# The bundled checkpoints, found without importing models/ (and torch); a test keeps this equal
-# to models.bundled.resolve_weights.
-WEIGHTS_DIR = Path(napari_nstseg.__file__).resolve().parent / "weights"
 REPORT_BYTES = 1 << 20
 SCALE_NAMES = ("0.5x", "1.0x", "1.5x")
 
@@ -155,16 +152,13 @@ def _organ_input(args: argparse.Namespace) -> dict[str, Path]:
 
 
 def weights_file(spec: str | None) -> Path | None:
-    """The checkpoint ``--weights`` names, by models.bundled.resolve_weights' rule: none is the
-    bundled default, a bare name a bundled checkpoint, anything else a path. None for a name
-    that is not bundled (loading then says which are)."""
-    if not spec:
-        return WEIGHTS_DIR / "default.json"
-    path = Path(spec).expanduser()
-    if path.exists() or path.suffix or len(path.parts) > 1:
-        return path
-    named = WEIGHTS_DIR / f"{spec}.json"
-    return named if named.is_file() else None
+    """The checkpoint ``--weights`` names (``bundled.resolve_weights``: none is the bundled
+    default, a bare name a bundled checkpoint, anything else a path). None for a name that is
+    not bundled (loading then says which are)."""
+    try:
+        return resolve_weights(spec)
+    except FileNotFoundError:
+        return None
 
 
 def _weights_inputs(weights: Path) -> tuple[dict[str, Path], dict[str, Any]]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 FROM_FILE = "file..."
-# The entry chosen at start when it is shipped (models.bundled.DEFAULT_NAME).
+# The entry chosen at start when it is shipped (bundled.DEFAULT_NAME).
 BUNDLED = "default"
 
 
@@ -25,7 +25,7 @@ class WeightsChoice:
 
 def weights_choices() -> dict[str, WeightsChoice]:
     """The bundled checkpoints as shipped now (default first), then 'file...'."""
-    from napari_nstseg.models.bundled import bundled_weights
+    from napari_nstseg.bundled import bundled_weights
 
     choices = {
         b.name: WeightsChoice(b.name, b.path, b.description) for b in bundled_weights().values()

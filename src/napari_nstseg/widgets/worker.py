@@ -93,6 +93,6 @@ def _weights_error(weights: str | None, exc: Exception) -> str:
 
 
 def _is_bundled(path: Path) -> bool:
-    from napari_nstseg.models import bundled
+    from napari_nstseg import bundled
 
     return path.resolve().parent == Path(bundled.WEIGHTS_DIR).resolve()

@@ -1,4 +1,7 @@
-"""Bundled checkpoints by name (``default``, ``sarcoma``, ...): what ships in ``weights/``."""
+"""Bundled checkpoints by name (``default``, ``sarcoma``, ...): what ships in ``weights/``.
+
+Plain files and JSON only, no torch: `nstseg predict` resolves --weights with it before any
+model code is imported."""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_NAME = "default"
 
 
@@ -54,7 +57,7 @@ def resolve_weights(spec: str | Path | None, folder: Path | None = None) -> Path
     folder = WEIGHTS_DIR if folder is None else folder
     if spec is None:
         return folder / f"{DEFAULT_NAME}.json"
-    path = Path(spec)
+    path = Path(spec).expanduser()
     if path.exists() or path.suffix or len(path.parts) > 1:
         return path
     bundled = bundled_weights(folder)
