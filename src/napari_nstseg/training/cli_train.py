@@ -228,7 +228,7 @@ def _residual_auroc(args: argparse.Namespace) -> int:
     from napari_nstseg.training.residual_auroc import ResidualAurocConfig, measure
 
     cfg = ResidualAurocConfig(ring_mm=args.ring_mm, shifts=args.shifts)
-    _check_results(args.out, None, ("residual_auroc.json",), args, **{"the MAE": args.mae})
+    _check_results(args.out, ("residual_auroc.json",), args, **{"the MAE": args.mae})
     measure(args.mae, args.data, args.split, args.split_file, cfg, args.out)
     return 0
 
@@ -385,7 +385,7 @@ def build_train_config(args: argparse.Namespace):
 def _init_weights(name: str) -> tuple[str, dict[str, Any]]:
     """(path, metadata) of the --init checkpoint; 'bundled' names the plugin's default, another
     bundled name (e.g. 'sarcoma') those weights."""
-    from napari_nstseg.models.bundled import resolve_weights
+    from napari_nstseg.bundled import resolve_weights
     from napari_nstseg.models.checkpoint import read_metadata
 
     path = resolve_weights(None if name == "bundled" else name)
@@ -417,14 +417,11 @@ _EVAL_FILES = ("evaluation.json", "evaluation.csv", "cases.csv", "lesions.csv")
 _TUNE_FILES = ("tune.json", "tune.csv")
 
 
-def _check_results(out, default_name: str | None, writes, args, **inputs) -> None:
+def _check_results(out, writes, args, **inputs) -> None:
     """A command's results folder never lies inside its data set and never writes over one of
-    its inputs (see io.outputs.check_results_folder)."""
+    its inputs (see io.outputs.check_results_folder); None: the command writes no folder."""
     from napari_nstseg.io.outputs import check_results_folder
 
-    if out is None and default_name is not None:
-        weights = args.weights or args.weights_pos
-        out = Path(weights).resolve().parent / default_name if weights else None
     if out is not None:
         named = {"the data set": getattr(args, "data", None), **inputs}
         check_results_folder(out, writes, {k: v for k, v in named.items() if v})
@@ -433,7 +430,7 @@ def _check_results(out, default_name: str | None, writes, args, **inputs) -> Non
 def _train(args: argparse.Namespace) -> int:
     from napari_nstseg.training.loop import train
 
-    _check_results(args.out, None, _RUN_FILES, args, **{
+    _check_results(args.out, _RUN_FILES, args, **{
         "the starting weights": args.init if args.init and args.init != "bundled" else None,
         "the masked autoencoder": args.mae,
         "the split file": args.split_file,
@@ -446,14 +443,14 @@ def _train(args: argparse.Namespace) -> int:
 def _pretrain(args: argparse.Namespace) -> int:
     from napari_nstseg.training.loop import pretrain_mae
 
-    _check_results(args.out, None, _RUN_FILES, args)
+    _check_results(args.out, _RUN_FILES, args)
     best = pretrain_mae(build_mae_config(args))
     print(f"best MAE checkpoint: {best}")
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from napari_nstseg.training.evaluate import EvalConfig, evaluate
+    from napari_nstseg.training.evaluate import EvalConfig, evaluate, results_folder
     from napari_nstseg.training.organ_eval import organ_eval_from_args
 
     cfg = EvalConfig(
@@ -469,13 +466,15 @@ def _evaluate(args: argparse.Namespace) -> int:
         organs=organ_eval_from_args(args),
     )
     weights = _weights(args, "evaluate")
-    _check_results(args.out, f"eval_{args.split}", _EVAL_FILES, args, **{"the weights": weights})
+    out = results_folder(weights, args.out, "eval", args.split)
+    _check_results(out, _EVAL_FILES, args, **{"the weights": weights})
     result = evaluate(weights, args.data, args.split, args.out, cfg)
     print(f"wrote {result['files']['evaluation.json']} and evaluation.csv")
     return 0
 
 
 def _tune(args: argparse.Namespace) -> int:
+    from napari_nstseg.training.evaluate import results_folder
     from napari_nstseg.training.organ_eval import organ_eval_from_args
     from napari_nstseg.training.tune import TuneConfig, tune_postprocess
 
@@ -498,7 +497,8 @@ def _tune(args: argparse.Namespace) -> int:
         **grid,
     )
     weights = _weights(args, "tune")
-    _check_results(args.out, f"tune_{args.split}", _TUNE_FILES, args, **{"the weights": weights})
+    out = results_folder(weights, args.out, "tune", args.split)
+    _check_results(out, _TUNE_FILES, args, **{"the weights": weights})
     result = tune_postprocess(weights, args.data, args.split, args.out, cfg)
     print(f"wrote {result['files']['tune.json']} and tune.csv")
     return 0

@@ -280,6 +280,11 @@ def engine_for_split(
     return engine, cases, trained_labels or default_label_values(cases)
 
 
+def results_folder(weights: str | Path, out: str | Path | None, kind: str, split: str) -> Path:
+    """Where a scoring command writes: ``out``, else ``<checkpoint folder>/<kind>_<split>``."""
+    return Path(out) if out is not None else Path(weights).resolve().parent / f"{kind}_{split}"
+
+
 def score_case(
     prob: np.ndarray,
     mask: np.ndarray,
@@ -429,7 +434,7 @@ def evaluate(
         result["by_region"] = regions.results()
     if organs is not None:
         result["organs"] = organs.results()
-    out_dir = Path(out) if out is not None else Path(weights).resolve().parent / f"eval_{split}"
+    out_dir = results_folder(weights, out, "eval", split)
     write_results(result, case_rows, lesion_rows, out_dir)
     result["files"] = {
         name: str(out_dir / name)

@@ -32,6 +32,7 @@ from napari_nstseg.training.evaluate import (
     engine_for_split,
     match_table_rows,
     read_lesion_table,
+    results_folder,
     target_lesion,
 )
 from napari_nstseg.training.organ_eval import OrganEval, OrganScoring, in_zone
@@ -375,7 +376,7 @@ def tune_postprocess(
             "scans": len(cases),
             "lesions_outside_zone": outside,
         }
-    out_dir = Path(out) if out is not None else Path(weights).resolve().parent / f"tune_{split}"
+    out_dir = results_folder(weights, out, "tune", split)
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "tune.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[*GRID_COLUMNS, "chosen"])
