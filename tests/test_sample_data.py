@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 from scipy import ndimage
 
 from napari_nstseg._sample_data import SAMPLE_DIR
@@ -78,17 +77,6 @@ def test_demo_viewer_docks_the_widget(make_napari_viewer):
     viewer = open_viewer(make_napari_viewer())
     assert "sample CT" in viewer.layers
     assert any(WIDGET in name for name in viewer.window.dock_widgets)
-
-
-@pytest.fixture
-def one_torch_thread():
-    """The test machine's cores are shared; one thread is the fastest there for a few slices."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def test_bundled_weights_find_the_sample_lesion_in_the_plugin_menu_widget(

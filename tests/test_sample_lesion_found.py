@@ -30,17 +30,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def one_torch_thread():
-    """The test machine's cores are shared; one thread is the fastest there for 9 slices."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_bundled_weights_find_the_sample_lesion_at_the_bundled_operating_point(
     tmp_path, capsys, one_torch_thread
 ):

@@ -99,7 +99,7 @@ def find_sources(data: str | Path) -> tuple[list[MAESource], list[MAESource]]:
         try:
             return _labelled_sets(root, None, exclude=False)
         except ValueError:
-            pass
+            pass  # an MSD folder without pairs is still a folder of CT volumes: read them all
     files = sorted(
         p
         for p in root.rglob("*")
