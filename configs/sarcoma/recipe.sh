@@ -3,10 +3,13 @@
 # its model card and docs/sarcoma.md. Run from the repository root; every step resumes.
 #   bash configs/sarcoma/recipe.sh train default     # CDI-NSTSEG, stage 1 (from scratch)
 #   bash configs/sarcoma/recipe.sh train unet        # the U-Net: same data, budget and seed
+#   bash configs/sarcoma/recipe.sh stage2 default    # stage 2 from stage 1's best epoch:
+#   bash configs/sarcoma/recipe.sh stage2 unet       #   lesions up to the crop's edge, lower lr
 #   bash configs/sarcoma/recipe.sh mae               # the MAE on normal tissue only
 #   bash configs/sarcoma/recipe.sh tune default      # operating point on the validation patients
 #   bash configs/sarcoma/recipe.sh auroc MAE.json    # residual-map AUROC, validation patients
 #   bash configs/sarcoma/recipe.sh bundle            # weights/sarcoma.* + MODEL_CARD_sarcoma.md
+#   (SEG=default-stage2 CMP=unet-stage2 bundle: the stage-2 pair; tune both first)
 # A later stage continues from the committed weights: INIT=sarcoma bash ... train default
 # (the model card adds the stages up). WORK (default runs/sarcoma) holds the runs. Run it with the
 # project's environment active (`. .venv/bin/activate`, as scripts/setup.sh makes it).
@@ -31,6 +34,18 @@ case "${1:-}" in
     [ -n "${INIT:-}" ] && extra+=(--init "$INIT")
     exec nstseg train "${TRAIN[@]}" --variant "$variant" --out "$out" "${extra[@]}"
     ;;
+  stage2)
+    # Stage 2: 20 epochs x 100 steps x batch 8 = 16 000 crops more, from stage 1's best epoch,
+    # peak lr 5e-4, and positive crops that put the tumour anywhere up to the crop's edge
+    # (stage 1 kept it in the central half and the model learnt to expect it in the middle).
+    variant=${2:?variant: default, unet, ...}
+    out="$WORK/$variant-stage2"
+    extra=()
+    if [ -f "$out/train_config.json" ]; then extra+=(--resume); else
+      extra+=(--init "$WORK/$variant/best.json"); fi
+    exec nstseg train "${TRAIN[@]}" --epochs 20 --lr 5e-4 --positive-jitter 0.5 \
+      --variant "$variant" --out "$out" "${extra[@]}"
+    ;;
   mae)
     extra=()
     [ -f "$WORK/mae/train_config.json" ] && extra+=(--resume)
@@ -48,13 +63,14 @@ case "${1:-}" in
       --split val --out "${3:-$WORK/auroc}"
     ;;
   bundle)
-    exec python scripts/bundle_sarcoma.py --seg "$WORK/default/best.json" \
-      --tune "$WORK/default/tune_val/tune.json" \
-      --compare "U-Net=$WORK/unet/best.json:$WORK/unet/tune_val/tune.json" \
+    seg=${SEG:-default} cmp=${CMP:-unet}
+    exec python scripts/bundle_sarcoma.py --seg "$WORK/$seg/best.json" \
+      --tune "$WORK/$seg/tune_val/tune.json" \
+      --compare "U-Net=$WORK/$cmp/best.json:$WORK/$cmp/tune_val/tune.json" \
       --data "$DATA" --split-file "$SPLIT" --work "$WORK/bundle" --offcentre
     ;;
   *)
-    sed -n '2,12p' "$0"
+    sed -n '2,15p' "$0"
     exit 2
     ;;
 esac

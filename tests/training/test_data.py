@@ -293,3 +293,35 @@ def test_intensity_jitter_stays_in_bounds():
     means = np.array([v.mean() for v in vals])
     assert np.all(np.abs(means - 40.0) <= 40.0 * 0.1 + 20.0 + 1e-3)
     assert means.std() > 1.0  # it does jitter
+
+
+@pytest.mark.parametrize("jitter", [0.25, 0.5])
+def test_positive_jitter_sets_how_far_off_centre_the_lesion_may_sit(tmp_path, jitter):
+    hu = np.zeros((3, 80, 80), np.int16)
+    labels = np.zeros((3, 80, 80), np.uint8)
+    labels[1, 39:42, 39:42] = 1  # a tiny lesion: its place in the crop is the jitter itself
+    _save(tmp_path / "images" / "a.nii.gz", hu)
+    _save(tmp_path / "labels" / "a.nii.gz", labels, dtype=np.uint8)
+    sampling = SamplingConfig(
+        positive_fraction=1.0,
+        crop_size=(20, 20),
+        positive_jitter=jitter,
+        samples_per_epoch=200,
+        augment=NO_AUG,
+        label_values=(1,),
+    )
+    ds = SliceDataset(find_cases(tmp_path), sampling=sampling)
+    offsets = []
+    for i in range(len(ds)):
+        ys, xs = np.nonzero(ds[i]["mask"][0].numpy())
+        if len(ys):
+            offsets.append(max(abs(ys.mean() - 9.5), abs(xs.mean() - 9.5)))
+    assert len(offsets) >= 190  # only a lesion right at the crop's edge may fall outside
+    assert max(offsets) <= 20 * jitter + 1.5
+    if jitter == 0.5:
+        assert max(offsets) > 20 * 0.25 + 1  # some crops show it near the edge
+
+
+def test_positive_jitter_outside_its_range_is_refused():
+    with pytest.raises(ValueError, match="positive_jitter"):
+        SamplingConfig(positive_jitter=0.75)

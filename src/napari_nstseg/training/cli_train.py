@@ -86,6 +86,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--optimizer", choices=("adamw", "sgd"))
     p.add_argument("--crop-size", type=int, help="square training crop in working pixels")
     p.add_argument("--positive-fraction", type=float, help="share of crops with lesion")
+    p.add_argument(
+        "--positive-jitter",
+        type=float,
+        help="how far off centre a positive crop puts its lesion pixel, as a share of the crop "
+        "side (0.25: central half, the default; 0.5: up to the edge)",
+    )
     p.add_argument("--dice-weight", type=float, help="extra soft-Dice term on the final map")
     p.add_argument(
         "--noise-hu", type=float, help="sigma (HU) of the Gaussian noise added to training crops"
@@ -360,6 +366,8 @@ def build_train_config(args: argparse.Namespace):
         sampling["crop_size"] = [args.crop_size, args.crop_size]
     if args.positive_fraction is not None:
         sampling["positive_fraction"] = args.positive_fraction
+    if args.positive_jitter is not None:
+        sampling["positive_jitter"] = args.positive_jitter
     if args.online_lesions is not None:
         sampling["online_lesions"] = args.online_lesions
     if args.noise_hu is not None:

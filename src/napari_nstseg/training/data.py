@@ -316,8 +316,11 @@ class SamplingConfig:
 
     - ``positive_fraction``: share of samples drawn from slices with lesion (the rest from
       slices without); exact over any run of consecutive indices, up to one sample.
-    - ``crop_size``: (h, w) of the random crop in working pixels; positive crops keep a lesion
-      pixel within the central half, slices smaller than the crop are padded with air.
+    - ``crop_size``: (h, w) of the random crop in working pixels; slices smaller than the crop
+      are padded with air.
+    - ``positive_jitter``: where a positive crop puts its lesion pixel: up to this share of the
+      crop side from the centre (0.25: within the central half; 0.5: anywhere, up to the edge,
+      so that the network also learns tumours cut by the field of view).
       ``None`` yields whole slices padded to the largest slice of the dataset.
     - ``samples_per_epoch``: dataset length in random mode (default: the number of slices).
     - ``sequential``: yield every slice once, in order, whole, without augmentation
@@ -334,6 +337,7 @@ class SamplingConfig:
 
     positive_fraction: float = 0.7
     crop_size: tuple[int, int] | None = (256, 256)
+    positive_jitter: float = 0.25
     samples_per_epoch: int | None = None
     sequential: bool = False
     label_values: tuple[int, ...] | None = None
@@ -345,6 +349,11 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.positive_fraction <= 1:
             raise ValueError(f"positive_fraction must be in [0, 1], got {self.positive_fraction!r}")
+        if not 0 <= self.positive_jitter <= 0.5:
+            raise ValueError(
+                f"positive_jitter must be in [0, 0.5] (a share of the crop side), "
+                f"got {self.positive_jitter!r}"
+            )
         if self.crop_size is not None and (len(self.crop_size) != 2 or min(self.crop_size) < 1):
             raise ValueError(
                 f"crop_size must be two positive sizes or None, got {self.crop_size!r}"
@@ -505,15 +514,17 @@ class SliceDataset(Dataset):
         case_id: str,
         z: int,
     ) -> dict:
-        """A training item cut from a slice's planes: around a lesion pixel (within the central
-        half) when ``positive``, anywhere otherwise; augmented."""
+        """A training item cut from a slice's planes: around a lesion pixel (up to
+        ``positive_jitter`` of the side off centre) when ``positive``, anywhere otherwise;
+        augmented."""
         size = self.sampling.crop_size or self.full_shape
         if self.sampling.crop_size is None:
             center = ((mask.shape[0] - 1) / 2, (mask.shape[1] - 1) / 2)
         elif positive:
             ys, xs = np.nonzero(mask)
             j = int(rng.integers(len(ys)))
-            jitter = [rng.uniform(-s / 4, s / 4) for s in size]
+            j_max = self.sampling.positive_jitter
+            jitter = [rng.uniform(-j_max * s, j_max * s) for s in size]
             center = (ys[j] + jitter[0], xs[j] + jitter[1])
         else:
             center = tuple(rng.uniform(0, max(n - 1, 0)) for n in mask.shape)
