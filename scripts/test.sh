@@ -6,7 +6,7 @@ bash scripts/gui-deps.sh
 bash scripts/setup.sh testing
 # shellcheck disable=SC1091
 . .venv/bin/activate
-ruff check src tests benchmarks scripts docs
-ruff format --check src tests benchmarks scripts docs
+ruff check src tests benchmarks scripts experiments docs
+ruff format --check src tests benchmarks scripts experiments docs
 # pytest-xvfb starts a virtual display for the napari viewer tests.
 python -m pytest "$@"

@@ -1,4 +1,4 @@
-"""Load a script under scripts/ as a module, so tests call its functions."""
+"""Load a script under scripts/ or experiments/ as a module, so tests call its functions."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_script(name: str):
-    """scripts/<name>.py, executed as a module named ``name``."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+def load_script(name: str, folder: str = "scripts"):
+    """<folder>/<name>.py (scripts/ by default, or experiments/), executed as a module named
+    ``name``."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -5,7 +5,7 @@ lesion set's lesions.csv records it (make-lesions since 2026-12-03). For evaluat
 made before that, make the set again from its seed (the same lesions, byte for byte, now with
 the record) and recount each evaluation's lesions.csv against it:
 
-    python scripts/surroundings_table.py NEW_SET/lesions.csv NAME=EVAL_DIR [NAME=EVAL_DIR ...]
+    python experiments/surroundings_table.py NEW_SET/lesions.csv NAME=EVAL_DIR [NAME=EVAL_DIR ...]
 
 prints a Markdown table: detected / lesions >= 10 mm and >= 20 HU (all, then the dark ones) with
 the ring at least ``--edge`` soft tissue and below it.

@@ -11,7 +11,7 @@ the source scans TRAIN's dataset.json names); for folders without that record it
 of -100 to 250 HU, which also counts vessels and tissue by bone where no lesion may go, and so
 understates the share.
 
-    python scripts/fp_at_training_sites.py TRAIN EVAL [--split train] [--weights W]
+    python experiments/fp_at_training_sites.py TRAIN EVAL [--split train] [--weights W]
 """
 
 from __future__ import annotations

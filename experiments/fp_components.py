@@ -7,7 +7,7 @@ the 2-pixel in-plane ring around it. Per source region and feature, the hits' an
 positives' 10th/50th/90th percentiles, and the share of false positives outside the range the
 hits span: what the best one-feature cut that keeps every hit would remove.
 
-    python scripts/fp_components.py DATA [--split test] [--weights W] [--threshold T]
+    python experiments/fp_components.py DATA [--split test] [--weights W] [--threshold T]
         [--min-lesion-mm MM] [--min-depth-mm D] [--csv components.csv]
 """
 

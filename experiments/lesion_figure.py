@@ -2,7 +2,7 @@
 without and with its label's outline, captioned with size, contrast, surroundings and whether an
 evaluation found it (docs/images/lesion_surroundings.png):
 
-    python scripts/lesion_figure.py SET OUT.png CASE:LESION_ID [...] [--evaluation EVAL_DIR]
+    python experiments/lesion_figure.py SET OUT.png CASE:LESION_ID [...] [--evaluation EVAL_DIR]
 """
 
 from __future__ import annotations

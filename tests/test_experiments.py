@@ -1,0 +1,211 @@
+"""The one-off analyses under experiments/: what they count and what they print."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from script_helpers import load_script
+
+
+def _msd_folder(folder: Path, lesions: dict[str, tuple]) -> None:
+    """One region (a.nii.gz z000-004) of 4 x 16 x 16 soft tissue (40 HU); a box lesion per case."""
+    import nibabel as nib
+    import numpy as np
+
+    for sub in ("imagesTr", "labelsTr"):
+        (folder / sub).mkdir(parents=True)
+    for case, box in lesions.items():
+        mask = np.zeros((16, 16, 4), np.uint8)  # NIfTI (x, y, z)
+        mask[box] = 1
+        affine = np.diag([1.0, 1.0, 2.0, 1.0])
+        nib.save(nib.Nifti1Image(np.full(mask.shape, 40, np.int16), affine),
+                 folder / "imagesTr" / f"{case}_0000.nii.gz")  # fmt: skip
+        nib.save(nib.Nifti1Image(mask, affine), folder / "labelsTr" / f"{case}.nii.gz")
+    split = {"train": list(lesions), "val": [], "test": []}
+    cases = {c: {"source": "/data/a.nii.gz", "z_range_display": [0, 4]} for c in lesions}
+    (folder / "dataset.json").write_text(json.dumps({"split": split, "cases": cases}))
+
+
+def test_false_positives_at_training_sites_are_counted_there(tmp_path):
+    """A model that flags a training lesion's site in every new copy, and another spot once,
+    has 4/5 of its false-positive voxels and all the recurring ones at training sites; a hit
+    on the new lesion is not a false positive."""
+    import numpy as np
+
+    from napari_nstseg.io import read_mask
+
+    site, elsewhere = np.s_[2:6, 2:6, 1:3], np.s_[2:4, 10:12, 1:3]
+    new = np.s_[10:14, 2:6, 1:3]
+    other = np.s_[10:14, 10:14, 1:3]
+    _msd_folder(tmp_path / "train", {"a_z000-004_c00": site, "a_z000-004_c01": other})
+    _msd_folder(tmp_path / "eval", {f"a_z000-004_c{c:02d}": new for c in range(2, 6)})
+    _msd_folder(tmp_path / "flags", {"site": site, "once": elsewhere})
+    calls = []
+
+    def predict(ct):
+        calls.append(ct)
+        flags = [read_mask(tmp_path / "flags/labelsTr/site.nii.gz", like=ct.geometry) > 0]
+        if len(calls) == 1:
+            flags.append(read_mask(tmp_path / "flags/labelsTr/once.nii.gz", like=ct.geometry) > 0)
+        truth = read_mask(tmp_path / "eval/labelsTr/a_z000-004_c02.nii.gz", like=ct.geometry) > 0
+        return np.logical_or.reduce([truth, *flags])
+
+    fp_sites = load_script("fp_at_training_sites", "experiments")
+    rows = fp_sites.site_shares(tmp_path / "train", tmp_path / "eval", "train", predict)
+    assert len(calls) == 4
+    (region, n, soft, fp, recurring, exact), = rows  # fmt: skip
+    assert (region, n, exact) == ("a.nii.gz z000-004", 4, False)  # no record: the HU range
+    assert soft == pytest.approx(64 / 1024)  # two 4 x 4 x 2 training lesions in 16 x 16 x 4
+    assert fp == pytest.approx(32 / 40) and recurring == 1.0
+
+
+def test_training_sites_are_measured_against_the_tissue_lesions_may_go_in(tmp_path):
+    """On a make-lesions folder the share of tissue under training lesions is taken over the
+    tissue make-lesions places lesions in (fat and the bone's rim left out), not over every
+    voxel of -100 to 250 HU; a folder without the record of its source scans falls back to the
+    HU range and says so."""
+    import numpy as np
+
+    from lesion_helpers import phantom, save_int16
+    from napari_nstseg.io import read_ct, read_mask
+    from napari_nstseg.training.lesions import LesionConfig, SplitConfig, lesion_sites
+    from napari_nstseg.training.lesions import make_lesion_dataset as make
+
+    hu, _ = phantom(shape=(40, 48, 48), spacing=(2.0, 1.2, 1.2), seed=5)
+    scan = tmp_path / "a.nii.gz"
+    save_int16(scan, np.transpose(hu, (2, 1, 0)), np.diag([1.2, 1.2, 2.0, 1.0]))
+    cfg = LesionConfig(diameter_mm=(6.0, 9.0), lesions_per_scan=(1, 2), shell_mm=2.0, seed=1)
+    split = SplitConfig(fractions=(0.5, 0.25, 0.25), guard_mm=4.0, min_block_mm=16.0)
+    train = make([scan], tmp_path / "train", 2, cfg, 3, None, split, splits=("train",))
+    new = make([scan], tmp_path / "new", 2, cfg, 3, None, split, splits=("train",), first_copy=2)
+    fp_sites = load_script("fp_at_training_sites", "experiments")
+    (region, cases), = fp_sites.by_region(train, "train").items()  # fmt: skip
+    masks = []
+    for case in cases:
+        ct = read_ct(case.image)
+        masks.append(read_mask(case.label, like=ct.geometry) > 0)
+    cover = np.logical_or.reduce(masks)
+
+    def predict(_ct):  # flags every training site in every new copy
+        return cover
+
+    (row,) = fp_sites.site_shares(train, new, "train", predict)
+    _, n, tissue, fp, recurring, exact = row
+    assert n == 2 and exact and fp == 1.0 and recurring == 1.0
+    z0, z1 = (int(z) for z in region.split(" z")[1].split("-"))
+    soft = lesion_sites(read_ct(scan).hu[z0:z1], (2.0, 1.2, 1.2), None, cfg).soft
+    assert tissue == pytest.approx(cover[soft].mean())
+    by_hu = cover[(ct.hu > -100) & (ct.hu < 250)].mean()
+    assert tissue > by_hu  # fat and the bone's rim no longer dilute the share
+    meta = json.loads((train / "dataset.json").read_text())
+    del meta["regions"]
+    (train / "dataset.json").write_text(json.dumps(meta))
+    (row,) = fp_sites.site_shares(train, new, "train", predict)
+    assert row[-1] is False and row[2] == pytest.approx(by_hu)
+
+
+def test_surroundings_table_recounts_target_lesions_by_their_ring():
+    table = load_script("surroundings_table", "experiments")
+    shares = {("c0", "1"): 0.9, ("c0", "2"): 0.5, ("c0", "3"): 0.85, ("c0", "4"): 0.95}
+
+    def row(lesion, detected, diameter, contrast, matched="True"):
+        return {"case": "c0", "lesion_id": lesion, "matched": matched, "detected": detected,
+                "diameter_mm": diameter, "contrast_hu": contrast}  # fmt: skip
+
+    rows = [
+        row("1", "True", "12", "-30"),
+        row("2", "False", "15", "-40"),
+        row("3", "False", "12", "25"),  # bright: counted in all, not among the dark
+        row("4", "True", "5", "-30"),  # too small for the target group
+    ]
+    counts = table.recount(rows, shares, 0.8)
+    assert counts == {"soft": [1, 2], "soft dark": [1, 1], "mixed": [0, 1], "mixed dark": [0, 1]}
+    assert table.recount(rows, shares, 0.95)["mixed"] == [1, 3]
+    with pytest.raises(SystemExit, match="not in the lesion table"):
+        table.recount([row("9", "True", "12", "-30")], shares, 0.8)
+
+
+def test_lesion_figure_crops_the_lesion_it_names(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from lesion_helpers import phantom, save_int16
+    from napari_nstseg.training.lesions import LesionConfig, SplitConfig
+    from napari_nstseg.training.lesions import make_lesion_dataset as make
+
+    hu, _ = phantom(shape=(24, 48, 48), spacing=(2.0, 1.2, 1.2), seed=5)
+    scan = tmp_path / "a.nii.gz"
+    save_int16(scan, np.transpose(hu, (2, 1, 0)), np.diag([-1.2, -1.2, 2.0, 1.0]))
+    cfg = LesionConfig(diameter_mm=(8.0, 9.0), lesions_per_scan=(1, 1), shell_mm=2.0, seed=1,
+                       contrast_hu=(-60.0, -50.0), hypodense_fraction=1.0)  # fmt: skip
+    folder = make([scan], tmp_path / "set", 1, cfg, 3, None, SplitConfig(by="scan"))
+    with open(folder / "lesions.csv") as f:
+        (lesion,) = list(csv.DictReader(f))
+    figure = load_script("lesion_figure", "experiments")
+    pair = figure.crop_pair(folder, lesion, half=10, zoom=1)
+    plain, outlined = pair[:, :20], pair[:, 26:]
+    # the crop is centred on the lesion: the dark lesion (soft tissue, 40 HU, shows at 127 in
+    # W400/L40) and its green outline lie in the middle
+    assert plain[8:12, 8:12, 0].mean() < 115
+    green = np.argwhere((outlined == figure.GREEN).all(axis=-1))
+    assert len(green) and np.abs(green.mean(axis=0) - 9.5).max() < 3
+    size = f"{float(lesion['diameter_axial_max_mm']):.0f} mm"
+    assert figure.caption(lesion, None).startswith(size)
+    assert figure.caption(lesion, False).endswith(": missed")
+    out = tmp_path / "fig.png"
+    import sys
+
+    argv = sys.argv
+    sys.argv = ["lesion_figure", str(folder), str(out), f"{lesion['case']}:{lesion['lesion_id']}"]
+    try:
+        figure.main()
+    finally:
+        sys.argv = argv
+    assert Image.open(out).size[0] == 2 * 40 * 5 + 6
+
+
+def test_fp_components_tells_hits_from_false_positives_by_what_a_rule_could_use(tmp_path):
+    """A model that outlines the lesion and also flags a long dark tube has one hit and one
+    false positive per case, measured in mm, ml and HU; the tube lies outside every range the
+    hit spans but the probability (the same for both), and a hit-free case gives no range."""
+    import numpy as np
+
+    from napari_nstseg.training.data import find_cases, load_case
+
+    lesion = np.s_[2:6, 2:6, 1:3]  # NIfTI (x, y, z): 4 x 4 pixels of 1 mm, 2 slices of 2 mm
+    _msd_folder(tmp_path / "d", {"a_z000-004_c00": lesion, "a_z000-004_c01": lesion})
+    cases = find_cases(tmp_path / "d")
+    truth = load_case(cases[0])[1] > 0  # on the display grid the engine predicts on
+
+    def predict(hu, spacing):
+        assert hu.shape == (4, 16, 16) and tuple(spacing) == (2.0, 1.0, 1.0)
+        mask = truth.copy()
+        tube = np.zeros(hu.shape, bool)
+        tube[:, 2:4, 2:4] = True  # a tube through every slice, away from the lesion
+        assert not (tube & truth).any()
+        mask |= tube
+        hu[tube] = -20.0  # dark against the 40 HU around it
+        return mask, np.where(mask, 0.9, 0.0)
+
+    fp = load_script("fp_components", "experiments")
+    rows = fp.component_rows(cases, predict, (1,))
+    assert sorted((r["case"], r["hit"]) for r in rows) == [
+        ("a_z000-004_c00", False), ("a_z000-004_c00", True),
+        ("a_z000-004_c01", False), ("a_z000-004_c01", True),
+    ]  # fmt: skip
+    (hit, *_), (tube, *_) = ([r for r in rows if r["hit"] is h] for h in (True, False))
+    assert hit["depth_mm"] == 4.0 and tube["depth_mm"] == 8.0
+    assert hit["diameter_mm"] == pytest.approx(np.hypot(4, 4))
+    assert hit["volume_ml"] == pytest.approx(4 * 4 * 2 * 2 / 1000)
+    assert hit["contrast_hu"] == pytest.approx(0.0) and tube["contrast_hu"] == pytest.approx(-60)
+    assert hit["mean_probability"] == tube["mean_probability"] == pytest.approx(0.9)
+    sep = fp.separation(rows)
+    assert sep["depth_mm"]["fp_outside_hits"] == 1.0
+    assert sep["mean_hu"]["fp_outside_hits"] == 1.0
+    assert sep["mean_probability"]["fp_outside_hits"] == 0.0
+    assert sep["depth_mm"]["hits"] == [4.0, 4.0, 4.0]
+    assert np.isnan(fp.separation([tube])["depth_mm"]["fp_outside_hits"])
