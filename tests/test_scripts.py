@@ -182,3 +182,17 @@ def test_a_new_bundle_keeps_the_sections_added_since_and_names_the_rows_it_drops
     assert {"### Lesions inserted on the fly", "### Dark and bright lesions"} <= set(headings)
     card = bundle.later_sections(ROOT / "src/napari_nstseg/weights/MODEL_CARD.md")
     assert any("Dark and bright lesions apart" in s for s in card)
+
+
+def test_gpu_ablation_needs_variants_and_an_output_folder_before_any_work(tmp_path):
+    import os
+    import subprocess
+
+    script = str(ROOT / "scripts/gpu_ablation.sh")
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    run = subprocess.run(["bash", script], env=env, capture_output=True, text=True)
+    assert run.returncode == 2 and "usage: OUT=FOLDER" in run.stderr
+    run = subprocess.run(["bash", script, "no-sfm"], env=env, capture_output=True, text=True)
+    assert run.returncode != 0 and "set OUT" in run.stderr
+    for path in (ROOT / "scripts/gpu_ablation.sh", ROOT / "scripts/gpu_ablation_kit.sh"):
+        assert subprocess.run(["bash", "-n", str(path)]).returncode == 0

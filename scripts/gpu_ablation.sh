@@ -1,26 +1,32 @@
 #!/usr/bin/env bash
-# On the GPU machine of the `device` tool: scripts/ablation.sh for VARIANTs on CUDA, with
-# results in $OUT. Prepare here with scripts/device_kit.sh, then
-#   run(command="bash scripts/device_ablation.sh no-sfm", carry=[".whl", ".data"], timeout_s=600)
-# The chain runs detached in /tmp/abl and this call waits for it up to WAIT_S seconds (default
-# 540), then returns what is done: status.txt, log.txt, rows.md, evals.tgz (evaluations,
-# operating points, training logs) and weights_VARIANT.tgz (its phase-2 weights, else phase 1's).
-# While the machine is still warm (30 s), the same call again waits for the rest; a fresh
-# machine starts over. DEVICE=cpu with P1_ARGS/P2_ARGS of a tiny budget tries it on a CPU.
+# scripts/ablation.sh for VARIANTs on a CUDA machine, detached, with its results copied into
+# OUT. On a machine without a package index, prepare the tree first with
+# scripts/gpu_ablation_kit.sh (.whl/ and .data/ travel with it), then there:
+#   OUT=ablation-out bash scripts/gpu_ablation.sh no-sfm
+# The chain runs detached in WORK (/tmp/abl), so a limit on this command's own time does not
+# stop it; the command waits for it up to WAIT_S seconds (default 540), then copies what is done
+# into OUT: status.txt, log.txt, rows.md, evals.tgz (evaluations, operating points, training
+# logs) and weights_VARIANT.tgz (its phase-2 weights, else phase 1's). The same command again
+# waits for the rest (a chain still running is not started twice; a finished one is not rerun).
+# DEVICE=cpu with P1_ARGS/P2_ARGS of a tiny budget tries it on a CPU.
 # ONLINE=1 in front of the command (it reaches ablation.sh) trains on lesions inserted on the fly;
 # HYPODENSE=0.5 on training lesions half of them bright (docs/comparison.md, 'Dark and bright
-# lesions'): ONLINE=1 HYPODENSE=0.5 bash scripts/device_ablation.sh default unet.
-# Back here, with evals.tgz unpacked in E: the rows go into the docs' tables with
+# lesions'): OUT=ablation-out ONLINE=1 HYPODENSE=0.5 bash scripts/gpu_ablation.sh default unet.
+# Back on the machine with the docs, with evals.tgz unpacked in E: the rows go into the docs'
+# tables with
 #   python scripts/comparison_rows.py "NAME, same phases=E/p2/evals/V_d4/evaluation.json" \
 #     "NAME at its validation-tuned point=E/p2/runs/V/eval_test/evaluation.json" \
 #     --into docs/comparison.md src/napari_nstseg/weights/MODEL_CARD.md
 # (NAME from scripts/variant_names.sh, as rows.md spells them).
 set -euo pipefail
+[ $# -ge 1 ] || { echo "usage: OUT=FOLDER $0 VARIANT..." >&2; exit 2; }
+: "${OUT:?set OUT, the folder the results are copied into}"
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "$0")/.."
-: "${OUT:?run this through the device tool, which sets OUT}"
-[ $# -ge 1 ] || { echo "usage: $0 VARIANT..." >&2; exit 2; }
-W=/tmp/abl
-if [ ! -d /tmp/site ]; then
+W=${WORK:-/tmp/abl}
+# The kit's wheels (scripts/gpu_ablation_kit.sh), when the tree brought them.
+if [ -d .whl ] && [ ! -d /tmp/site ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl
 fi
@@ -33,7 +39,7 @@ print(torch.__version__, torch.cuda.get_device_name() if cuda else "cpu")' "$DEV
   | tee "$OUT/status.txt"
 if ! { [ -f $W/pid ] && kill -0 "$(cat $W/pid)" 2>/dev/null; } && [ ! -f $W/rows.md ]; then
   mkdir -p $W
-  DEVICE=$DEVICE DATA=$PWD/.data/totalsegmentator LESION_WORKERS=$(nproc) PYTHON=python3 \
+  DEVICE=$DEVICE DATA=${DATA:-$PWD/.data/totalsegmentator} LESION_WORKERS=$(nproc) PYTHON=python3 \
     setsid nohup bash scripts/ablation.sh $W "$@" > $W/log.txt 2>&1 < /dev/null &
   echo $! > $W/pid
 fi
