@@ -291,7 +291,23 @@ def _load_dicom(path: Path) -> LoadedImage:
     gap_note = _uneven_slice_note(folder, reader, len(files))
     if gap_note:
         notes.append(gap_note)
-    return _from_sitk(folder, image, "dicom", notes, extra={"dicom_series_uid": uid})
+    extra = {
+        "dicom_series_uid": uid,
+        # File and SOP Instance UID of each slice, in ITK's slice order (index k): a DICOM SEG
+        # written for the scan references them (io/dicom_seg.py), and one read back is matched
+        # to slices by them.
+        "dicom_files": [str(Path(f).absolute()) for f in files],
+        "dicom_sop_instance_uids": [_slice_tag(reader, k, "0008|0018") for k in range(len(files))],
+    }
+    return _from_sitk(folder, image, "dicom", notes, extra=extra)
+
+
+def _slice_tag(reader, k: int, tag: str) -> str:
+    """One tag of slice ``k`` as the series reader kept it ('' when the slice has none)."""
+    try:
+        return reader.GetMetaData(k, tag).strip().rstrip("\x00")
+    except RuntimeError:
+        return ""
 
 
 def _from_sitk(path: Path, image, fmt: str, notes: list[str], extra=None) -> LoadedImage:
