@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +181,45 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
             f"Checkpoint description {json_path} was modified after saving (its content no "
             f"longer matches {tensor_path.name}); restore the original file."
         )
+    return meta
+
+
+def read_operating_point(
+    checkpoint: str | os.PathLike | Mapping[str, Any], path: str | os.PathLike | None = None
+) -> Any:
+    """The operating point (a PostprocessConfig) a checkpoint recommends, its "postprocess"
+    entry written by `nstseg tune-postprocess`; None when it names none.
+
+    ``checkpoint`` is the checkpoint's JSON as read (:func:`read_metadata`; ``path``, where it
+    was read from, is named in errors) or a path naming the checkpoint, whose JSON alone is then
+    read (the tensors are checked when they are loaded). Raises CheckpointError for a file that
+    cannot be read or an entry that cannot be used.
+    """
+    from napari_nstseg.postprocess import PostprocessConfig
+
+    if not isinstance(checkpoint, Mapping):
+        path, checkpoint = checkpoint, _read_json(checkpoint)
+    entry = checkpoint.get("postprocess")
+    if entry is None:
+        return None
+    try:
+        return PostprocessConfig.from_dict(entry)
+    except (TypeError, ValueError, AttributeError) as exc:
+        where = "" if path is None else f" {checkpoint_paths(path)[1]}"
+        raise CheckpointError(
+            f"The checkpoint{where} recommends an unusable operating point ('postprocess' "
+            f"entry): {exc}"
+        ) from None
+
+
+def _read_json(path: str | os.PathLike) -> Mapping[str, Any]:
+    json_path = checkpoint_paths(path)[1]
+    try:
+        meta = json.loads(json_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"Checkpoint description {json_path} is unreadable: {exc}") from None
+    if not isinstance(meta, Mapping):
+        raise CheckpointError(f"Checkpoint description {json_path} is not a JSON object.")
     return meta
 
 
