@@ -1,9 +1,9 @@
-"""The bundled weights find the sample's lesion, as the README says, through `nstseg predict`.
+"""The bundled weights find the sample's lesion, as docs/model.md says, through `nstseg predict`.
 
 Measured (AMD EPYC, CPU, slices 6-14 around the lesion at the bundled operating point
 threshold 0.5, min depth 4 mm): the component on the lesion covers 41 of its 50 voxels, Dice
-0.71 between lesion and component (the README's figure; the same on the whole volume), and
-10 other components on those 9 slices. The floors below leave room for another CPU's
+0.71 between lesion and component (the figure in docs/model.md; the same on the whole volume),
+and 10 other components on those 9 slices. The floors below leave room for another CPU's
 arithmetic, not for a model that stops finding the lesion.
 """
 

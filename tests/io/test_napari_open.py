@@ -1,5 +1,6 @@
-"""What the README says about opening a scan from a script holds: napari's `viewer.open` uses
-its own reader unless told, which cannot read CT files, and naming the plugin works."""
+"""What the README and docs/napari.md say about opening a scan from a script holds: napari's
+`viewer.open` uses its own reader unless told, which cannot read CT files, and naming the
+plugin works."""
 
 from __future__ import annotations
 
