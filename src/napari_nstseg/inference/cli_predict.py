@@ -43,7 +43,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument("ct_file", metavar="CT_FILE", help="the CT scan (file or DICOM folder)")
     p.add_argument(
-        "out_file", metavar="OUT_FILE", help="mask to write (.nii.gz, .nii, .mha or .nrrd)"
+        "out_file",
+        metavar="OUT_FILE",
+        help="mask to write (.nii.gz, .nii, .mha or .nrrd; .dcm: a DICOM SEG referencing the "
+        "input, which must then be a DICOM series)",
     )
     p.add_argument(
         "--weights",
@@ -246,6 +249,10 @@ def _run_predict(args: argparse.Namespace) -> int:
     timings["read"] = time.perf_counter() - t
     zs = parse_slices(args.slices, ct.shape[0])
     plan.check_space(int(np.prod(ct.shape)))
+    if plan.mask_is_seg:
+        from napari_nstseg.io.dicom_seg import check_seg_source
+
+        check_seg_source(plan.mask, ct.geometry)
     search = organ_map = None
     if organs is not None:
         search, organ_map, zs_run = _organ_search(args, ct, organs, zs, plan.weights_meta)
@@ -331,7 +338,16 @@ def _run_predict(args: argparse.Namespace) -> int:
     # error, Ctrl+C or `kill` before then leaves every output path as it was.
     with plan.folders(), AtomicBatch() as batch:
         t = time.perf_counter()
-        write_mask(plan.mask, pred.mask, ct.geometry, batch=batch)
+        if plan.mask_is_seg:
+            from napari_nstseg.io.dicom_seg import write_dicom_seg
+
+            # Straight from the model: AUTOMATIC, naming the weights that made it.
+            name = Path(str(weights)).stem if weights else ""
+            write_dicom_seg(
+                plan.mask, pred.mask, ct.geometry, edited=False, weights_name=name, batch=batch
+            )
+        else:
+            write_mask(plan.mask, pred.mask, ct.geometry, batch=batch)
         map_paths = _write_maps(pred, plan, ct.geometry, batch) if plan.maps_dir else {}
         if plan.lesion_map is not None:
             write_mask(plan.lesion_map, lesion_ids, ct.geometry, batch=batch)

@@ -17,6 +17,7 @@ from napari_nstseg.io.errors import CTReadError
 from napari_nstseg.io.outputs import check_distinct, check_folder, check_output, check_space
 
 MAP_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
+SEG_SUFFIX = ".dcm"  # the mask as a DICOM SEG of the input series (io/dicom_seg.py)
 REPORT_BYTES = 1 << 20
 SCALE_NAMES = ("0.5x", "1.0x", "1.5x")
 
@@ -50,6 +51,11 @@ class PredictOutputs:
     lesion_map: Path | None = None
     inputs: dict[str, Path] = field(default_factory=dict)
     weights_meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mask_is_seg(self) -> bool:
+        """True when the mask goes out as a DICOM SEG (a .dcm name)."""
+        return self.mask.name.lower().endswith(SEG_SUFFIX)
 
     def map_path(self, name: str) -> Path:
         assert self.maps_dir is not None
@@ -114,8 +120,14 @@ def plan_outputs(args: argparse.Namespace) -> PredictOutputs:
     """The outputs named on the command line, checked against each other and the inputs."""
     mask = Path(args.out_file).expanduser().absolute()
     suffix = mask_suffix(mask)
-    if suffix is None:
-        raise ValueError(f"{mask} has no mask file extension; use .nii.gz, .nii, .mha or .nrrd")
+    if mask.name.lower().endswith(SEG_SUFFIX):
+        _check_seg_input(mask, Path(args.ct_file))
+        suffix = ".nii.gz"  # of the maps: a DICOM SEG holds masks only
+    elif suffix is None:
+        raise ValueError(
+            f"{mask} has no mask file extension; use .nii.gz, .nii, .mha or .nrrd (or .dcm, a "
+            "DICOM SEG, for a DICOM series)"
+        )
     lesion_map = getattr(args, "lesion_map", None)
     if lesion_map is not None and mask_suffix(Path(lesion_map)) is None:
         raise ValueError(
@@ -143,6 +155,17 @@ def plan_outputs(args: argparse.Namespace) -> PredictOutputs:
     )
     plan.check()
     return plan
+
+
+def _check_seg_input(mask: Path, ct_file: Path) -> None:
+    """A DICOM SEG refers to a DICOM series: refuse any other input in one line."""
+    from napari_nstseg.io.readers import file_format
+
+    if ct_file.exists() and file_format(ct_file) != "dicom":
+        raise ValueError(
+            f"{mask}: a DICOM SEG (.dcm) can only be written for a DICOM series, and {ct_file} is "
+            "not one; name the mask .nii.gz, .nii, .mha or .nrrd"
+        )
 
 
 def _organ_input(args: argparse.Namespace) -> dict[str, Path]:

@@ -131,6 +131,14 @@ def _source_slices(path: Path, geometry: Geometry, error: type) -> tuple[list[st
     return files, uids
 
 
+def check_seg_source(path: str | os.PathLike, geometry: Geometry) -> None:
+    """Refuse (``MaskWriteError``) before any work a scan a DICOM SEG cannot be written for:
+    not a DICOM series, its slices not recorded, or its first slice unfit to be referenced."""
+    path = Path(path)
+    files, uids = _source_slices(path, geometry, MaskWriteError)
+    _read_sources(path, files[:1], uids[:1], geometry)
+
+
 def _read_sources(path: Path, files: list[str], uids: list[str], geometry: Geometry) -> list:
     """The source slices' headers, checked to be the very instances the scan was read from."""
     import pydicom
