@@ -145,7 +145,7 @@ def _nstseg_argv(command: str) -> list[str] | None:
 DOC_PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
-@pytest.mark.parametrize("page", DOC_PAGES, ids=lambda p: p.name)
+@pytest.mark.parametrize("page", DOC_PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_nstseg_command_line_in_the_docs_parses(page, capsys):
     from napari_nstseg.cli import build_parser
 
@@ -192,7 +192,11 @@ def test_the_test_script_lints_every_python_folder():
     assert 'python -m pytest "$@"' in script
 
 
-@pytest.mark.parametrize("page", [*DOC_PAGES, ROOT / "experiments/README.md"], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "page",
+    [*DOC_PAGES, ROOT / "experiments/README.md", ROOT / "scripts/README.md"],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
 def test_every_relative_link_of_the_docs_leads_to_a_file(page):
     text = page.read_text(encoding="utf-8")
     links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
