@@ -66,6 +66,25 @@ def training_minutes(ckpt: Path) -> float | None:
         return sum(float(r["epoch_time_s"]) for r in csv.DictReader(f)) / 60
 
 
+def stage_budgets(ckpt: Path, prov: dict) -> list[tuple[dict, float | None]]:
+    """(budget, training minutes) of every stage behind a checkpoint, the first first: the
+    `--init` chain in its provenance, minutes from each run's log.csv where it is still there."""
+    stages = [(prov.get("budget") or {}, training_minutes(ckpt))]
+    origin = prov.get("initialised_from")
+    while origin:
+        weights = origin.get("weights")
+        minutes = training_minutes(Path(weights)) if weights else None
+        if minutes is None:
+            minutes = _minutes(origin.get("started"), origin.get("date"))
+        stages.append((origin.get("budget") or {}, minutes))
+        origin = origin.get("initialised_from")
+    return stages[::-1]
+
+
+def _budget_text(b: dict) -> str:
+    return f"{b.get('epochs')} x {b.get('steps_per_epoch')} x {b.get('batch_size')}"
+
+
 def score(weights: str, point: dict, args, split: str, out: Path) -> dict:
     """``evaluate`` at ``point`` (empty: the operating point the weights carry)."""
     cfg = EvalConfig(device="cpu", split_file=args.split_file, **point)
@@ -240,11 +259,12 @@ def main(argv=None) -> int:
     budgets = []
     for name, (ckpt, _) in models.items():
         p = read_metadata(ckpt)["provenance"]
-        b = p.get("budget") or {}
-        took = training_minutes(Path(args.seg if name == BUNDLED_NAME else ckpt))
+        phases = stage_budgets(Path(args.seg if name == BUNDLED_NAME else ckpt), p)
+        spent = [m for _, m in phases]
+        took = None if None in spent else sum(spent)
         budgets.append(
-            f"| {name} | {b.get('epochs')} x {b.get('steps_per_epoch')} x {b.get('batch_size')} "
-            f"= {b.get('samples')} crops | {p.get('seed')} | "
+            f"| {name} | {' + '.join(_budget_text(b) for b, _ in phases)} "
+            f"= {sum(int(b.get('samples') or 0) for b, _ in phases)} crops | {p.get('seed')} | "
             f"{'-' if took is None else f'{took:.0f}'} | {p.get('device')} |"
         )
     doc = [
@@ -254,7 +274,7 @@ def main(argv=None) -> int:
         "`nstseg evaluate` on the fixed split configs/sarcoma/split.json; every model has the "
         "same data, budget and seed. Hardware: " + args.hardware + ", CPU only.",
         "",
-        "| model | budget (epochs x steps x batch) | seed | training minutes | device |",
+        "| model | budget (epochs x steps x batch, per stage) | seed | training minutes | device |",
         "|---|---|---|---|---|",
         *budgets,
         "",

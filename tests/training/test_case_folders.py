@@ -219,8 +219,15 @@ def test_bundle_sarcoma_writes_named_weights_card_and_comparison(
     tune.write_text(json.dumps({"postprocess": point}))
     weights, docs = tmp_path / "weights", tmp_path / "docs"
     docs.mkdir()
+    stage2 = tmp_path / "stage2"  # a second stage, continued from the first with --init
+    code = main([
+        "train", "--data", str(cases_root), "--split-file", str(split_file), "--out", str(stage2),
+        "--init", str(tiny_run / "final.json"), "--epochs", "1", "--steps-per-epoch", "3",
+        "--batch-size", "4", "--crop-size", "32", "--positive-jitter", "0.5", "--no-progress",
+    ])  # fmt: skip
+    assert code == 0
     code = bundle.main([
-        "--seg", str(tiny_run / "final.json"), "--tune", str(tune),
+        "--seg", str(stage2 / "final.json"), "--tune", str(tune),
         "--compare", f"U-Net={tiny_run / 'final.json'}:{tune}", "--data", str(cases_root),
         "--split-file", str(split_file), "--work", str(tmp_path / "work"),
         "--weights-dir", str(weights), "--docs", str(docs), "--hardware", "test CPU",
@@ -233,6 +240,9 @@ def test_bundle_sarcoma_writes_named_weights_card_and_comparison(
     assert "not for diagnosis" in card and "STS_003" in card and "test CPU" in card
     table = (docs / "sarcoma.md").read_text()
     assert "| U-Net |" in table and "| CDI-NSTSEG (bundled `sarcoma`) |" in table
+    # the budget adds up over the stages: 1 x 2 x 4 crops, then 1 x 3 x 4 more
+    assert "| CDI-NSTSEG (bundled `sarcoma`) | 1 x 2 x 4 + 1 x 3 x 4 = 20 crops |" in table
+    assert "| U-Net | 1 x 2 x 4 = 8 crops |" in table
 
 
 def test_results_never_go_into_the_data_set_or_over_an_input(
