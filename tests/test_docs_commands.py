@@ -48,6 +48,7 @@ RUN_BY = {
         "test_predict_writes_mask_maps_and_report_on_the_scan_grid",  # --slices
         "test_predict_uses_the_weights_operating_point_unless_told_otherwise",  # --mirror
     ],
+    "nstseg predict dicom_series/ mask.dcm": ["test_predict_on_a_dicom_series_writes_a_seg_of_it"],
     "nstseg make-lesions ct1.nii.gz ct2.nii.gz -o lesions/ --copies 16": [
         "test_make_lesions_command",
     ],
