@@ -16,7 +16,7 @@ from napari_nstseg.inference import (
     roi_from_corners,
     roi_from_mask,
 )
-from napari_nstseg.inference import engine as engine_mod
+from napari_nstseg.inference import estimate as estimate_mod
 from napari_nstseg.preprocessing import PreprocessConfig
 
 NATIVE = PreprocessConfig(working_spacing_mm=None)  # no resampling: fastest on 2 cores
@@ -254,19 +254,19 @@ def test_estimate_refuses_only_what_cannot_fit_one_slice(bright, monkeypatch):
     seg = segmenter(bright(), batch_size=8)
     shape = (20, 64, 64)
     free = {"bytes": 1 << 40}
-    monkeypatch.setattr(engine_mod, "device_memory_available", lambda d: free["bytes"])
-    monkeypatch.setattr(engine_mod, "host_memory_available", lambda: free["bytes"])
+    monkeypatch.setattr(estimate_mod, "device_memory_available", lambda d: free["bytes"])
+    monkeypatch.setattr(estimate_mod, "host_memory_available", lambda: free["bytes"])
 
     roomy = seg.estimate(shape, SPACING)
     assert roomy.fits and roomy.batch_size == 8 and roomy.seconds > 0
     per_slice, host = roomy.bytes_per_slice, roomy.host_bytes
     assert per_slice > 0 and host == Prediction.bytes_for(shape, MapRequest(), 2)
 
-    free["bytes"] = int((host + 1.5 * per_slice) / engine_mod.MEMORY_HEADROOM)
+    free["bytes"] = int((host + 1.5 * per_slice) / estimate_mod.MEMORY_HEADROOM)
     tight = seg.estimate(shape, SPACING)
     assert tight.fits and tight.batch_size == 1, tight.reason
 
-    free["bytes"] = int((host + 0.5 * per_slice) / engine_mod.MEMORY_HEADROOM)
+    free["bytes"] = int((host + 0.5 * per_slice) / estimate_mod.MEMORY_HEADROOM)
     refused = seg.estimate(shape, SPACING)
     assert not refused.fits and refused.batch_size == 0
     assert "One 64x64 slice" in refused.reason and "\n" not in refused.reason
@@ -282,7 +282,7 @@ def test_estimate_scales_with_slice_size(bright):
 
 
 def test_auto_batch_size_comes_from_the_estimate(bright, make_ct, monkeypatch):
-    monkeypatch.setattr(engine_mod, "MAX_AUTO_BATCH", 3)
+    monkeypatch.setattr(estimate_mod, "MAX_AUTO_BATCH", 3)
     pred = segmenter(bright(), batch_size=None).predict(make_ct((7, 16, 16)), SPACING)
     assert pred.complete and pred.info["batch_size"] == 3
 

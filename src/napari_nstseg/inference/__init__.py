@@ -11,14 +11,14 @@ _HOMES = {
     "DeviceError": "device",
     "available_devices": "device",
     "select_device": "device",
-    "EngineConfig": "engine",
-    "Estimate": "engine",
-    "ProgressEvent": "engine",
+    "EngineConfig": "engine_config",
+    "Estimate": "estimate",
+    "ProgressEvent": "engine_config",
     "Segmenter": "engine",
     "WeightsMissingError": "engine",
     "default_weights_path": "engine",
-    "roi_from_corners": "engine",
-    "roi_from_mask": "engine",
+    "roi_from_corners": "roi",
+    "roi_from_mask": "roi",
     "MapRequest": "prediction",
     "Prediction": "prediction",
     "decode_probability": "prediction",
@@ -43,17 +43,11 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .device import DeviceError, available_devices, select_device
-    from .engine import (
-        EngineConfig,
-        Estimate,
-        ProgressEvent,
-        Segmenter,
-        WeightsMissingError,
-        default_weights_path,
-        roi_from_corners,
-        roi_from_mask,
-    )
+    from .engine import Segmenter, WeightsMissingError, default_weights_path
+    from .engine_config import EngineConfig, ProgressEvent
+    from .estimate import Estimate
     from .prediction import MapRequest, Prediction, decode_probability
+    from .roi import roi_from_corners, roi_from_mask
 
 
 def __getattr__(name: str) -> Any:
