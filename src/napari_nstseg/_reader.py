@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ._seg import get_seg_reader
 from .io.readers import (
     file_format,
     load_image,
@@ -28,6 +29,9 @@ def get_reader(path: str | os.PathLike | list) -> Callable[[Any], list[LayerData
         if len(path) != 1:
             return None  # stacks of files are not one scan
         path = path[0]
+    seg_reader = get_seg_reader(path)  # a DICOM SEG goes onto its open series, not a new CT
+    if seg_reader is not None:
+        return seg_reader
     try:
         kind = file_format(path)
     except OSError:
