@@ -211,15 +211,14 @@ def _save(path: Path, seg, batch: AtomicBatch | None) -> Path:
 def is_dicom_seg(path: str | os.PathLike) -> bool:
     """True for a file whose SOP Class is Segmentation Storage (reads the header only)."""
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     p = Path(path)
     if not p.is_file():
         return False
     try:
         ds = pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["SOPClassUID"])
-    except (OSError, InvalidDicomError, ValueError, EOFError):
-        return False
+    except Exception:  # whatever pydicom cannot parse is no SEG; the CT reader
+        return False  # then says in its own words what is wrong with the file
     return str(ds.get("SOPClassUID", "")) == SEG_SOP_CLASS_UID
 
 
