@@ -413,8 +413,7 @@ def test_roi_mode_runs_only_inside_a_rectangle_or_a_mask_box_plus_margin(
     viewer.dims.set_point(0, world(2, 0, 0)[0])
     widget.roi_layer.value = "flat box"
     widget.roi_margin.value = 0.0
-    box = widget.roi_box(viewer.layers["CT"])
-    assert box == (slice(2, 3), slice(20, 31), slice(25, 41))
+    assert widget.make_request("ROI").roi == (slice(2, 3), slice(20, 31), slice(25, 41))
 
     widget.roi_layer.value = "(none)"
     widget.run()

@@ -3,7 +3,8 @@
 napari's grid puts ``stride`` consecutive layers of the list into one cell, counting from the
 bottom, and leaves out cells with no visible layer. So each (CT, mask) pair moves to the bottom
 in order and every other layer is hidden while the grid is on; the layer order, visibility and
-grid settings from before are kept (by layer ``unique_id``) to go back to the normal view.
+grid settings from before are kept (by layer ``unique_id``, in an AblationGrid) to go back to
+the normal view.
 """
 
 from __future__ import annotations
@@ -80,3 +81,32 @@ def restore_view(viewer: Any, before: NormalView) -> None:
         layer.visible = before.visible.get(layer_id(layer), False)
         layer.name_overlay.visible = False
     viewer.reset_view()
+
+
+class AblationGrid:
+    """The grid's state in one panel: the normal view to go back to, while the grid is shown."""
+
+    def __init__(self, viewer: Any) -> None:
+        self.viewer = viewer
+        self.normal: NormalView | None = None
+        self._before_variants: NormalView | None = None
+
+    @property
+    def shown(self) -> bool:
+        return self.normal is not None
+
+    def remember(self) -> None:
+        """Variants are about to run: the view to come back to is the one before their layers
+        were made (a grid already shown keeps the one from before it)."""
+        self._before_variants = None if self.shown else normal_view(self.viewer)
+
+    def show(self, cells: Sequence[tuple[Any, Any]]) -> None:
+        if self.normal is None:
+            self.normal = self._before_variants or normal_view(self.viewer)
+        show_grid(self.viewer, cells)
+
+    def leave(self) -> None:
+        """Back to the normal view: layer order, visibility and grid settings as before."""
+        if self.normal is not None:
+            restore_view(self.viewer, self.normal)
+        self.normal = None

@@ -11,6 +11,7 @@ every clean session.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +92,44 @@ class Recovery:
             return self.write(path, data, geometry) is not None
         self.remove(path)
         return False
+
+
+def settle_mask(recovery: Recovery, mask: Any) -> bool:
+    """A layer leaves cleanly: a tumor mask's recovery file is kept only while it holds unsaved
+    hand edits (:meth:`Recovery.settle`); whether kept. Raises OSError and friends."""
+    from .layers import ct_geometry, edit_tracker, is_labels
+
+    path = mask.metadata.get(AUTOSAVE_KEY)
+    if not path or not is_labels(mask):
+        return False
+    edited = bool(edit_tracker(mask).edited)
+    return recovery.settle(Path(path), mask.data, ct_geometry(mask), edited)
+
+
+def restore(session: Any, ct: Any, track: Callable[[], None]) -> Path:
+    """Load the recovery file of the CT layer ``ct`` into its tumor mask (made, linked and then
+    handed to ``track`` when there is none) as one undoable step; returns the file read."""
+    from napari_nstseg.io.readers import read_mask
+
+    from .layers import LayerNames, Region, ct_geometry, edit_tracker, layer_kwargs, link
+    from .layers import write_mask as write_layer
+    from .session import mask_role
+
+    path = ct_autosave_path(ct)
+    data = read_mask(path, like=ct_geometry(ct))
+    layer = session.mask_layer(ct)
+    if layer is None:
+        layer = session.viewer.add_labels(
+            np.zeros(ct.data.shape, np.uint8),
+            name=LayerNames(ct.name).tumor_mask,
+            **layer_kwargs(ct),
+        )
+        link(layer, ct, mask_role())
+        track()
+    region = Region(np.arange(ct.data.shape[0]), slice(None), slice(None))
+    tracker = edit_tracker(layer)
+    write_layer(layer, region, data, tracker, overwrite=True)
+    # The recovery file holds the user's work; which slices were hand-edited is not stored,
+    # so every slice with a label is protected from model re-runs like a fresh edit.
+    tracker.mark_edited(np.flatnonzero(data.reshape(data.shape[0], -1).any(axis=1)))
+    return path

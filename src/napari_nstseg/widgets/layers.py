@@ -19,7 +19,6 @@ blending), so together they read as one RGB composite and each can still be togg
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_nstseg.inference.prediction import binarize_probability
 from napari_nstseg.io.volume import METADATA_KEY, Geometry, geometry_from_metadata
 from napari_nstseg.postprocess import PostprocessConfig
 
@@ -466,15 +466,14 @@ def show_prediction(
     out: dict[str, Any] = {}
     if region.z.size == 0:
         return out
-    # The same rule as Prediction.mask_at: stored value v means probability v / 255.
-    cut = math.ceil(threshold * 255.0 - 1e-6)
 
     def labels_from(prob: np.ndarray, name: str, color: str) -> None:
         if rethreshold and find_linked(viewer, ct_layer, names.role(name)) is None:
             return
         # Outlines: the stage masks show where each stage cuts without hiding the CT under them.
         layer = _get_labels(viewer, names, name, shape, ct_layer, color, opacity=0.8, contour=1)
-        _put_map(layer, region, prob, lambda p: (as_probability_uint8(p) >= cut).astype(np.uint8))
+        # The engine's own cut (Prediction.mask_at), for uint8 and float16 maps alike.
+        _put_map(layer, region, prob, lambda p: binarize_probability(p, threshold).astype(np.uint8))
         out[name] = layer
 
     def image_from(array: np.ndarray, name: str, colormap: str, **style: Any) -> None:

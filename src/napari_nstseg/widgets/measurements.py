@@ -1,14 +1,18 @@
-"""Widget-side tables: paper metrics (000/004) of a mask against ground truth, and lesion sizes."""
+"""Widget-side tables without Qt: paper metrics (000/004) of a mask against ground truth, lesion
+sizes and their CSV export."""
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from napari_nstseg import metrics
 
+METRIC_NAMES = ("Dice", "IoU", "precision", "recall", "specificity", "S-measure", "E-measure")
 # Table row -> key in napari_nstseg.metrics results.
 METRIC_KEYS = {
     "Dice": "dice",
@@ -58,3 +62,52 @@ def lesion_rows(mask_zyx: np.ndarray, spacing: Sequence[float]) -> list[dict[str
         }
         for lesion in metrics.measure_lesions(mask_zyx, [abs(float(s)) for s in spacing])
     ]
+
+
+def write_lesions_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
+    """The lesion table (rows of :func:`lesion_rows`) as CSV at ``path``; raises OSError."""
+    path = Path(path)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            ["id", "volume_ml", "longest_axial_diameter_mm", "first_slice", "last_slice"]
+        )
+        for row in rows:
+            first, last = row["slice_range"]
+            writer.writerow(
+                [
+                    row["id"],
+                    f"{row['volume_ml']:.4f}",
+                    f"{row['longest_axial_diameter_mm']:.2f}",
+                    first,
+                    last,
+                ]
+            )
+    return path
+
+
+class Scores:
+    """The metrics table's values: one slice's, and the volume's kept until an edit or a run
+    makes them stale, so stepping through slices stays quick on big scans."""
+
+    def __init__(self) -> None:
+        self._volume: dict[str, float] | None = None
+
+    def stale(self) -> None:
+        self._volume = None
+
+    def table(
+        self, pred: Any, gt: Any, z: int, volume: bool = True
+    ) -> dict[str, tuple[float, float]]:
+        """{row: (slice ``z``, volume)} of the tumor mask ``pred`` against ``gt`` (Labels
+        layers); ``volume=False`` reuses the volume column unless stale. ValueError when the
+        two are on different grids."""
+        if gt.data.shape != pred.data.shape:
+            raise ValueError(
+                f"Ground truth {gt.name!r} has shape {tuple(gt.data.shape)}, not the tumor "
+                f"mask's {tuple(pred.data.shape)}."
+            )
+        on_slice = slice_metrics(np.asarray(pred.data[z]) > 0, np.asarray(gt.data[z]) > 0)
+        if volume or self._volume is None:
+            self._volume = volume_metrics(np.asarray(pred.data) > 0, np.asarray(gt.data) > 0)
+        return {name: (on_slice[name], self._volume[name]) for name in METRIC_NAMES}

@@ -1,16 +1,18 @@
-"""The widget's state between runs, without Qt: runs asked for, the last result, loaded engines.
+"""The widget's state between runs, without Qt: runs and their results, the last result and
+its re-cut, loaded engines (the session object of napari-nninteractive and micro-sam's _state).
 
 napari gives a plugin widget a proxy of the viewer that hands out a new object for every layer
 access, so nothing here holds or compares layer objects: a CT is remembered by its napari
 ``unique_id`` and looked up again in ``viewer.layers`` when needed, and the layers drawn on it
 are found through the link they carry in their metadata (:func:`layers.find_linked`). Tests
-drive a Session on a bare ``ViewerModel``.
+drive a Session on a bare ``ViewerModel``: :meth:`Session.run` runs the model in the calling
+thread, the panel runs the same :meth:`Session.run_steps` in a napari thread worker.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,9 @@ from .layers import (
     link,
     show_prediction,
 )
+from .operating_point import OperatingPoint
+
+__all__ = ["OperatingPoint", "RunOutcome", "RunRequest", "Session", "mask_role"]
 
 
 @dataclass
@@ -72,22 +77,6 @@ class RunOutcome:
         if self.prediction is None:
             return 0
         return int(np.count_nonzero(self.prediction.done))
-
-
-@dataclass(frozen=True)
-class OperatingPoint:
-    """Where the probabilities are cut and which lesions are left out of the tumor mask."""
-
-    threshold: float = 0.5
-    min_lesion_mm: float = 0.0
-    min_depth_mm: float = 0.0
-
-    def describe(self) -> str:
-        return (
-            f"threshold {self.threshold:.2f}"
-            + (f", min lesion {self.min_lesion_mm:g} mm" if self.min_lesion_mm > 0 else "")
-            + (f", min depth {self.min_depth_mm:g} mm" if self.min_depth_mm > 0 else "")
-        )
 
 
 def suffix(variant: str) -> str:
@@ -274,3 +263,93 @@ class Session:
         if key not in self._engines:
             self._engines[key] = runner.variant_segmenter(self.engine(request), request.variant)
         return self._engines[key]
+
+    # -- running -------------------------------------------------------------------------------
+    def run_steps(self, request: RunRequest) -> Generator[tuple[int, int] | str, None, RunOutcome]:
+        """Load (cached), estimate a whole-volume run, then predict batch by batch.
+
+        Yields (done, total) progress or a status line and returns a RunOutcome; every failure
+        becomes one sentence in it, so nothing raises. Cancel (``request.cancel``) is heard
+        between every step, before the first batch too.
+        """
+        from .runner import describe_estimate, predict_steps
+
+        try:
+            segmenter = self.engine(request)
+        except Exception as exc:
+            return RunOutcome(request, error=_weights_error(request.weights, exc))
+        steps = None
+        try:
+            if request.variant:
+                segmenter = self.variant_engine(request)
+            if request.z_indices is None and request.roi is None:
+                text, fits = describe_estimate(segmenter, request)
+                if not fits:
+                    return RunOutcome(request, error=text)
+                yield text
+            if request.cancel.is_set():
+                return RunOutcome(request, cancelled=True)
+            steps = predict_steps(segmenter, request)
+            if steps.skipped_residual:
+                yield "these weights name no masked autoencoder: no SSL residual map"
+            while True:
+                if request.cancel.is_set():
+                    return RunOutcome(request, prediction=steps.stop(), cancelled=True)
+                try:
+                    progress = next(steps)
+                except StopIteration:
+                    return RunOutcome(request, prediction=steps.prediction)
+                yield progress
+        except Exception as exc:
+            # Slices finished before the failure stay valid and are shown.
+            partial = steps.prediction if steps is not None else None
+            return RunOutcome(
+                request,
+                prediction=partial,
+                error=f"The model run on {request.ct_name!r} failed: {exc}",
+            )
+
+    def run(self, request: RunRequest) -> RunOutcome:
+        """:meth:`run_steps` to the end in this thread (its progress dropped)."""
+        steps = self.run_steps(request)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as stop:
+                return stop.value
+
+    # -- visual ablation -----------------------------------------------------------------------
+    def grid_cells(self, ct: Any, variants: Iterable[str]) -> list[tuple[Any, Any]]:
+        """(CT, mask) per model run on ``ct``: the full model's, then each variant's over a view
+        of the CT of its own, for :func:`ablation_view.show_grid`."""
+        cells = []
+        mask = self.mask_layer(ct)
+        if mask is not None:
+            cells.append((ct, mask))
+        for variant in variants:
+            mask = self.mask_layer(ct, variant)
+            if mask is not None:
+                cells.append((self.ct_view(ct, variant), mask))
+        return cells
+
+
+def _weights_error(weights: str | None, exc: Exception) -> str:
+    """Why the weights did not load, in one sentence naming them."""
+    from napari_nstseg.inference import WeightsMissingError
+
+    if isinstance(exc, WeightsMissingError):
+        return (
+            "No bundled weights are installed with napari-nstseg; choose 'file...' under "
+            "weights and pick a checkpoint (.json)."
+        )
+    where = "the bundled weights" if weights is None else f"weights file {weights!r}"
+    if weights is not None and _is_bundled(Path(weights)):
+        where = f"the bundled weights {Path(weights).stem!r}"
+    text = str(exc).strip() or type(exc).__name__
+    return f"Could not load {where}: {text}"
+
+
+def _is_bundled(path: Path) -> bool:
+    from napari_nstseg import bundled
+
+    return path.resolve().parent == Path(bundled.WEIGHTS_DIR).resolve()
