@@ -158,10 +158,12 @@ def plan_outputs(args: argparse.Namespace) -> PredictOutputs:
 
 
 def _check_seg_input(mask: Path, ct_file: Path) -> None:
-    """A DICOM SEG refers to a DICOM series: refuse any other input in one line."""
-    from napari_nstseg.io.readers import file_format
+    """A DICOM SEG refers to a DICOM series: refuse any other input file in one line (a folder
+    is read as a series; one that holds none is refused by the reader)."""
+    from pydicom.misc import is_dicom
 
-    if ct_file.exists() and file_format(ct_file) != "dicom":
+    named_dicom = ct_file.name.lower().endswith(SEG_SUFFIX)
+    if ct_file.is_file() and not named_dicom and not is_dicom(ct_file):
         raise ValueError(
             f"{mask}: a DICOM SEG (.dcm) can only be written for a DICOM series, and {ct_file} is "
             "not one; name the mask .nii.gz, .nii, .mha or .nrrd"
