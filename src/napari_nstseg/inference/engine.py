@@ -83,24 +83,6 @@ def _require_default_weights() -> Path:
     return path
 
 
-def _recommended_postprocess(
-    meta: dict[str, Any], weights_path: Path | None
-) -> PostprocessConfig | None:
-    """The operating point a checkpoint recommends (its "postprocess" entry), if any."""
-    entry = meta.get("postprocess")
-    if entry is None:
-        return None
-    try:
-        return PostprocessConfig.from_dict(entry)
-    except (TypeError, ValueError) as exc:
-        from napari_nstseg.models.checkpoint import CheckpointError
-
-        raise CheckpointError(
-            f"The checkpoint {weights_path or ''} recommends an unusable operating point "
-            f"('postprocess' entry): {exc}"
-        ) from None
-
-
 class Segmenter(CostEstimator):
     """A loaded CDI-NSTSEG (or U-Net baseline) checkpoint on one device, ready to predict."""
 
@@ -138,7 +120,10 @@ class Segmenter(CostEstimator):
         self._mae_preprocessing = mae_preprocessing
         self._costs: dict[tuple, SliceCost] = {}
         self._stages_seen: int | None = None
-        self.recommended = _recommended_postprocess(self.meta, weights_path)
+        from napari_nstseg.models.checkpoint import read_operating_point
+
+        # What the checkpoint recommends (its "postprocess" entry), if anything.
+        self.recommended = read_operating_point(self.meta, weights_path)
         self._resolve_postprocess()
         if self.ssl_guidance and self._mae is None and self._mae_path is None:
             raise ValueError(
