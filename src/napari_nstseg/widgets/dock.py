@@ -61,7 +61,7 @@ class NSTSegWidget(PanelLayout):
         self.recommendation = Recommendation()
         self.scores = Scores()
         self.recovery = Recovery()
-        self._worker: Any = None
+        self._worker: Any = None  # the run's thread worker, held while it runs
         self._recommending = False
         self.last_error: str = ""
         # The chosen CT's napari unique_id: the choice follows the CT through a rename.
