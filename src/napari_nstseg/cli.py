@@ -77,12 +77,12 @@ def _info(args: argparse.Namespace) -> int:
 
 def _weights_summary(path) -> dict[str, object]:
     """What the bundled weights are and the operating point they recommend, from their JSON."""
-    from napari_nstseg.models.checkpoint import read_metadata
+    from napari_nstseg.models.checkpoint import read_metadata, read_operating_point
     from napari_nstseg.postprocess import PostprocessConfig
 
     try:
         meta = read_metadata(path)
-        point = PostprocessConfig.from_dict(meta.get("postprocess") or {})
+        point = read_operating_point(meta, path) or PostprocessConfig()
     except Exception as exc:  # info must still print the rest
         return {"default_model": f"unreadable ({exc})"}
     model, pre = meta["model_config"], meta["preprocessing"]
