@@ -14,25 +14,21 @@ from typing import Any
 
 from napari_nstseg.bundled import resolve_weights
 from napari_nstseg.io.errors import CTReadError
+from napari_nstseg.io.formats import describe, matching_suffix, strip_suffix, writable_suffixes
 from napari_nstseg.io.outputs import check_distinct, check_folder, check_output, check_space
 
-MAP_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
+MAP_SUFFIXES = writable_suffixes()
 SEG_SUFFIX = ".dcm"  # the mask as a DICOM SEG of the input series (io/dicom_seg.py)
 REPORT_BYTES = 1 << 20
 SCALE_NAMES = ("0.5x", "1.0x", "1.5x")
 
 
 def mask_suffix(path: Path) -> str | None:
-    name = path.name.lower()
-    return next((s for s in MAP_SUFFIXES if name.endswith(s)), None)
+    return matching_suffix(path.name, MAP_SUFFIXES)
 
 
 def stem(path: Path) -> str:
-    name = path.name
-    for suffix in (*MAP_SUFFIXES, ".mhd", ".nhdr", ".dcm"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    return strip_suffix(path.name)
 
 
 def scale_weight_names(n_scales: int) -> tuple[str, ...]:
@@ -125,14 +121,12 @@ def plan_outputs(args: argparse.Namespace) -> PredictOutputs:
         suffix = ".nii.gz"  # of the maps: a DICOM SEG holds masks only
     elif suffix is None:
         raise ValueError(
-            f"{mask} has no mask file extension; use .nii.gz, .nii, .mha or .nrrd (or .dcm, a "
+            f"{mask} has no mask file extension; use {describe(MAP_SUFFIXES)} (or .dcm, a "
             "DICOM SEG, for a DICOM series)"
         )
     lesion_map = getattr(args, "lesion_map", None)
     if lesion_map is not None and mask_suffix(Path(lesion_map)) is None:
-        raise ValueError(
-            f"{lesion_map} has no image file extension; use .nii.gz, .nii, .mha or .nrrd"
-        )
+        raise ValueError(f"{lesion_map} has no image file extension; use {describe(MAP_SUFFIXES)}")
     weights = weights_file(args.weights)
     inputs, meta = _weights_inputs(weights) if weights is not None else ({}, {})
     described = inputs.get("the weights' description")

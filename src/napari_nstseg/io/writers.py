@@ -17,12 +17,11 @@ import numpy as np
 
 from .atomic import AtomicBatch
 from .errors import MaskWriteError
+from .formats import describe, matching_suffix, writable_suffixes, writer_of
 from .outputs import check_folder
 from .volume import Geometry
 
-WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
-_DETACHED_SUFFIXES = (".mhd", ".nhdr")
-_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+WRITABLE_SUFFIXES = writable_suffixes()
 
 
 def write_mask(
@@ -63,18 +62,13 @@ def write_volume(
 
 # -- checks --------------------------------------------------------------------------------------
 def _check_suffix(path: Path) -> str:
-    lower = path.name.lower()
-    for suffix in WRITABLE_SUFFIXES:
-        if lower.endswith(suffix):
-            return suffix
-    if lower.endswith(_DETACHED_SUFFIXES):
-        raise MaskWriteError(
-            path,
-            "that format keeps header and voxels in two files, which cannot be saved atomically",
-            "save as .mha, .nrrd or .nii.gz instead",
-        )
+    fmt = writer_of(path)
+    if fmt is not None and fmt.write is not None:
+        return matching_suffix(path.name, fmt.suffixes)
+    if fmt is not None and fmt.refusal:
+        raise MaskWriteError(path, fmt.refusal, f"save as {describe(WRITABLE_SUFFIXES)} instead")
     raise MaskWriteError(
-        path, "the file type is not supported", "end the name with .nii.gz, .nii, .mha or .nrrd"
+        path, "the file type is not supported", f"end the name with {describe(WRITABLE_SUFFIXES)}"
     )
 
 
@@ -108,52 +102,8 @@ def _as_label_array(path: Path, mask: np.ndarray) -> np.ndarray:
     raise MaskWriteError(path, f"label values {lo}..{hi} do not fit in 32 bits")
 
 
-# -- format writers ------------------------------------------------------------------------------
 def _write_array(tmp: str, suffix: str, source: np.ndarray, geometry: Geometry) -> None:
-    if suffix in (".nii.gz", ".nii"):
-        _write_nifti(tmp, source, geometry)
-    else:
-        _write_itk(tmp, source, geometry)
-
-
-def _write_nifti(tmp: str, source: np.ndarray, geometry: Geometry) -> None:
-    import nibabel as nib
-
-    affine_ras = geometry.affine_ras
-    image = nib.Nifti1Image(source, affine=None)
-    header = image.header
-    header.set_data_dtype(source.dtype)
-    header.set_xyzt_units(xyz="mm")
-    qcode, scode = geometry.nifti_qform_code, geometry.nifti_sform_code
-    qform = geometry.extra.get("nifti_qform") if geometry.source_format == "nifti" else None
-    sform = geometry.extra.get("nifti_sform") if geometry.source_format == "nifti" else None
-    if qform is not None and sform is not None:
-        # The scan's own header matrices and codes: tools that prefer the qform (or the sform)
-        # then see the mask exactly where they see the scan.
-        image.set_qform(np.asarray(qform), code=qcode)
-        image.set_sform(np.asarray(sform), code=scode)
-    if qform is None or not np.allclose(header.get_best_affine(), affine_ras, atol=1e-4):
-        # No NIfTI source (DICOM, ITK, napari-only), or its header no longer says where the
-        # voxels are: write the geometry's affine, labelled as scanner coordinates unless told.
-        qcode = qcode or 1
-        scode = scode or 1
-        image.set_qform(affine_ras, code=qcode)
-        image.set_sform(affine_ras, code=scode)
-    nib.save(image, tmp)
-
-
-def _write_itk(tmp: str, source: np.ndarray, geometry: Geometry) -> None:
-    import SimpleITK as sitk
-
-    m = geometry.affine_lps
-    spacing = np.linalg.norm(m[:3, :3], axis=0)
-    direction = m[:3, :3] / spacing[None, :]
-    # SimpleITK arrays are (k, j, i); the source array is in index order (i, j, k).
-    image = sitk.GetImageFromArray(np.ascontiguousarray(source.T))
-    image.SetSpacing([float(s) for s in spacing])
-    image.SetOrigin([float(v) for v in m[:3, 3]])
-    image.SetDirection([float(v) for v in direction.ravel()])
-    sitk.WriteImage(image, tmp, useCompression=True)
+    writer_of(suffix).write(tmp, source, geometry)
 
 
 # -- atomic replace ------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import torch
 from scipy import ndimage
 from torch.utils.data import Dataset
 
+from napari_nstseg.io.formats import volume_file_suffixes
 from napari_nstseg.io.readers import read_ct, read_mask
 from napari_nstseg.preprocessing import (
     AIR_HU,
@@ -28,7 +29,8 @@ from napari_nstseg.preprocessing import (
     window_normalize,
 )
 
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+# Single-file volume formats of io/formats.py (a DICOM series is a folder, not a case file).
+VOLUME_SUFFIXES = volume_file_suffixes()
 # MSD names the first (only, for CT) channel of a case "<case>_0000".
 _CHANNEL_SUFFIX = "_0000"
 # Names a mask may carry in plain paired folders besides the image's own name.
