@@ -24,10 +24,12 @@ from napari_nstseg.inference.organ_cli import (
     read_organ_mask,
 )
 from napari_nstseg.inference.predict_outputs import (
+    MAP_SUFFIXES,
     PredictOutputs,
     plan_outputs,
     scale_weight_names,
 )
+from napari_nstseg.io.formats import describe
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -45,7 +47,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument(
         "out_file",
         metavar="OUT_FILE",
-        help="mask to write (.nii.gz, .nii, .mha or .nrrd; .dcm: a DICOM SEG referencing the "
+        help=f"mask to write ({describe(MAP_SUFFIXES)}; .dcm: a DICOM SEG referencing the "
         "input, which must then be a DICOM series)",
     )
     p.add_argument(
