@@ -226,13 +226,6 @@ class NSTSegWidget(PanelLayout):
     def make_request(self, mode: str | None = None, variant: str = "") -> RunRequest:
         """Read the widget into a RunRequest; raises WidgetError with a readable message."""
         choice = self.weights_choices[self.weights_source.value]
-        maps = MapsToShow(
-            coarse=self.show_coarse.value,
-            stages=self.show_stages.value,
-            stage_probabilities=self.show_stage_probs.value,
-            residual=self.show_residual.value,
-            scale_weights=self.show_scale_weights.value,
-        )
         choices = Choices(
             mode=mode or self.mode.value,
             weights_path=self._chosen_weights_path(),
@@ -241,7 +234,7 @@ class NSTSegWidget(PanelLayout):
             threshold=float(self.threshold.value),
             min_lesion_mm=float(self.min_lesion.value),
             min_depth_mm=float(self.min_depth.value),
-            maps=maps,
+            maps=self.maps_to_show(),
             overwrite=bool(self.overwrite.value),
             mirror=bool(self.mirror.value),
             roi_layer=self._layer(self.roi_layer.value),

@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
 from napari_nstseg.windows import DEFAULT_WINDOW, WINDOWS
 
 from .docking import fit_dock_title
+from .layers import MapsToShow
 from .requests import MODES
 from .results import NO_LAYER, LesionsTab, MetricsTab
 from .runner import VARIANTS
@@ -190,6 +191,16 @@ class PanelLayout(QWidget):
         )
         self.setMinimumWidth(max(380, width))
         self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Expanding)
+
+    def maps_to_show(self) -> MapsToShow:
+        """The maps the check boxes ask for."""
+        return MapsToShow(
+            coarse=self.show_coarse.value,
+            stages=self.show_stages.value,
+            stage_probabilities=self.show_stage_probs.value,
+            residual=self.show_residual.value,
+            scale_weights=self.show_scale_weights.value,
+        )
 
     def _show_weights_choice(self) -> None:
         choice = self.weights_choices[self.weights_source.value]
