@@ -43,12 +43,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "report with versions, device, timings and lesion measurements."
         ),
     )
-    p.add_argument("ct_file", metavar="CT_FILE", help="the CT scan (file or DICOM folder)")
+    p.add_argument(
+        "ct_file",
+        metavar="CT_FILE",
+        help="the CT scan (file or DICOM folder); or a folder of scans, a folder of DICOM series "
+        "(one per sub-folder) or a CSV list (columns input[,output]): a batch",
+    )
     p.add_argument(
         "out_file",
         metavar="OUT_FILE",
         help=f"mask to write ({describe(MAP_SUFFIXES)}; .dcm: a DICOM SEG referencing the "
-        "input, which must then be a DICOM series)",
+        "input, which must then be a DICOM series); for a batch, the output folder",
     )
     p.add_argument(
         "--weights",
@@ -121,6 +126,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=None,
         help="also write a label map on the scan's grid in which each lesion holds the id the "
         "report gives it (1 = largest)",
+    )
+    p.add_argument(
+        "--workers",
+        metavar="N",
+        type=int,
+        default=None,
+        help="batch only: N worker processes, each loading the model once (default: one per "
+        "GPU with CUDA, else 1; on the CPU the cores are shared out among them)",
     )
     add_organ_args(p)
     p.set_defaults(func=run_predict)
@@ -231,12 +244,26 @@ def _sigterm_as_exit() -> Iterator[None]:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    """Handler of `nstseg predict`; returns the exit status."""
+    """Handler of `nstseg predict`; returns the exit status. A folder or CSV list of scans runs
+    as a batch (inference/batch.py)."""
+    from napari_nstseg.inference.batch import is_batch_input, run_batch
+
+    if is_batch_input(args.ct_file):
+        with _sigterm_as_exit():
+            return run_batch(args)
+    if getattr(args, "workers", None) is not None:
+        raise ValueError(f"--workers is for a folder or CSV list of scans; {args.ct_file} is one")
+    return predict_one(args)
+
+
+def predict_one(args: argparse.Namespace, segmenter=None) -> int:
+    """One scan; ``segmenter``: a model already loaded (a batch worker's) instead of
+    ``--weights`` loaded here."""
     with _sigterm_as_exit():
-        return _run_predict(args)
+        return _run_predict(args, segmenter)
 
 
-def _run_predict(args: argparse.Namespace) -> int:
+def _run_predict(args: argparse.Namespace, segmenter=None) -> int:
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     # Arguments and every output path first: a mistake costs a second, not a model run, and
@@ -278,7 +305,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         min_depth_mm=args.min_depth_mm,
         mirror=args.mirror,
     )
-    seg = Segmenter.from_checkpoint(args.weights, args.device, config)
+    seg = segmenter or Segmenter.from_checkpoint(args.weights, args.device, config)
     point = operating_point(seg)
     print(
         f"operating point: threshold {point['threshold']:g} ({point['source']['threshold']}), "
