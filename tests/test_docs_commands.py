@@ -49,6 +49,12 @@ RUN_BY = {
         "test_predict_uses_the_weights_operating_point_unless_told_otherwise",  # --mirror
     ],
     "nstseg predict dicom_series/ mask.dcm": ["test_predict_on_a_dicom_series_writes_a_seg_of_it"],
+    "nstseg predict scans/ out/ --workers 2": [
+        "test_a_bad_scan_is_reported_and_a_rerun_skips_every_finished_one",
+        "test_two_workers_give_the_same_masks_as_one",
+    ],
+    "nstseg predict list.csv out/ --lesion-map out/lesions": ["test_a_csv_list_with_output_names"],
+    "nstseg predict series/ out/": ["test_a_folder_of_dicom_series_gives_one_seg_each"],
     "nstseg make-lesions ct1.nii.gz ct2.nii.gz -o lesions/ --copies 16": [
         "test_make_lesions_command",
     ],
