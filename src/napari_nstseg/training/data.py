@@ -42,6 +42,9 @@ VAL_FRACTION, TEST_FRACTION, SPLIT_SEED = 0.15, 0.15, 0
 # the image and the label map by these names, with any volume suffix.
 CASE_IMAGE_NAMES = ("ct", "image", "img")
 CASE_LABEL_NAMES = ("tumour", "tumor", "label", "labels", "mask", "seg", "gt")
+# A case folder's record beside its volumes; its "annotated_slices" (display-order axial indices)
+# are the only slices that are labelled: the rest of the label map is unknown, not tumour-free.
+CASE_RECORD_NAME = "case.json"
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ class Case:
     label: Path
     split: str | None = None
     highest_label: int | None = None
+    # Labelled axial slices (display order) when only these are; None: every slice is.
+    slices: tuple[int, ...] | None = None
 
 
 def _strip_suffix(name: str) -> str | None:
@@ -155,6 +160,26 @@ def _case_folder_pairs(root: Path) -> dict[str, tuple[Path, Path]]:
     return pairs
 
 
+def annotated_slices(case_folder: Path) -> tuple[int, ...] | None:
+    """The labelled slices a case folder's ``case.json`` lists (``annotated_slices``), or None
+    when it has no such record (every slice is labelled)."""
+    path = case_folder / CASE_RECORD_NAME
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    slices = record.get("annotated_slices") if isinstance(record, dict) else None
+    if slices is None:
+        return None
+    if not isinstance(slices, list) or not all(
+        isinstance(z, int) and not isinstance(z, bool) and z >= 0 for z in slices
+    ):
+        raise ValueError(f"{path}: 'annotated_slices' must be a list of slice indices (0, 1, ...)")
+    return tuple(sorted(set(slices)))
+
+
 def is_case_folder_set(root: Path) -> bool:
     """Whether ``root`` holds case folders (a sub-folder with a ct.* / image.* volume)."""
     for sub in root.iterdir():
@@ -203,6 +228,7 @@ def find_cases(folder: str | Path, split_file: str | Path | None = None) -> list
     msd_images, msd_labels = root / "imagesTr", root / "labelsTr"
     assigned: dict[str, str] = {}
     highest: int | None = None
+    slices: dict[str, tuple[int, ...] | None] = {}
     if msd_images.is_dir() or (root / "dataset.json").is_file():
         if not (msd_images.is_dir() and msd_labels.is_dir()):
             raise ValueError(f"{root}: an MSD dataset needs both imagesTr/ and labelsTr/ folders")
@@ -217,6 +243,7 @@ def find_cases(folder: str | Path, split_file: str | Path | None = None) -> list
         pairs = _pair(root, msd_images, msd_labels, ())
     elif not (root / "images").is_dir() and is_case_folder_set(root):
         pairs = _case_folder_pairs(root)
+        slices = {c: annotated_slices(root / c) for c in pairs}
     else:
         masks = next((root / n for n in ("masks", "labels") if (root / n).is_dir()), None)
         if not (root / "images").is_dir() or masks is None:
@@ -239,11 +266,11 @@ def find_cases(folder: str | Path, split_file: str | Path | None = None) -> list
                 + ", ".join(missing[:5])
             )
         return [
-            Case(c, *pairs[c], split=assigned[c], highest_label=highest)
+            Case(c, *pairs[c], split=assigned[c], highest_label=highest, slices=slices.get(c))
             for c in sorted(pairs)
             if c in assigned
         ]
-    return [Case(c, *pairs[c], highest_label=highest) for c in sorted(pairs)]
+    return [Case(c, *pairs[c], highest_label=highest, slices=slices.get(c)) for c in sorted(pairs)]
 
 
 def split_cases(
@@ -373,6 +400,8 @@ class _CachedCase:
     mask: np.ndarray  # (z, h, w) uint8 0/1 on the working grid
     positive_z: np.ndarray  # indices of slices with lesion
     z_spacing: float  # mm between slices, for the context planes
+    # The labelled slices when only these are (the others are never centre slices); None: all.
+    slices: np.ndarray | None = None
 
 
 def load_case(case: Case) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
@@ -436,7 +465,11 @@ class SliceDataset(Dataset):
                     f"{case.label}: label map of shape {labels.shape} does not match the image "
                     f"{case.image.name} of shape {hu.shape}"
                 )
-            cached.append(self._cache(case.case_id, hu, labels, spacing))
+            item = self._cache(case.case_id, hu, labels, spacing)
+            if case.slices is not None:
+                item.slices = _labelled_slices(case, hu.shape[0])
+                item.positive_z = np.intersect1d(item.positive_z, item.slices)
+            cached.append(item)
         self._set_cases(cached)
         if (
             not self.positives
@@ -450,7 +483,11 @@ class SliceDataset(Dataset):
 
     def _set_cases(self, cached: list[_CachedCase]) -> None:
         self.cases = cached
-        self.index = [(k, z) for k, c in enumerate(self.cases) for z in range(c.hu.shape[0])]
+        self.index = [
+            (k, int(z))
+            for k, c in enumerate(self.cases)
+            for z in (range(c.hu.shape[0]) if c.slices is None else c.slices)
+        ]
         self.positives = [(k, int(z)) for k, c in enumerate(self.cases) for z in c.positive_z]
         positive_set = set(self.positives)
         self.negatives = [kz for kz in self.index if kz not in positive_set]
@@ -551,6 +588,16 @@ class SliceDataset(Dataset):
             "case": case_id,
             "z": int(z),
         }
+
+
+def _labelled_slices(case: Case, n_slices: int) -> np.ndarray:
+    bad = [z for z in case.slices if z >= n_slices]
+    if bad:
+        raise ValueError(
+            f"{case.label.parent / CASE_RECORD_NAME}: annotated slice(s) {bad[:5]} beyond the "
+            f"scan's {n_slices} slices"
+        )
+    return np.asarray(case.slices, dtype=np.int64)
 
 
 def augment_crop(
