@@ -1,0 +1,59 @@
+"""Fixtures for the corrections tests: a one-thread torch, a tiny checkpoint, a small store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_nstseg.corrections.store import save_corrections
+from napari_nstseg.io.volume import Geometry
+from napari_nstseg.models import ModelConfig, build_model
+from napari_nstseg.models.checkpoint import save_checkpoint
+from napari_nstseg.preprocessing import PreprocessConfig
+
+SHAPE, SPACING = (12, 40, 40), (3.0, 1.5, 1.5)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    config = ModelConfig(base_width=8, fused_channels=8, lfm_stages=3)
+    stem = tmp_path_factory.mktemp("weights") / "tiny"
+    save_checkpoint(
+        stem,
+        build_model(config),
+        config.to_dict(),
+        PreprocessConfig(working_spacing_mm=1.5).to_dict(),
+        {"note": "untrained, tests", "budget": {"crop_size": [32, 32]}},
+    )
+    return str(stem) + ".json"
+
+
+def small_scan(seed: int) -> tuple[np.ndarray, np.ndarray, Geometry]:
+    """Soft tissue with a bright lesion on slices 1-3 and 8-10."""
+    rng = np.random.default_rng(seed)
+    hu = np.round(rng.normal(40, 10, SHAPE)).astype(np.float32)
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[1:4, 14:22, 14:22] = 1
+    mask[8:11, 20:26, 10:16] = 1
+    hu[mask > 0] += 80
+    return hu, mask, Geometry.from_spacing(SHAPE, SPACING)
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A store with corrected slices 1-3 and 7-10 of one scan."""
+    hu, mask, geometry = small_scan(0)
+    folder = tmp_path / "store"
+    save_corrections(folder, hu, mask, geometry, [1, 2, 3, 7, 8, 9, 10], name="scan")
+    return folder
