@@ -262,3 +262,31 @@ def test_ctrl_c_stops_the_workers_cleanly_and_a_rerun_finishes(scans, tmp_path, 
     rows = summary(out)
     assert {n for n, r in rows.items() if r["status"] == "skipped"} == finished
     assert all(rows[n]["status"] in ("done", "skipped") for n in "abc")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_a_killed_worker_costs_only_a_rerun_of_its_scans(scans, tmp_path, make_ct, weights_args):
+    import psutil
+
+    (scans / "broken.nii.gz").unlink()
+    write_scan(scans / "d.nii.gz", make_ct, seed=3)
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "napari_nstseg.cli", "predict", scans, out, *weights_args]
+    proc = subprocess.Popen([str(a) for a in [*argv, "--workers", 2]], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while not list(out.glob("*.json")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = [
+        p
+        for p in psutil.Process(proc.pid).children()
+        if any("spawn_main" in word for word in p.cmdline())
+    ]
+    if proc.poll() is not None or not workers:
+        pytest.skip("the batch finished before a worker could be killed")  # a fast machine
+    workers[0].kill()  # as the kernel's out-of-memory killer would
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()
+    assert "a worker process died" in err.decode()
+    rows = summary(out)
+    assert [rows[n]["status"] for n in "abcd"] == ["done"] * 4
+    assert all((out / f"{n}.nii.gz").is_file() for n in "abcd") and not leftovers(out)

@@ -381,18 +381,23 @@ def _run_in_process(args, jobs: list[ScanJob], config: BatchConfig) -> Iterator[
 
 def _run_in_pool(args, jobs: list[ScanJob], config: BatchConfig) -> Iterator[ScanResult]:
     """``config.workers`` spawned processes (torch.multiprocessing's spawn context, so CUDA
-    works in them); a pool whose worker died (killed, out of memory) is replaced, and the scans
-    that were running in it are reported failed rather than retried."""
+    works in them). A worker that dies (killed, out of memory) takes the pool down with the
+    scans then running in every worker; the pool is replaced, and those scans are run again
+    one at a time at the end, so that only a scan that kills its worker again is failed."""
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")
-    todo = list(jobs)
-    while todo:
+    todo, suspects, retried = list(jobs), [], set()
+    workers = config.workers
+    while todo or suspects:
+        if not todo:
+            todo, suspects, workers = suspects, [], 1
+            retried.update(job.name for job in todo)
         devices, started = ctx.SimpleQueue(), ctx.SimpleQueue()
-        for i in range(config.workers):
+        for i in range(workers):
             devices.put(config.devices[i % len(config.devices)])
         pool = ProcessPoolExecutor(
-            max_workers=min(config.workers, len(todo)),
+            max_workers=min(workers, len(todo)),
             mp_context=ctx,
             initializer=_init_worker,
             initargs=(args, devices, config.threads_per_worker, started),
@@ -416,18 +421,25 @@ def _run_in_pool(args, jobs: list[ScanJob], config: BatchConfig) -> Iterator[Sca
             pool.shutdown(wait=True, cancel_futures=True)
             raise
         pool.shutdown(wait=True)
+        running = set()
+        while broken and not started.empty():
+            running.add(started.get())
         if broken:
-            running = set()
-            while not started.empty():
-                running.add(started.get())
-            for job in broken:
-                if job.name in running:
-                    yield ScanResult(
-                        job.name, FAILED, input=str(job.input), mask=str(job.mask),
-                        error="the worker process running it died (killed or out of memory?)",
-                    )  # fmt: skip
-                else:
-                    todo.append(job)
+            print(
+                "a worker process died (killed or out of memory?); the scans then running are "
+                "run again, one at a time, at the end",
+                file=sys.stderr,
+            )
+        for job in broken:
+            if job.name not in running:
+                todo.append(job)  # never started: no suspect
+            elif job.name not in retried:
+                suspects.append(job)
+            else:
+                yield ScanResult(
+                    job.name, FAILED, input=str(job.input), mask=str(job.mask),
+                    error="its worker process died running it, twice (killed or out of memory?)",
+                )  # fmt: skip
 
 
 def _progress(result: ScanResult, n: int, total: int) -> None:
