@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from napari_nstseg.inference.device import cpu_name
 from napari_nstseg.preprocessing import PreprocessConfig
 from napari_nstseg.training.data import SamplingConfig, SliceDataset
-from napari_nstseg.training.loop import _split, training_set
+from napari_nstseg.training.segmentation import data_splits, training_set
 
 
 def build(args: argparse.Namespace, online: bool) -> SliceDataset:
@@ -38,7 +38,7 @@ def build(args: argparse.Namespace, online: bool) -> SliceDataset:
     sampling = SamplingConfig(positive_fraction=args.positive_fraction,
                               crop_size=(args.crop_size, args.crop_size), seed=0,
                               samples_per_epoch=args.items, online_lesions=online)  # fmt: skip
-    return training_set(args.data, _split(str(args.data))["train"], preprocess, sampling)
+    return training_set(args.data, data_splits(str(args.data))["train"], preprocess, sampling)
 
 
 def per_item(dataset: SliceDataset, positive: bool, n: int) -> float:

@@ -21,8 +21,9 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from napari_nstseg.models import ModelConfig, build_model
+from napari_nstseg.models import build_model
 from napari_nstseg.models.mae import MAEConfig, MaskedAutoencoder
+from napari_nstseg.models.variants import list_variants, variant_config
 
 CONV_OPS = ("convolution",)
 
@@ -49,23 +50,21 @@ def count(name: str, model: nn.Module, run: Callable[[nn.Module], object]) -> Co
     return Cost(name, params, total / 2, conv / 2, (total - conv) / 2)
 
 
+# ModelConfig switches that are no registry variant, costed beside them.
+EXTRA_SWITCHES = [
+    ("no LFM branches (lfm_paths='none')", {"lfm_paths": "none"}),
+    ("LFM foreground only", {"lfm_paths": "foreground"}),
+    ("LFM background only", {"lfm_paths": "background"}),
+    ("4 LFM stages", {"lfm_stages": 4}),
+]
+
+
 def segmentation_rows(size: int) -> list[Cost]:
-    variants = [
-        ("CDI-NSTSEG (default)", {}),
-        ("no SFM (scale_fusion='mean')", {"scale_fusion": "mean"}),
-        ("single scale (scales=(1.0,))", {"scales": (1.0,)}),
-        ("no GLM (glm='none')", {"glm": "none"}),
-        ("no LFM branches (lfm_paths='none')", {"lfm_paths": "none"}),
-        ("no LFM stages (lfm_stages=0)", {"lfm_stages": 0}),
-        ("LFM foreground only", {"lfm_paths": "foreground"}),
-        ("LFM background only", {"lfm_paths": "background"}),
-        ("4 LFM stages", {"lfm_stages": 4}),
-        ("SSL guidance on (network only)", {"ssl_guidance": True}),
-        ("U-Net baseline", {"arch": "unet"}),
-    ]
+    variants = [(f"{v.title} ({v.name})", dict(v.changes)) for v in list_variants()]
+    variants += EXTRA_SWITCHES
     rows = []
     for name, overrides in variants:
-        config = ModelConfig(**overrides)
+        config = variant_config(overrides=overrides)
         with torch.device("meta"):
             model = build_model(config)
         x = torch.zeros(1, config.in_channels, size, size, device="meta")

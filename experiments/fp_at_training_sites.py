@@ -27,8 +27,8 @@ from napari_nstseg.io import read_ct, read_mask
 from napari_nstseg.metrics import label_lesions
 from napari_nstseg.training.data import Case, find_cases
 from napari_nstseg.training.lesions import lesion_sites
-from napari_nstseg.training.online_lesions import read_source_blocks
-from napari_nstseg.training.regions import RECURRING_SHARE, read_case_regions
+from napari_nstseg.training.lesions.online import read_source_blocks
+from napari_nstseg.training.lesions.regions import RECURRING_SHARE, read_case_regions
 
 
 def by_region(folder: Path, split: str) -> dict[str, list[Case]]:

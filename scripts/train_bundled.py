@@ -40,6 +40,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from napari_nstseg.models.variants import list_variants, variant_names
 from napari_nstseg.training.lesions import LesionConfig
 
 # Share of dark lesions the evaluation and tuning sets keep (make-lesions' default).
@@ -49,7 +50,10 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalsegmentat
 # labels (example_seg) are padded onto example_ct's grid, where they are slices 82-111.
 SCANS = ("example_ct.nii.gz", "ct_cropped.nii.gz")
 ORGANS_OFFSET = 82
-VARIANTS = ("default", "no-sfm", "no-glm", "no-lfm", "single-scale", "unet")
+VARIANTS = tuple(variant_names())
+# The comparison table's rows: the paper's ablations and the U-Net baseline (SSL guidance is this
+# project's addition and is trained only when named).
+TABLE_VARIANTS = [v.name for v in list_variants() if not v.changes.get("ssl_guidance")]
 
 
 def pad_organ_labels(data: Path, out: Path) -> Path:
@@ -265,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mae-steps", type=int, default=100)
     p.add_argument("--mae-batch-size", type=int, default=16)
     p.add_argument("--mae-crop-size", type=int, default=128)
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--variants", nargs="+", default=TABLE_VARIANTS, choices=VARIANTS)
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", action="store_true",
                    help="bf16 autocast on a CPU too (train's CPU default is float32; which is "

@@ -1,7 +1,7 @@
 """Every `nstseg` subcommand through the real parser (`cli.main`), and the headless demo end to
 end on the sample, so a new option can never break one silently. predict, train, evaluate,
 tune-postprocess and make-lesions have their own end-to-end tests in tests/inference and
-tests/training; info, demo and pretrain-mae are here."""
+tests/training, variants in tests/models/test_variants.py; info, demo and pretrain-mae are here."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def test_the_dispatch_table_names_every_subcommand():
     would still work, only slower (everything loaded), so keep the table whole."""
     action = next(a for a in build_parser()._actions if a.dest == "command")
     registered = set(action.choices)
-    listed = {"info", "demo", *(c for cs in cli._SUBCOMMAND_MODULES.values() for c in cs)}
+    listed = {*cli._BUILTIN_COMMANDS, *(c for cs in cli._SUBCOMMAND_MODULES.values() for c in cs)}
     assert registered == listed
     for command in registered:
         only = next(a for a in build_parser(command)._actions if a.dest == "command")
@@ -36,7 +36,7 @@ def test_help_lists_every_command(capsys):
         main(["--help"])
     assert done.value.code == 0
     text = capsys.readouterr().out
-    for command in ("info", "demo", "predict", "make-lesions", "train", "pretrain-mae",
+    for command in ("info", "variants", "demo", "predict", "make-lesions", "train", "pretrain-mae",
                     "evaluate", "tune-postprocess"):  # fmt: skip
         assert command in text
 

@@ -28,6 +28,10 @@ RUN_BY = {
     "bash scripts/test.sh": ["test_the_test_script_lints_every_python_folder"],  # then the suite
     "nstseg info": ["test_the_info_command_prints_the_bundled_weights"],
     "nstseg info --json": ["test_info_through_the_parser", "test_cli_help_and_info"],
+    "nstseg variants": ["test_nstseg_variants_lists_every_entry_without_loading_torch"],
+    "nstseg predict scan.nii.gz mask.nii.gz --variant no-glm": [
+        "test_predict_runs_an_ablation_and_says_so_in_the_report",
+    ],
     "nstseg demo": ["test_demo_viewer_docks_the_widget"],
     "nstseg demo --headless --out nstseg-demo": ["test_headless_demo_end_to_end_on_the_sample"],
     "nstseg predict scan.nii.gz mask.nii.gz --report report.json": [

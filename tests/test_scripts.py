@@ -196,3 +196,21 @@ def test_gpu_ablation_needs_variants_and_an_output_folder_before_any_work(tmp_pa
     assert run.returncode != 0 and "set OUT" in run.stderr
     for path in (ROOT / "scripts/gpu_ablation.sh", ROOT / "scripts/gpu_ablation_kit.sh"):
         assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+
+
+def test_the_shell_recipes_name_variants_as_the_registry_titles_them():
+    import subprocess
+    import sys
+
+    from napari_nstseg.models.variants import list_variants
+
+    script = 'source scripts/variant_names.sh; for k in "${!NAME[@]}"; do echo "$k=${NAME[$k]}"; '
+    script += "done"
+    run = subprocess.run(
+        ["bash", "-c", script], cwd=ROOT, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    names = dict(line.split("=", 1) for line in run.stdout.splitlines())
+    assert names == {v.name: v.title for v in list_variants()}
+    assert names["no-sfm"] == "CDI-NSTSEG without SFM (mean of the scales)"  # rows.md's spelling

@@ -1,5 +1,5 @@
-"""The `nstseg` command: info, demo, predict, make-lesions, train, pretrain-mae, evaluate,
-tune-postprocess."""
+"""The `nstseg` command: info, variants, demo, predict, make-lesions, train, pretrain-mae,
+evaluate, tune-postprocess."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 # mistake in `nstseg predict ...` is reported before torch (seconds) is loaded by training's.
 _SUBCOMMAND_MODULES = {
     "napari_nstseg.inference.cli_predict": ("predict",),
-    "napari_nstseg.training.lesions_cli": ("make-lesions",),
+    "napari_nstseg.training.lesions.cli_make_lesions": ("make-lesions",),
     "napari_nstseg.training.cli_train": (
         "train",
         "pretrain-mae",
@@ -24,6 +24,8 @@ _SUBCOMMAND_MODULES = {
         "residual-auroc",
     ),
 }
+# Commands this module defines itself: light ones that load no subcommand module.
+_BUILTIN_COMMANDS = ("info", "variants", "demo")
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -97,6 +99,35 @@ def _weights_summary(path) -> dict[str, object]:
     }
 
 
+def _variants(args: argparse.Namespace) -> int:
+    """List the model variants of the registry (models/variants.py); needs no torch."""
+    from napari_nstseg.models.variants import list_variants
+
+    rows = [
+        {
+            "name": v.name,
+            "display_name": v.display_name,
+            "title": v.title,
+            "from_full_weights": v.from_full_weights,
+            "changes": dict(v.changes),
+            "description": v.description,
+        }
+        for v in list_variants()
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = [("name", "display name", "from full weights", "description")]
+    table += [
+        (r["name"], r["display_name"], "yes" if r["from_full_weights"] else "no", r["description"])
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    for *cells, description in table:
+        print("  ".join(f"{c:<{w}}" for c, w in zip(cells, widths, strict=True)), description)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     """Open napari with the sample CT and the widget; headless, run the prediction instead."""
     from napari_nstseg.demo import run_demo
@@ -122,6 +153,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=_info)
 
     p = sub.add_parser(
+        "variants",
+        help="the model variants (ablations, baseline): what `train --variant` and "
+        "`predict --variant` take",
+    )
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=_variants)
+
+    p = sub.add_parser(
         "demo",
         help="open napari with the sample CT and the widget (headless: predict on the sample)",
     )
@@ -141,7 +180,7 @@ def _command(argv: Sequence[str]) -> str | None:
     """The subcommand named in ``argv`` if it is a known one (the top level has no options
     taking values, so it is the first word not starting with '-')."""
     first = next((a for a in argv if not a.startswith("-")), None)
-    known = {"info", "demo", *(c for cs in _SUBCOMMAND_MODULES.values() for c in cs)}
+    known = {*_BUILTIN_COMMANDS, *(c for cs in _SUBCOMMAND_MODULES.values() for c in cs)}
     return first if first in known else None
 
 

@@ -1,7 +1,7 @@
 """Every ablation switch changes what the model computes.
 
 The ablation grid in test_cdi_nstseg.py checks that every combination runs; here each switch
-of the training variants (training/loop.py VARIANTS) and of ModelConfig is turned on against
+of the registry's variants (models/variants.py) and of ModelConfig is turned on against
 the full model with the same weights wherever the two share a tensor (the rest drawn from a
 fixed seed), on the same slice: the outputs must differ. A switch that the model ignored
 would give the same numbers, as the control case (no switch) does.
@@ -18,7 +18,7 @@ import torch
 
 from model_helpers import tiny_config
 from napari_nstseg.models import build_model
-from napari_nstseg.training.loop import VARIANTS, variant_config
+from napari_nstseg.models.variants import variant_config, variant_names
 
 # ModelConfig switches beyond the training variants: each LFM path set and a fourth LFM.
 EXTRA_SWITCHES = {
@@ -28,7 +28,7 @@ EXTRA_SWITCHES = {
     "four-lfms": {"lfm_stages": 4},
     "two-scales": {"scales": (0.5, 1.0)},
 }
-SWITCHES = {name: ("variant", name) for name in VARIANTS if name != "default"} | {
+SWITCHES = {name: ("variant", name) for name in variant_names() if name != "default"} | {
     name: ("config", overrides) for name, overrides in EXTRA_SWITCHES.items()
 }
 

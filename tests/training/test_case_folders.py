@@ -11,7 +11,7 @@ import pytest
 
 from napari_nstseg.cli import main
 from napari_nstseg.training.data import find_cases, read_split_file
-from napari_nstseg.training.loop import _split
+from napari_nstseg.training.segmentation import data_splits
 
 REPO = Path(__file__).resolve().parents[2]
 SHAPE_ZYX = (6, 40, 40)
@@ -69,7 +69,7 @@ def test_a_case_folder_without_contour_is_skipped_with_a_warning(tmp_path):
 def test_split_file_splits_by_patient_and_leaves_out_the_unlisted(cases_root, tmp_path):
     path = tmp_path / "split.json"
     path.write_text(json.dumps({"train": ["STS_000", "STS_002"], "val": ["STS_004"]}))
-    splits = _split(str(cases_root), str(path))
+    splits = data_splits(str(cases_root), str(path))
     assert [c.case_id for c in splits["train"]] == ["STS_000", "STS_002"]
     assert [c.case_id for c in splits["val"]] == ["STS_004"]
     assert splits["test"] == []
@@ -168,7 +168,8 @@ def test_ring_is_soft_tissue_within_the_distance_in_mm():
 
 def test_residual_auroc_through_the_cli(cases_root, split_file, tmp_path):
     from model_helpers import tiny_mae_config
-    from napari_nstseg.training.loop import MAEPretrainConfig, pretrain_mae
+    from napari_nstseg.training.config import MAEPretrainConfig
+    from napari_nstseg.training.mae_pretrain import pretrain_mae
 
     mae = pretrain_mae(
         MAEPretrainConfig(

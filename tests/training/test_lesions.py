@@ -291,7 +291,7 @@ def test_dataset_writer_refuses_repeated_slices(tmp_path):
 def test_make_lesions_command(tmp_path, capsys):
     import argparse
 
-    from napari_nstseg.training.lesions_cli import add_parser
+    from napari_nstseg.training.lesions.cli_make_lesions import add_parser
 
     hu, classes = phantom(shape=(24, 40, 40), spacing=(2.0, 1.5, 1.5))
     affine = np.diag([-1.5, -1.5, 2.0, 1.0])  # LPS-stored, as ITK writes

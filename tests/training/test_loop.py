@@ -21,16 +21,12 @@ from model_helpers import tiny_mae_config
 from napari_nstseg.metrics import PIXEL_METRICS, STRUCTURE_METRICS
 from napari_nstseg.models import ModelConfig
 from napari_nstseg.models.checkpoint import load_checkpoint, read_metadata
+from napari_nstseg.models.variants import variant_config
+from napari_nstseg.training.config import MAEPretrainConfig, TrainConfig, parse_overrides
 from napari_nstseg.training.data import AugmentConfig, SamplingConfig
 from napari_nstseg.training.evaluate import EvalConfig, evaluate, format_table
-from napari_nstseg.training.loop import (
-    MAEPretrainConfig,
-    TrainConfig,
-    parse_overrides,
-    pretrain_mae,
-    run_training,
-    variant_config,
-)
+from napari_nstseg.training.mae_pretrain import pretrain_mae
+from napari_nstseg.training.segmentation import run_training
 
 SHAPE_ZYX = (6, 32, 32)
 TINY = ModelConfig(base_width=8, fused_channels=8)
@@ -190,7 +186,7 @@ def test_a_run_resumed_from_an_older_optimizer_state_continues_the_same_update(t
     into the foreach optimizer, which keeps its implementation, lays the state out like the
     channels-last parameters and takes the step the old one would have taken."""
     from napari_nstseg.models import build_model
-    from napari_nstseg.training.loop import (
+    from napari_nstseg.training.optimizer import (
         FOREACH,
         optimizer_state_from_files,
         optimizer_state_to_files,

@@ -19,7 +19,7 @@ from napari_nstseg.preprocessing import (
 )
 from napari_nstseg.training.data import AugmentConfig, SamplingConfig
 from napari_nstseg.training.lesions import LesionConfig, SplitConfig, make_lesion_dataset
-from napari_nstseg.training.online_lesions import (
+from napari_nstseg.training.lesions.online import (
     OnlineLesionDataset,
     SourceBlock,
     read_source_blocks,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from napari_nstseg.metrics import detect_lesions
-from napari_nstseg.training.regions import RegionTally, format_regions, read_case_regions
+from napari_nstseg.training.lesions.regions import RegionTally, format_regions, read_case_regions
 
 SPACING = (2.0, 1.0, 1.0)
 

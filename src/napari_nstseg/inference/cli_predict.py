@@ -62,6 +62,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="checkpoint (.json/.safetensors); default: bundled",
     )
     p.add_argument(
+        "--variant",
+        metavar="NAME",
+        default=None,
+        help="run an ablation of the weights' full model, e.g. no-glm (`nstseg variants` lists "
+        "those that run from full weights; default: the model as trained)",
+    )
+    p.add_argument(
         "--device", metavar="D", default="auto", help="auto (default), cpu, cuda, cuda:N or mps"
     )
     p.add_argument(
@@ -272,6 +279,10 @@ def _run_predict(args: argparse.Namespace, segmenter=None) -> int:
     plan = plan_outputs(args)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.variant is not None:
+        from napari_nstseg.models.variants import from_full_weights
+
+        from_full_weights(args.variant)
 
     t = time.perf_counter()
     ct = _read_scan(args.ct_file)
@@ -306,6 +317,11 @@ def _run_predict(args: argparse.Namespace, segmenter=None) -> int:
         mirror=args.mirror,
     )
     seg = segmenter or Segmenter.from_checkpoint(args.weights, args.device, config)
+    if args.variant is not None:
+        from napari_nstseg.inference.ablation import ablated_segmenter
+
+        seg = ablated_segmenter(seg, args.variant)
+        print(f"variant: {args.variant}, rebuilt from the full model's weights", file=sys.stderr)
     point = operating_point(seg)
     print(
         f"operating point: threshold {point['threshold']:g} ({point['source']['threshold']}), "
@@ -429,6 +445,7 @@ def _run_predict(args: argparse.Namespace, segmenter=None) -> int:
                     "min_depth_mm": point["min_depth_mm"],
                     "operating_point_source": point["source"],
                     "mirror": seg.config.mirror,
+                    "variant": args.variant,
                     "batch_size": pred.info.get("batch_size"),
                     "oom_backoffs": pred.info.get("oom_backoffs", 0),
                     "maps": sorted(map_paths),

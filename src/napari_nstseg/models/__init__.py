@@ -1,19 +1,30 @@
-"""Segmentation models: CDI-NSTSEG, the U-Net baseline, their configuration and losses."""
+"""Segmentation models: CDI-NSTSEG, the U-Net baseline, their configuration, variants and losses."""
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from . import losses
-from .cdi_nstseg import CDINSTSeg
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import ModelConfig
-from .losses import DeepSupervisionLoss, LossConfig
-from .mae import MAEConfig, MaskedAutoencoder
-from .outputs import SegOutput
-from .region_compensation import RegionCompensation
-from .unet import UNet
+# Loaded on first use, so that the configuration and the variant registry (config.py,
+# variants.py) can be read without torch (a few seconds): `nstseg variants` and the argument
+# checks of `nstseg predict` run before any model code is imported.
+_HOMES = {
+    "CDINSTSeg": "cdi_nstseg",
+    "CheckpointError": "checkpoint",
+    "DeepSupervisionLoss": "losses",
+    "LossConfig": "losses",
+    "MAEConfig": "mae",
+    "MaskedAutoencoder": "mae",
+    "ModelConfig": "config",
+    "RegionCompensation": "region_compensation",
+    "SegOutput": "outputs",
+    "UNet": "unet",
+    "build_model": "build",
+    "calibrate_batchnorm": "build",
+    "load_checkpoint": "checkpoint",
+    "save_checkpoint": "checkpoint",
+}
+_SUBMODULES = ("losses",)
 
 __all__ = [
     "CDINSTSeg",
@@ -33,27 +44,29 @@ __all__ = [
     "save_checkpoint",
 ]
 
+if TYPE_CHECKING:
+    from . import losses
+    from .build import build_model, calibrate_batchnorm
+    from .cdi_nstseg import CDINSTSeg
+    from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from .config import ModelConfig
+    from .losses import DeepSupervisionLoss, LossConfig
+    from .mae import MAEConfig, MaskedAutoencoder
+    from .outputs import SegOutput
+    from .region_compensation import RegionCompensation
+    from .unet import UNet
 
-def build_model(config: ModelConfig) -> nn.Module:
-    """Build CDI-NSTSEG or the U-Net baseline, as config.arch says."""
-    if not isinstance(config, ModelConfig):
-        raise ValueError(f"build_model needs a ModelConfig, got {type(config).__name__}.")
-    if config.arch == "unet":
-        return UNet(config)
-    return CDINSTSeg(config)
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    elif name in _HOMES:
+        value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
-def calibrate_batchnorm(model: nn.Module, images: torch.Tensor) -> nn.Module:
-    """Set every BatchNorm's running statistics to those of ``images`` (N, C, H, W); eval mode.
-
-    An untrained network with the default statistics fades layer by layer to constant maps; one
-    pass over real slices gives demonstration and test checkpoints maps that show structure.
-    """
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None  # a plain average over the calibration pass
-    model.train()
-    with torch.no_grad():
-        model(images)
-    return model.eval()
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES, *_SUBMODULES])

@@ -1,6 +1,7 @@
 """`nstseg train`, `pretrain-mae`, `evaluate`, `tune-postprocess` and `residual-auroc`: the
-command-line face of loop.py, evaluate.py, tune.py and residual_auroc.py. With --resume,
-settings not given on the command line come from the run's folder."""
+command-line face of segmentation.py, mae_pretrain.py, evaluate.py, tune.py and
+residual_auroc.py. With --resume, settings not given on the command line come from the run's
+folder."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from napari_nstseg.training.loop import CONFIG_NAME, VARIANTS
+from napari_nstseg.models.variants import changed_fields, variant_config, variant_names
+from napari_nstseg.training.loop import CONFIG_NAME
 
 
 def _saved_config(out: str, kind: str) -> dict[str, Any] | None:
@@ -74,7 +76,11 @@ def add_parser(subparsers) -> None:
         help='fixed split by case: {"train": [ids], "val": [ids], "test": [ids]}; cases not '
         "listed are left out",
     )
-    p.add_argument("--variant", choices=tuple(VARIANTS), help="ablation (default: default)")
+    p.add_argument(
+        "--variant",
+        choices=variant_names(),
+        help="model variant (`nstseg variants` lists them; default: default)",
+    )
     p.add_argument("--base-width", type=int, help="encoder width b (64 in the paper)")
     p.add_argument(
         "--set",
@@ -335,7 +341,7 @@ def _apply_common(d: dict[str, Any], args: argparse.Namespace) -> None:
 def build_train_config(args: argparse.Namespace):
     """TrainConfig from parsed `train` arguments (on --resume: the saved run's, then the args)."""
     from napari_nstseg.models import ModelConfig
-    from napari_nstseg.training.loop import TrainConfig, parse_overrides, variant_config
+    from napari_nstseg.training.config import TrainConfig, parse_overrides
 
     saved = _saved_config(args.out, "segmentation") if args.resume else None
     d: dict[str, Any] = saved or TrainConfig().to_dict()
@@ -359,7 +365,7 @@ def build_train_config(args: argparse.Namespace):
         base = ModelConfig.from_dict(d["model"]) if saved or init else ModelConfig()
         if args.variant is not None:
             d["variant"] = args.variant
-            base = replace(base, **{k: getattr(ModelConfig(), k) for k in _variant_keys()})
+            base = replace(base, **{k: getattr(ModelConfig(), k) for k in changed_fields()})
         d["model"] = variant_config(d.get("variant", "default"), base, overrides).to_dict()
     sampling = dict(d.get("sampling") or {})
     if args.crop_size is not None:
@@ -400,13 +406,9 @@ def _init_weights(name: str) -> tuple[str, dict[str, Any]]:
     return str(Path(path).resolve()), read_metadata(path)
 
 
-def _variant_keys() -> set[str]:
-    return {k for changes in VARIANTS.values() for k in changes}
-
-
 def build_mae_config(args: argparse.Namespace):
     """MAEPretrainConfig from parsed `pretrain-mae` arguments."""
-    from napari_nstseg.training.loop import MAEPretrainConfig, parse_overrides
+    from napari_nstseg.training.config import MAEPretrainConfig, parse_overrides
 
     saved = _saved_config(args.out, "mae") if args.resume else None
     d: dict[str, Any] = saved or MAEPretrainConfig().to_dict()
@@ -436,7 +438,7 @@ def _check_results(out, writes, args, **inputs) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from napari_nstseg.training.loop import train
+    from napari_nstseg.training.segmentation import train
 
     _check_results(args.out, _RUN_FILES, args, **{
         "the starting weights": args.init if args.init and args.init != "bundled" else None,
@@ -449,7 +451,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from napari_nstseg.training.loop import pretrain_mae
+    from napari_nstseg.training.mae_pretrain import pretrain_mae
 
     _check_results(args.out, _RUN_FILES, args)
     best = pretrain_mae(build_mae_config(args))

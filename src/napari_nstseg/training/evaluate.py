@@ -30,8 +30,8 @@ from napari_nstseg.metrics import (
     summarize_detection,
 )
 from napari_nstseg.training.data import default_label_values, foreground, load_case
+from napari_nstseg.training.lesions.regions import RegionTally, format_regions, read_case_regions
 from napari_nstseg.training.organ_eval import OrganEval, OrganScoring, format_organs, organ_rows
-from napari_nstseg.training.regions import RegionTally, format_regions, read_case_regions
 
 # Lesions a reader should not miss (the brief's target): at least this large and contrasted.
 TARGET_DIAMETER_MM = 10.0
@@ -234,9 +234,9 @@ def _lesion_groups(rows: list[dict[str, Any]], cfg: EvalConfig) -> dict[str, Any
 
 
 def _split_cases(data_folder: str | Path, split: str, split_file: str | None = None):
-    from napari_nstseg.training.loop import _split
+    from napari_nstseg.training.segmentation import data_splits
 
-    splits = _split(str(data_folder), split_file)
+    splits = data_splits(str(data_folder), split_file)
     if split not in splits:
         raise ValueError(f"Unknown split {split!r}; choose one of {', '.join(splits)}.")
     cases = splits[split]

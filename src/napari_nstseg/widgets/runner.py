@@ -1,39 +1,20 @@
 """Widget-side use of the inference engine: loading weights, ablation variants, cancellable runs.
 
-Visual ablation (CDI-NSTSEG 000, Table of ablations) rebuilds the network with one switch
-changed and loads the SAME trained state dict, keeping only tensors whose name and shape still
-fit. What each variant means on weights trained with the full model:
-
-- "no SFM" (scale_fusion="mean"): the SFM attention generator is dropped and the three scales
-  are averaged; every other trained tensor still applies. Meaningful: shows what the learned
-  per-pixel scale weighting contributes.
-- "no GLM" (glm="none"): the channel and spatial non-local attention are skipped and the GLM's
-  trained 7x7 head reads the fused features directly. Meaningful: the attention blocks are
-  residual (gamma-weighted), so removing them is a well-defined perturbation.
-- "no LFM" (lfm_stages=0): the final mask is the GLM coarse map of the same network, exactly
-  (the deepest level does not depend on the LFMs). Exact, not an approximation.
-- "single scale 1.0" (scales=(1.0,)): only the 1.0x copy runs and the SFM is bypassed, so the
-  1.0x features skip the SFM's own 3x3 conv they were trained behind. Indicative only: it shows
-  the loss of multi-scale context but also this mismatch.
-
-A model trained without a module (e.g. a "mean" checkpoint) cannot gain it here; variants that
-would need tensors the checkpoint lacks are refused in one sentence.
+The ablation grid (visual ablation) offers the registry's variants that run from the full
+model's weights (models/variants.py says what each means on them); the widget names them, its
+checkboxes and its layers by their display names ("no SFM", ...).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import Any
 
 from napari_nstseg.inference import MapRequest, Segmenter
+from napari_nstseg.models.variants import Variant, ablation_variants, get_variant
 
-VARIANTS: dict[str, dict[str, Any]] = {
-    "no SFM": {"scale_fusion": "mean"},
-    "no GLM": {"glm": "none"},
-    "no LFM": {"lfm_stages": 0},
-    "single scale 1.0": {"scales": (1.0,)},
-}
+# Display name -> registry entry, in registry order: the grid's checkboxes.
+VARIANTS: dict[str, Variant] = {v.display_name: v for v in ablation_variants()}
 
 
 def load_segmenter(weights: str | None, device: str, variant: str = "") -> Segmenter:
@@ -45,36 +26,12 @@ def load_segmenter(weights: str | None, device: str, variant: str = "") -> Segme
 
 
 def variant_segmenter(base: Segmenter, variant: str) -> Segmenter:
-    """``base`` rebuilt with the ablation switch ``variant``, on the same trained weights."""
-    from napari_nstseg.models import ModelConfig, build_model
+    """``base`` rebuilt as ``variant`` (a display name or a registry name), on the same trained
+    weights."""
+    from napari_nstseg.inference.ablation import ablated_segmenter
 
-    changes = VARIANTS[variant]
-    config = getattr(base.model, "config", None)
-    if not isinstance(config, ModelConfig) or config.arch != "cdi_nstseg":
-        raise ValueError(f"The ablation variant {variant!r} needs a CDI-NSTSEG checkpoint.")
-    if config.scale_fusion == "mean" and variant == "no SFM":
-        raise ValueError("These weights were trained without SFM attention already.")
-    new_config = replace(config, **changes)
-    model = build_model(new_config)
-    trained = base.model.state_dict()
-    own = model.state_dict()
-    missing = [k for k in own if k not in trained or trained[k].shape != own[k].shape]
-    if missing:
-        raise ValueError(
-            f"The ablation variant {variant!r} needs tensors these weights do not have "
-            f"({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''})."
-        )
-    model.load_state_dict({k: trained[k] for k in own}, strict=True)
-    meta = dict(base.meta, variant=variant)
-    return Segmenter(
-        model,
-        base.preprocessing,
-        base.device,
-        base.config,
-        meta=meta,
-        weights_path=base.weights_path,
-        mae_path=base.mae_path,
-    )
+    entry = VARIANTS.get(variant) or get_variant(variant)
+    return ablated_segmenter(base, entry.name)
 
 
 def map_request(segmenter: Segmenter, maps: Any) -> MapRequest:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .lesions import SPLITS, LesionConfig, SplitConfig, make_lesion_dataset
+from napari_nstseg.training.lesions.config import LesionConfig
+from napari_nstseg.training.lesions.dataset import SPLITS, SplitConfig, make_lesion_dataset
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -123,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry: `python -m napari_nstseg.training.lesions_cli make-lesions ...`."""
+    """Standalone entry:
+    `python -m napari_nstseg.training.lesions.cli_make_lesions make-lesions ...`."""
     parser = argparse.ArgumentParser(prog="nstseg")
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

@@ -4,7 +4,7 @@ A `nstseg make-lesions` folder holds a fixed number of copies of each source blo
 training lesion's site comes back epoch after epoch, and with few real scans a model learns
 where these scans' lesions were rather than what a lesion looks like (docs/comparison.md, seen
 anatomy). Here each positive training sample gets one new lesion, inserted into the lesion-free
-source block on its native grid by make-lesions' own rules (training/lesions.py: the same
+source block on its native grid by make-lesions' own rules (training/lesions/: the same
 shapes, partial-volume profile, placement tests and contrast against the local tissue) at a new
 site with a new contrast. Only the rasterised shapes are drawn from a bank made once per block
 (``SamplingConfig.lesion_bank`` of them), because rasterising one costs far more than a training
@@ -37,16 +37,10 @@ from napari_nstseg.preprocessing import (
     working_resampling_matrices,
 )
 from napari_nstseg.training.data import SamplingConfig, SliceDataset
-from napari_nstseg.training.lesions import (
-    LesionConfig,
-    LesionSites,
-    _draw_contrast,
-    _LesionShape,
-    lesion_config_from_dict,
-    lesion_profile,
-    lesion_sites,
-    single_component,
-)
+from napari_nstseg.training.lesions.config import LesionConfig, lesion_config_from_dict
+from napari_nstseg.training.lesions.insertion import draw_contrast
+from napari_nstseg.training.lesions.shapes import LesionShape, lesion_profile
+from napari_nstseg.training.lesions.sites import LesionSites, lesion_sites, single_component
 
 # Placements tried per positive sample before giving up. One try costs about 0.05 ms (a few
 # box-sized checks); about one in three passes in the pelvis block of the bundled recipe but
@@ -142,7 +136,7 @@ def _footprint_bank(
     for _ in range(20 * n):
         if len(bank) == n:
             break
-        shape = _LesionShape.random(rng, float(np.exp(rng.uniform(lo_d, hi_d))), config)
+        shape = LesionShape.random(rng, float(np.exp(rng.uniform(lo_d, hi_d))), config)
         half = sites.box_margin(shape)
         box_shape = tuple(int(v) for v in 2 * half + 1)
         if any(b > s for b, s in zip(box_shape, sites.hu.shape, strict=True)):
@@ -272,7 +266,7 @@ class OnlineLesionDataset(SliceDataset):
             return None
         if sites.shell(box, fp.profile, fp.support, fp.zone, organ_id) is None:
             return None
-        native = _draw_contrast(rng, sites.config) / float(fp.profile[fp.support].mean())
+        native = draw_contrast(rng, sites.config) / float(fp.profile[fp.support].mean())
         native = (native * fp.profile).astype(np.float32)
         # The rows and columns of the working grid that the box reaches.
         rows, cols = block.rows[:, box[1]], block.cols[:, box[2]]
