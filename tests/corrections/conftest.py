@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
+from corrections_helpers import small_scan
 
 from napari_nstseg.corrections.store import save_corrections
-from napari_nstseg.io.volume import Geometry
 from napari_nstseg.models import ModelConfig, build_model
 from napari_nstseg.models.checkpoint import save_checkpoint
 from napari_nstseg.preprocessing import PreprocessConfig
-
-SHAPE, SPACING = (12, 40, 40), (3.0, 1.5, 1.5)
 
 
 @pytest.fixture(autouse=True)
@@ -37,17 +34,6 @@ def tiny_checkpoint(tmp_path_factory) -> str:
         {"note": "untrained, tests", "budget": {"crop_size": [32, 32]}},
     )
     return str(stem) + ".json"
-
-
-def small_scan(seed: int) -> tuple[np.ndarray, np.ndarray, Geometry]:
-    """Soft tissue with a bright lesion on slices 1-3 and 8-10."""
-    rng = np.random.default_rng(seed)
-    hu = np.round(rng.normal(40, 10, SHAPE)).astype(np.float32)
-    mask = np.zeros(SHAPE, np.uint8)
-    mask[1:4, 14:22, 14:22] = 1
-    mask[8:11, 20:26, 10:16] = 1
-    hu[mask > 0] += 80
-    return hu, mask, Geometry.from_spacing(SHAPE, SPACING)
 
 
 @pytest.fixture

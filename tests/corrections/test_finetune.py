@@ -10,8 +10,8 @@ import threading
 from dataclasses import replace
 
 import pytest
+from corrections_helpers import small_scan
 
-from conftest import small_scan
 from napari_nstseg.bundled import WEIGHTS_DIR, resolve_weights
 from napari_nstseg.corrections.finetune import FineTuneConfig, fine_tune, fine_tune_steps
 from napari_nstseg.corrections.holdout import (

@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
 
 from napari_nstseg.windows import DEFAULT_WINDOW, WINDOWS
 
+from .corrections_tab import CorrectionsTab
 from .docking import fit_dock_title
 from .layers import MapsToShow
 from .requests import MODES
@@ -160,6 +161,9 @@ class PanelLayout(QWidget):
         ablation_box.setToolTip("Visual ablation: the same weights with one module switched off")
         QVBoxLayout(ablation_box).addWidget(ablation.native)
 
+        # Learning from corrections: keep them, fine-tune on them, use the new weights.
+        self.corrections_tab = CorrectionsTab()
+
         self.restore_button = QPushButton("Restore autosaved mask")
         self.restore_button.setVisible(False)
 
@@ -168,6 +172,7 @@ class PanelLayout(QWidget):
         self.results.addTab(self.metrics_tab, "Metrics")
         self.results.addTab(self.lesions_tab, "Lesions")
         self.results.addTab(ablation_box, "Visual ablation")
+        self.results.addTab(self.corrections_tab, "Learn from corrections")
         content = QWidget()
         layout = QVBoxLayout(content)
         for part in (self.form.native, maps_box, options.native, self.progress, self.status.native):

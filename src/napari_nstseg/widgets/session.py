@@ -32,6 +32,9 @@ from .layers import (
 )
 from .operating_point import OperatingPoint
 
+# Tumor-mask metadata: the checkpoint of the first model run that wrote the mask.
+FIRST_WEIGHTS_KEY = "nstseg_first_weights"
+
 __all__ = ["OperatingPoint", "RunOutcome", "RunRequest", "Session", "mask_role"]
 
 
@@ -175,6 +178,10 @@ class Session:
         )
         if not request.variant:
             self.last_run = (outcome, layer_id(ct))
+            mask = self.mask_layer(ct)
+            if mask is not None and request.weights:
+                # What made the first mask, for the corrections store's record of the scan.
+                mask.metadata.setdefault(FIRST_WEIGHTS_KEY, str(request.weights))
         return ct
 
     def recut(self, ct: Any, point: OperatingPoint) -> RunOutcome | None:

@@ -1,5 +1,6 @@
-"""The panel's background run: :meth:`session.Session.run_steps` in a napari thread worker, so
-the GUI stays live and Cancel acts between batches."""
+"""The panel's background work: :meth:`session.Session.run_steps` (a model run) and
+:meth:`learning.FineTuneJob.steps` (fine-tuning on corrections) in napari thread workers, so the
+GUI stays live and Cancel acts between batches or steps."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 from napari.qt.threading import thread_worker
 
+from .learning import FineTuneJob
 from .session import RunRequest, Session
 
 
@@ -17,5 +19,16 @@ def predict_worker(session: Session, request: RunRequest) -> Any:
     @thread_worker(start_thread=False)
     def work():
         return (yield from session.run_steps(request))
+
+    return work()
+
+
+def finetune_worker(job: FineTuneJob) -> Any:
+    """The worker (not started): yields FineTuneProgress and returns a FineTuneOutcome; nothing
+    raises out of it."""
+
+    @thread_worker(start_thread=False)
+    def work():
+        return (yield from job.steps())
 
     return work()
