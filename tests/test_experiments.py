@@ -209,3 +209,22 @@ def test_fp_components_tells_hits_from_false_positives_by_what_a_rule_could_use(
     assert sep["mean_probability"]["fp_outside_hits"] == 0.0
     assert sep["depth_mm"]["hits"] == [4.0, 4.0, 4.0]
     assert np.isnan(fp.separation([tube])["depth_mm"]["fp_outside_hits"])
+
+
+def test_sarcoma_extent_splits_the_excess_by_where_it_lies():
+    """A tumour on slices 1-2; a prediction that covers it, spills onto slice 3 (beyond the
+    contour's last slice) and beside it on slice 1: 4 of 6 wrong voxels lie beyond."""
+    import numpy as np
+
+    extent = load_script("sarcoma_extent", folder="experiments")
+    gt = np.zeros((5, 4, 4), bool)
+    gt[1:3, 1:3, 1:3] = True  # 8 voxels
+    pred = gt.copy()
+    pred[3, 0:2, 0:2] = True  # 4 beyond the last slice
+    pred[1, 0, 0:2] = True  # 2 beside the tumour on its own slice
+    row = extent.extent_row("a", pred, gt)
+    assert row["fp_share_outside_z_range"] == pytest.approx(4 / 6)
+    assert row["fp_share_on_contour_slices"] == pytest.approx(2 / 6)
+    assert row["precision"] == pytest.approx(8 / 14) and row["recall"] == 1.0
+    assert row["dice"] == pytest.approx(16 / 22)
+    assert (row["contour_slices"], row["predicted_slices"]) == (2, 3)
