@@ -165,7 +165,8 @@ def test_a_csv_list_with_output_names(tmp_path, make_ct, weights_args):
         f"{data / 'third.mha'},\n"
     )
     out = tmp_path / "out"
-    assert nstseg(["predict", listing, out, *weights_args, "--lesion-map", out / "lesions"]) == 0
+    extra = ["--lesion-map", out / "lesions", "--maps", out / "maps"]
+    assert nstseg(["predict", listing, out, *weights_args, *extra]) == 0
     rows = summary(out)
     assert [rows[n]["status"] for n in ("patient1", "patient2", "third")] == ["done"] * 3
     # the scan's own format where it can be written, else what the output name says
@@ -173,6 +174,7 @@ def test_a_csv_list_with_output_names(tmp_path, make_ct, weights_args):
         assert (out / name).is_file()
     for name in ("patient1", "patient2", "third"):
         assert (out / "lesions" / f"{name}_lesions.nii.gz").is_file()
+        assert list((out / "maps" / name).glob("*_final_probability.*"))  # its own folder
 
 
 def test_same_output_name_twice_is_refused_before_any_work(tmp_path, make_ct, weights_args, capsys):
@@ -188,6 +190,24 @@ def test_workers_with_one_scan_is_refused(tmp_path, make_ct, weights_args, capsy
     scan = write_scan(tmp_path / "x.nii.gz", make_ct)
     assert nstseg(["predict", scan, tmp_path / "m.nii.gz", *weights_args, "--workers", "2"]) == 2
     assert "--workers is for a folder or CSV list" in capsys.readouterr().err
+
+
+def test_one_worker_per_gpu_and_the_cpu_cores_shared_out(monkeypatch):
+    import torch
+
+    from napari_nstseg.inference import batch
+
+    monkeypatch.setattr(batch, "_cores", lambda: 8)
+    cpu = batch.BatchConfig.for_machine(3, "cpu", pending=10)
+    assert (cpu.workers, cpu.threads_per_worker, cpu.devices) == (3, 2, ("cpu",))
+    assert batch.BatchConfig.for_machine(4, "cpu", pending=2).workers == 2  # no idle process
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    gpus = batch.BatchConfig.for_machine(None, "auto", pending=10)
+    assert gpus.devices == ("cuda:0", "cuda:1", "cuda:2", "cuda:3") and gpus.workers == 4
+    assert gpus.threads_per_worker is None
+    one = batch.BatchConfig.for_machine(None, "cuda:2", pending=10)
+    assert one.devices == ("cuda:2",) and one.workers == 1
 
 
 @pytest.fixture
