@@ -17,7 +17,8 @@ import argparse
 import csv
 from pathlib import Path
 
-from napari_nstseg.training.evaluate import TARGET_CONTRAST_HU, TARGET_DIAMETER_MM, surround_names
+from napari_nstseg.training.evaluate import surround_names
+from napari_nstseg.training.targets import TARGET_CONTRAST_HU, TARGET_DIAMETER_MM
 
 
 def recount(evaluated: list[dict[str, str]], shares: dict[tuple[str, str], float], edge: float):

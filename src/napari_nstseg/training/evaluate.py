@@ -32,11 +32,8 @@ from napari_nstseg.metrics import (
 from napari_nstseg.training.data import default_label_values, foreground, load_case
 from napari_nstseg.training.lesions.regions import RegionTally, format_regions, read_case_regions
 from napari_nstseg.training.organ_eval import OrganEval, OrganScoring, format_organs, organ_rows
+from napari_nstseg.training.targets import TARGET_NAME, target_lesion
 
-# Lesions a reader should not miss (the brief's target): at least this large and contrasted.
-TARGET_DIAMETER_MM = 10.0
-TARGET_CONTRAST_HU = 20.0
-TARGET_NAME = f">={TARGET_DIAMETER_MM:g} mm and >={TARGET_CONTRAST_HU:g} HU"
 POLARITY_NAMES = ("hypodense", "hyperdense")
 METRIC_COLUMNS = PIXEL_METRICS + STRUCTURE_METRICS
 
@@ -134,13 +131,6 @@ def match_table_rows(
         matched = best is not None and best_d <= max(les["diameter_mm"], 2 * float(sp.max()))
         out.append(best if matched else None)
     return out
-
-
-def target_lesion(row: dict[str, Any]) -> bool:
-    """A lesions.csv lesion a reader should not miss (>= 10 mm and >= 20 HU)."""
-    return (
-        row["diameter_mm"] >= TARGET_DIAMETER_MM and abs(row["contrast_hu"]) >= TARGET_CONTRAST_HU
-    )
 
 
 def _match_table(

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_nstseg.training.targets import target_lesion
+
 MASKS_HELP = (
     "organ mode: where each case's organ label map is: a file name inside each case folder "
     "(organs.nii.gz: CASE/organs.nii.gz), a folder of <case>.nii.gz files (for an MSD set, "
@@ -116,8 +118,6 @@ class OrganScoring:
             "false_positives": int(det.false_positives),
         }
         if table_rows is not None:
-            from napari_nstseg.training.evaluate import target_lesion
-
             ok = in_zone([r["centre_zyx"] for r in table_rows], zone)
             target = [r for r, i in zip(table_rows, ok, strict=True) if i and target_lesion(r)]
             row["target_lesions"] = len(target)

@@ -28,14 +28,13 @@ from napari_nstseg.postprocess import (
     component_diameters_mm,
 )
 from napari_nstseg.training.evaluate import (
-    TARGET_NAME,
     engine_for_split,
     match_table_rows,
     read_lesion_table,
     results_folder,
-    target_lesion,
 )
 from napari_nstseg.training.organ_eval import OrganEval, OrganScoring, in_zone
+from napari_nstseg.training.targets import TARGET_NAME, target_lesion
 
 OBJECTIVES = ("sensitivity", "dice")
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(0.30 + 0.05 * k, 2) for k in range(14))
