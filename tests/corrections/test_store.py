@@ -127,3 +127,23 @@ def test_a_bad_slice_list_is_one_sentence(tmp_path):
     (case,) = find_cases(tmp_path)
     with pytest.raises(ValueError, match="beyond the scan's 10 slices"):
         SliceDataset([case], PreprocessConfig(), SamplingConfig(label_values=(1,)))
+
+
+def test_a_dicom_series_is_identified_by_its_uids_and_float_hu_are_kept(tmp_path):
+    from dataclasses import replace
+
+    hu, mask, geometry = scan()
+    hu = hu + 0.25  # HU from a rescale slope that are not whole numbers
+    dicom = replace(
+        geometry,
+        source_path=str(tmp_path / "series"),
+        source_format="dicom",
+        extra={"dicom_series_uid": "1.2.3", "dicom_sop_instance_uids": ["1.2.3.1", "1.2.3.2"]},
+    )
+    saved = save_corrections(tmp_path / "store", hu, mask, dicom, [3])
+    scan_record = saved.record["scan"]
+    assert scan_record["dicom_series_uid"] == "1.2.3"
+    assert scan_record["dicom_sop_instance_uids"] == ["1.2.3.1", "1.2.3.2"]
+    assert scan_record["source_path"] == str(tmp_path / "series")
+    assert saved.folder.name.startswith("series-")
+    assert np.allclose(read_ct(saved.folder / CT_NAME).hu, hu)
