@@ -186,6 +186,16 @@ def test_same_output_name_twice_is_refused_before_any_work(tmp_path, make_ct, we
     assert not (tmp_path / "out").exists()
 
 
+def test_a_list_without_an_input_column_or_scans_is_refused(tmp_path, weights_args, capsys):
+    listing = tmp_path / "list.csv"
+    listing.write_text("path\nx.nii.gz\n")
+    assert nstseg(["predict", listing, tmp_path / "out", *weights_args]) == 2
+    assert f"{listing}: no 'input' column" in capsys.readouterr().err
+    listing.write_text("input,output\n")
+    assert nstseg(["predict", listing, tmp_path / "out", *weights_args]) == 2
+    assert "the list names no scans" in capsys.readouterr().err
+
+
 def test_workers_with_one_scan_is_refused(tmp_path, make_ct, weights_args, capsys):
     scan = write_scan(tmp_path / "x.nii.gz", make_ct)
     assert nstseg(["predict", scan, tmp_path / "m.nii.gz", *weights_args, "--workers", "2"]) == 2

@@ -20,7 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from napari_nstseg.inference.predict_outputs import MAP_SUFFIXES, SEG_SUFFIX, mask_suffix
-from napari_nstseg.io.formats import format_of, strip_suffix, volume_file_suffixes
+from napari_nstseg.io.formats import (
+    format_of,
+    matching_suffix,
+    strip_suffix,
+    volume_file_suffixes,
+)
 from napari_nstseg.io.outputs import check_results_folder
 
 SUMMARY_NAME = "summary.csv"
@@ -113,8 +118,9 @@ def find_scans(path: Path) -> list[tuple[Path, str | None]]:
             )
         return scans
     with path.open(newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.DictReader(f))
-        columns = {c.strip().lower(): c for c in (rows[0].keys() if rows else [])}
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        columns = {c.strip().lower(): c for c in reader.fieldnames or []}
     if "input" not in columns:
         raise ValueError(
             f"{path}: no 'input' column; its first line must name the columns, e.g. input,output"
@@ -134,8 +140,7 @@ def find_scans(path: Path) -> list[tuple[Path, str | None]]:
 
 def scan_suffix(name: str) -> str | None:
     """The single-file scan suffix ending ``name`` (.nii.gz, .mha, ...), else None."""
-    lower = name.lower()
-    return next((s for s in volume_file_suffixes() if lower.endswith(s)), None)
+    return matching_suffix(name, volume_file_suffixes())
 
 
 def _is_dicom(path: Path) -> bool:
@@ -230,7 +235,9 @@ def scan_args(args: argparse.Namespace, job: ScanJob, device: str) -> argparse.N
     )
 
 
-# One worker's state: its device and the model it loaded for its first scan.
+# One worker's state: its arguments, its device, the model it loaded for its first scan and
+# "started", the queue telling the parent which scans it began (None when the batch runs in the
+# command's own process).
 _WORKER: dict[str, Any] = {}
 
 
