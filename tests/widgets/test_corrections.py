@@ -20,6 +20,12 @@ from napari_nstseg.widgets.layers import LayerNames
 CORRECTED = (0, 1, 2, 6, 7)
 
 
+def keep(qtbot, widget) -> None:
+    """Click "Use my corrections for training" and wait for the save in the background."""
+    widget.corrections_tab.keep_button.clicked()
+    qtbot.waitUntil(lambda: not widget.keeping, timeout=RUN_TIMEOUT_MS)
+
+
 def correct(mask, z: int) -> None:
     """One brush click that fixes a pixel the model got wrong on slice ``z`` (the synthetic CT's
     darker blob is the lesion): a missed lesion pixel painted, or a false one erased."""
@@ -53,7 +59,9 @@ def test_correct_keep_fine_tune_and_use_the_new_weights(
         correct(mask, z)
     n_errors = len(errors)
     tab.keep_button.clicked()
-    assert len(errors) == n_errors
+    assert widget.keeping and not tab.keep_button.enabled  # saved in the background
+    qtbot.waitUntil(lambda: not widget.keeping, timeout=RUN_TIMEOUT_MS)
+    assert len(errors) == n_errors and tab.keep_button.enabled
     (case,) = stored_cases(store)
     assert case.slices == list(CORRECTED)
     assert case.record["first_mask_weights"]["path"] == str(Path(tiny_weights).resolve())
@@ -62,7 +70,7 @@ def test_correct_keep_fine_tune_and_use_the_new_weights(
 
     # A second keep of the same scan updates its folder.
     correct(mask, 4)
-    tab.keep_button.clicked()
+    keep(qtbot, widget)
     (case,) = stored_cases(store)
     assert case.slices == sorted({*CORRECTED, 4})
     assert json.loads((case.folder / CASE_RECORD_NAME).read_text())["annotated_slices"] == [
@@ -106,12 +114,17 @@ def test_cancel_stops_fine_tuning_and_saves_nothing(
     widget = make_widget(viewer, tiny_weights, coarse=False, stages=False)
     tab = widget.corrections_tab
     store = tmp_path / "store"
-    tab.store.value = str(store)
     run_and_wait(qtbot, widget, "whole volume")
     mask = viewer.layers[LayerNames("CT").tumor_mask]
     for z in CORRECTED:
         correct(mask, z)
-    tab.keep_button.clicked()
+    not_a_folder = tmp_path / "a file"
+    not_a_folder.write_text("")
+    tab.store.value = str(not_a_folder)
+    keep(qtbot, widget)
+    assert len(errors) == 1 and errors[0].startswith("Could not keep the corrections of 'CT'")
+    tab.store.value = str(store)
+    keep(qtbot, widget)
     tab.steps.value = 10_000
     tab.finetune_button.clicked()
     qtbot.waitUntil(lambda: "step" in tab.status.value, timeout=RUN_TIMEOUT_MS)
@@ -119,4 +132,4 @@ def test_cancel_stops_fine_tuning_and_saves_nothing(
     qtbot.waitUntil(lambda: not widget.finetuning, timeout=RUN_TIMEOUT_MS)
     assert widget.finetune_result.cancelled and "cancelled" in tab.status.value
     assert not (store / "weights").exists() and not tab.use_button.enabled
-    assert errors == []
+    assert len(errors) == 1

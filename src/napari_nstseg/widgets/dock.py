@@ -38,10 +38,10 @@ from .panel_layout import PanelLayout
 from .requests import Choices, WidgetError, build_request, check_ct_layer, current_z
 from .results import NO_LAYER
 from .runner import VARIANTS
-from .runs import Report, Runs
+from .runs import Report, Runs, slice_list
 from .session import RunOutcome, RunRequest, Session
 from .weights import BUNDLED, FROM_FILE
-from .worker import finetune_worker, predict_worker
+from .worker import finetune_worker, keep_worker, predict_worker
 
 __all__ = ["BUNDLED", "FROM_FILE", "NSTSegWidget", "RunOutcome", "RunRequest", "WidgetError"]
 __all__ += ["autosave_path", "check_ct_layer", "viewer_grid"]
@@ -66,6 +66,8 @@ class NSTSegWidget(PanelLayout):
         self.recovery = Recovery()
         self._worker: Any = None  # the run's thread worker, held while it runs
         self._finetune_worker: Any = None  # the fine-tuning's, held while it runs
+        self._keep_worker: Any = None  # the one keeping corrections, held while it saves
+        self.last_kept: SavedCorrections | None = None
         self._finetune_job: learning.FineTuneJob | None = None
         self.finetune_result: FineTuneResult | None = None
         self._recommending = False
@@ -484,18 +486,45 @@ class NSTSegWidget(PanelLayout):
             raise WidgetError("Choose a corrections folder first.")
         return Path(value).expanduser()
 
-    def keep_corrections(self, *_: Any) -> SavedCorrections | None:
+    @property
+    def keeping(self) -> bool:
+        return self._keep_worker is not None
+
+    def keep_corrections(self, *_: Any) -> None:
         """Keep the slices of the tumor mask the user corrected, with the CT, in the corrections
-        folder (the explicit "use my corrections for training"); returns what was saved."""
+        folder (the explicit "use my corrections for training"), saved in the background."""
+        if self.keeping:
+            show_info("The corrections are being kept; wait a moment.")
+            return
         try:
-            saved = learning.keep_corrections(self.session, self._ct(), self._store_folder())
+            job = learning.keep_job(self.session, self._ct(), self._store_folder())
         except WidgetError as exc:
             self._fail(str(exc))
-            return None
+            return
+        tab = self.corrections_tab
+        tab.keep_button.enabled = tab.finetune_button.enabled = False
+        tab.status.value = f"keeping slice(s) {slice_list(job.slices)} of {job.name!r}..."
+        worker = keep_worker(job)
+        worker.returned.connect(self._on_kept)
+        worker.finished.connect(self._on_keep_finished)
+        self._keep_worker = worker
+        worker.start()
+
+    def _on_kept(self, saved: SavedCorrections | str) -> None:
+        if isinstance(saved, str):
+            self.corrections_tab.status.value = saved
+            self._fail(saved)
+            return
+        self.last_kept = saved
         text = learning.describe_saved(saved)
         self.corrections_tab.status.value = text
         show_info(text)
-        return saved
+
+    def _on_keep_finished(self) -> None:
+        self._keep_worker = None
+        tab = self.corrections_tab
+        tab.keep_button.enabled = True
+        tab.finetune_button.enabled = not self.finetuning
 
     @property
     def finetuning(self) -> bool:
@@ -503,8 +532,8 @@ class NSTSegWidget(PanelLayout):
 
     def fine_tune(self, *_: Any) -> None:
         """Fine-tune a copy of the chosen weights on the corrections folder in the background."""
-        if self.finetuning:
-            show_info("Fine-tuning is already in progress; cancel it or wait for it to finish.")
+        if self.finetuning or self.keeping:
+            show_info("Fine-tuning or keeping corrections is in progress; wait for it to finish.")
             return
         weights = self._chosen_weights_path()
         try:

@@ -31,9 +31,33 @@ def corrected_slices(mask: Any) -> list[int]:
     return sorted(edit_tracker(mask).edited)
 
 
-def keep_corrections(session: Any, ct: Any, store: Path) -> SavedCorrections:
-    """Save the corrected slices of ``ct``'s tumor mask with the CT in ``store``; WidgetError
-    when there is nothing to save or it cannot be written."""
+@dataclass
+class KeepJob:
+    """One "use my corrections for training": what is kept, read from the layers on the GUI
+    thread (the mask copied, so painting on meanwhile changes nothing), saved in a worker (the
+    first save of a large scan writes its CT, seconds of gzip)."""
+
+    store: Path
+    hu: np.ndarray
+    mask: np.ndarray
+    geometry: Any
+    slices: list[int]
+    weights: str | None
+    name: str
+
+    def run(self) -> SavedCorrections | str:
+        """Save; returns what was saved, or one sentence saying why it was not."""
+        try:
+            return save_corrections(
+                self.store, self.hu, self.mask, self.geometry, self.slices, self.weights, self.name
+            )
+        except (OSError, ValueError) as exc:
+            return f"Could not keep the corrections of {self.name!r} in {self.store}: {exc}"
+
+
+def keep_job(session: Any, ct: Any, store: Path) -> KeepJob:
+    """What keeping the corrected slices of ``ct``'s tumor mask in ``store`` saves; WidgetError
+    when there is nothing to keep."""
     mask = session.mask_layer(ct)
     if mask is None:
         raise WidgetError(f"{ct.name!r} has no tumor mask yet: run the model, then correct it.")
@@ -43,20 +67,15 @@ def keep_corrections(session: Any, ct: Any, store: Path) -> SavedCorrections:
             f"No slice of {mask.name!r} was corrected: paint, erase or fill the slices the model "
             "got wrong, then use them for training."
         )
-    try:
-        return save_corrections(
-            store,
-            np.asarray(ct.data),
-            np.asarray(mask.data),
-            ct_geometry(ct),
-            slices,
-            weights=mask.metadata.get(FIRST_WEIGHTS_KEY),
-            name=ct.name,
-        )
-    except (OSError, ValueError) as exc:
-        raise WidgetError(
-            f"Could not keep the corrections of {ct.name!r} in {store}: {exc}"
-        ) from exc
+    return KeepJob(
+        store,
+        np.asarray(ct.data),
+        np.array(mask.data),
+        ct_geometry(ct),
+        slices,
+        mask.metadata.get(FIRST_WEIGHTS_KEY),
+        ct.name,
+    )
 
 
 def describe_saved(saved: SavedCorrections) -> str:

@@ -1,6 +1,7 @@
-"""The panel's background work: :meth:`session.Session.run_steps` (a model run) and
-:meth:`learning.FineTuneJob.steps` (fine-tuning on corrections) in napari thread workers, so the
-GUI stays live and Cancel acts between batches or steps."""
+"""The panel's background work: :meth:`session.Session.run_steps` (a model run),
+:meth:`learning.FineTuneJob.steps` (fine-tuning on corrections) and :meth:`learning.KeepJob.run`
+(keeping them) in napari thread workers, so the GUI stays live and Cancel acts between batches
+or steps."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 from napari.qt.threading import thread_worker
 
-from .learning import FineTuneJob
+from .learning import FineTuneJob, KeepJob
 from .session import RunRequest, Session
 
 
@@ -30,5 +31,15 @@ def finetune_worker(job: FineTuneJob) -> Any:
     @thread_worker(start_thread=False)
     def work():
         return (yield from job.steps())
+
+    return work()
+
+
+def keep_worker(job: KeepJob) -> Any:
+    """The worker (not started) that saves corrections; returns what KeepJob.run does."""
+
+    @thread_worker(start_thread=False)
+    def work():
+        return job.run()
 
     return work()
