@@ -42,7 +42,7 @@ class FineTuneConfig:
     steps: int = 150
     batch_size: int = 8
     crop_size: int | None = None
-    lr: float = 3e-4
+    lr: float = 1e-3
     weight_decay: float = 1e-4
     replay_share: float = 0.25
     replay_data: str | None = None
