@@ -132,3 +132,22 @@ def test_nstseg_train_reads_the_store_as_a_case_folder_set_and_only_its_labelled
     assert code in (0, None)
     assert (out / "final.json").is_file()
     assert seen and seen[0] == [1, 2, 3, 7, 8, 9, 10]
+
+
+def test_the_bundled_weights_fine_tune_with_their_shipped_replay_and_keep_their_mae(tmp_path):
+    from napari_nstseg._sample_data import SAMPLE_CT, SAMPLE_MASK
+    from napari_nstseg.io.readers import read_ct, read_mask
+
+    ct = read_ct(SAMPLE_CT)
+    store = tmp_path / "store"
+    save_corrections(store, ct.hu, read_mask(SAMPLE_MASK), ct.geometry, [2, 3, 8, 9, 10, 20, 21])
+    config = FineTuneConfig(steps=1, device="cpu")
+    result = fine_tune(store, resolve_weights("default"), config=config)
+    assert "sample_ct" in result.replay and "'default'" in result.replay
+    meta = json.loads(result.weights.read_text())
+    record = meta["provenance"]["fine_tuned"]
+    assert record["budget"]["replay_per_batch"] == 2 and record["budget"]["crop_size"] == [96, 96]
+    assert meta["mae"] == "mae.json" and (result.weights.parent / "mae.safetensors").is_file()
+    assert meta["postprocess"] == json.loads(resolve_weights("default").read_text())["postprocess"]
+    # Fine-tuning the result again replays what its own fine-tuning did.
+    assert replay_for(result.weights).cases == replay_for(resolve_weights("default")).cases

@@ -34,7 +34,10 @@ class Replay:
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,
-            "cases": [{"image": str(c.image), "label": str(c.label)} for c in self.cases],
+            "cases": [
+                {"case_id": c.case_id, "image": str(c.image), "label": str(c.label)}
+                for c in self.cases
+            ],
         }
 
 
@@ -51,7 +54,7 @@ def replay_for(weights: str | Path, data: str | Path | None = None) -> Replay:
     recorded = ((meta.get("provenance") or {}).get("fine_tuned") or {}).get("replay")
     if recorded and recorded.get("cases"):
         cases = tuple(
-            Case(Path(c["image"]).name, Path(c["image"]), Path(c["label"]))
+            Case(c.get("case_id") or Path(c["image"]).name, Path(c["image"]), Path(c["label"]))
             for c in recorded["cases"]
             if Path(c["image"]).is_file() and Path(c["label"]).is_file()
         )
