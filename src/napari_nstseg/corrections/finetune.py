@@ -178,16 +178,24 @@ def fine_tune_steps(
     n_eval_batches = math.ceil(len(eval_set) / config.eval_batch_size)
     timer = _Estimate(config.steps, n_eval_batches)
 
-    yield FineTuneProgress("before", 0, n_eval_batches, None, holdout.describe())
+    loss_fn = _loss(meta)
+    n_store = config.batch_size - n_replay
+    # A measured estimate before anything changes: one forward and backward pass in eval mode
+    # (BatchNorm statistics untouched), its gradients dropped; the weights stay as they are.
+    t0 = time.perf_counter()
+    model.eval()
+    x, y = _batch(train_set, replay_set, 0, n_store, n_replay, device)
+    loss_fn(model(x), y).backward()
+    model.zero_grad(set_to_none=True)
+    timer.probe_s = time.perf_counter() - t0
+    yield FineTuneProgress("before", 0, n_eval_batches, timer.left(), holdout.describe())
     before = yield from _dice(model, eval_set, config, threshold, device, "before", timer, cancel)
     if before is None:
         return _cancelled(holdout, replay, started)
 
-    loss_fn = _loss(meta)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
-    n_store = config.batch_size - n_replay
     for step in range(config.steps):
         if cancel.is_set():
             return _cancelled(holdout, replay, started)
@@ -195,10 +203,7 @@ def fine_tune_steps(
         lr = config.lr * (1 - step / config.steps) ** 0.9
         for group in optimizer.param_groups:
             group["lr"] = lr
-        items = [train_set[step * n_store + i] for i in range(n_store)]
-        items += [replay_set[step * n_replay + i] for i in range(n_replay)] if n_replay else []
-        x = torch.stack([it["image"] for it in items]).to(device)
-        y = torch.stack([it["mask"] for it in items]).to(device)
+        x, y = _batch(train_set, replay_set, step, n_store, n_replay, device)
         model.train()
         loss = loss_fn(model(x), y)
         value = float(loss.detach())
@@ -295,6 +300,17 @@ def _training_sets(
     return train_set, replay_set, n_replay
 
 
+def _batch(train_set, replay_set, step: int, n_store: int, n_replay: int, device):
+    """Step ``step``'s crops: ``n_store`` corrected ones, then ``n_replay`` replayed ones."""
+    import torch
+
+    items = [train_set[step * n_store + i] for i in range(n_store)]
+    items += [replay_set[step * n_replay + i] for i in range(n_replay)]
+    x = torch.stack([it["image"] for it in items]).to(device)
+    y = torch.stack([it["mask"] for it in items]).to(device)
+    return x, y
+
+
 def _trained_crop(meta: dict) -> int | None:
     crop = ((meta.get("provenance") or {}).get("budget") or {}).get("crop_size")
     return int(crop[0]) if crop else None
@@ -321,12 +337,14 @@ def _loss(meta: dict):
 
 # -- measuring ----------------------------------------------------------------------------------
 class _Estimate:
-    """Seconds left: training steps at their measured mean, the two Dice passes at theirs."""
+    """Seconds left: training steps at their measured mean (before the first, at one probe
+    pass), the Dice passes' batches at theirs."""
 
     def __init__(self, steps: int, eval_batches: int) -> None:
         self.steps, self.eval_batches = steps, eval_batches
         self.step_times: list[float] = []
         self.eval_times: list[float] = []
+        self.probe_s: float | None = None  # one forward and backward pass, before any step
         self.stage = "before"
         self.done = 0
 
@@ -340,13 +358,16 @@ class _Estimate:
 
     def left(self) -> float | None:
         per_eval = float(np.mean(self.eval_times)) if self.eval_times else None
-        per_step = float(np.mean(self.step_times)) if self.step_times else None
+        per_step = float(np.mean(self.step_times)) if self.step_times else self.probe_s
         if self.stage == "after":
             return (self.eval_batches - self.done) * (per_eval or 0.0)
         if per_step is None:
             return None
         steps_left = self.steps - len(self.step_times)
-        return steps_left * per_step + self.eval_batches * (per_eval or 0.0)
+        evals_left = self.eval_batches * (2 if self.stage == "before" else 1)
+        if self.stage == "before":
+            evals_left -= self.done
+        return steps_left * per_step + evals_left * (per_eval or 0.0)
 
 
 def _dice(model, dataset, config, threshold, device, stage, timer, cancel):
