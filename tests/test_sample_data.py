@@ -77,6 +77,13 @@ def test_demo_viewer_docks_the_widget(make_napari_viewer):
     viewer = open_viewer(make_napari_viewer())
     assert "sample CT" in viewer.layers
     assert any(WIDGET in name for name in viewer.window.dock_widgets)
+    # In organ mode on the liver (issue 26), the lesion's slice on screen: Run finds it there.
+    widget = next(w for name, w in viewer.window.dock_widgets.items() if WIDGET in name)
+    assert widget.mode.value == "inside organs" and widget.organ.ticked() == [5]
+    assert widget.organ.names()[5] == "liver"
+    truth = np.asarray(viewer.layers["sample CT ground truth"].data) > 0
+    z = widget.make_request().z_indices
+    assert truth[int(np.argmax(truth.sum(axis=(1, 2))))].any() and truth[z].any()
 
 
 def test_bundled_weights_find_the_sample_lesion_in_the_plugin_menu_widget(

@@ -40,7 +40,18 @@ def sample_ct():
     )
     organs, kwargs, _ = read_layers(SAMPLE_ORGANS, as_labels=True)[0]
     style = {"name": SAMPLE_ORGANS_NAME, "visible": False, "opacity": 0.3}
-    return [*layers, (organs, {**kwargs, **style}, "labels")]
+    return [*layers, (organs, {**kwargs, **style, "features": _organ_names(organs)}, "labels")]
+
+
+def _organ_names(organs: Any) -> dict[str, list[Any]]:
+    """The organ labels' names as the layer's features (napari shows them under the cursor and
+    the panel's organ checklist lists them): TotalSegmentator's "total" table."""
+    import numpy as np
+
+    from napari_nstseg.organ_labels import TOTALSEGMENTATOR_TOTAL
+
+    ids = [int(v) for v in np.unique(organs) if v > 0]
+    return {"index": ids, "name": [TOTALSEGMENTATOR_TOTAL.get(v, f"label {v}") for v in ids]}
 
 
 def sample_sarcoma():

@@ -18,20 +18,43 @@ def has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
+# Organ mode on the liver, where the sample's lesion lies (cascade 001): a first-time user sees
+# the lesion found, not the whole-scan false positives on anatomy the weights have not seen.
+DEMO_ORGANS = "liver"
+
+
 def open_viewer(viewer=None):
-    """A napari viewer showing the sample CT (and its ground truth) with the widget docked."""
+    """A napari viewer showing the sample CT (its ground truth and organ labels) with the panel
+    docked in organ mode on the liver, on the lesion's slice: Run finds it there."""
     if viewer is None:
         import napari
 
         viewer = napari.Viewer(title="napari-nstseg demo")
     viewer.open_sample(PLUGIN, "sample_ct")
-    viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    start_in_organ_mode(viewer, widget)
     return viewer
 
 
-# Organ mode on the liver, where the sample's lesion lies (cascade 001): a first-time user sees
-# the lesion found, not the whole-scan false positives on anatomy the weights have not seen.
-DEMO_ORGANS = "liver"
+def start_in_organ_mode(viewer, widget, organs: str = DEMO_ORGANS) -> None:
+    """The panel in organ mode on ``organs`` of the sample's organ labels, the view on the
+    sample lesion's largest slice."""
+    import numpy as np
+
+    from napari_nstseg._sample_data import SAMPLE_ORGANS_NAME
+    from napari_nstseg.organ_labels import parse_organs
+    from napari_nstseg.widgets.organ_mode import ORGAN_MODE
+
+    widget.mode.value = ORGAN_MODE
+    widget.organ.layer.value = SAMPLE_ORGANS_NAME
+    widget.organ.tick(parse_organs(organs))
+    truth = viewer.layers["sample CT ground truth"]
+    lesion_z = int(np.argmax((np.asarray(truth.data) > 0).sum(axis=(1, 2))))
+    viewer.dims.set_point(0, truth.data_to_world((lesion_z, 0, 0))[0])
+    widget.status.value = (
+        f"Demo: organ mode on the {organs}, the lesion's slice on screen. Press Run: the "
+        "model searches inside the yellow outline only."
+    )
 
 
 def headless_argv(out_dir: Path, organs: str | None = DEMO_ORGANS) -> list[str]:

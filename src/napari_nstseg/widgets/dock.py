@@ -89,6 +89,7 @@ class NSTSegWidget(PanelLayout):
     def _connect_controls(self) -> None:
         self.weights_source.changed.connect(self._on_weights_source)
         self.mode.changed.connect(self._show_roi_controls)
+        self.organ.layer.changed.connect(self._on_organ_layer)
         self.weights_file.changed.connect(self.apply_recommendation)
         self.window.changed.connect(self.apply_window)
         for name in ("threshold", "min_lesion", "min_depth"):
@@ -139,6 +140,7 @@ class NSTSegWidget(PanelLayout):
             self.ct_layer.value = chosen.name
         _set_choices(self.roi_layer, [NO_LAYER, *shapes, *labels])
         _set_choices(self.gt_layer, [NO_LAYER, *labels])
+        self.organ.set_layers(layers, self._layer(self.ct_layer.value))
         self._pick_ground_truth(layers)
         self._track_mask_layer()
 
@@ -188,7 +190,11 @@ class NSTSegWidget(PanelLayout):
             self._ct_id = uid
             self.apply_window()
             self._offer_autosave()
+            self.organ.set_layers(list(self.viewer.layers), ct)  # those on this CT's grid
         self._track_mask_layer()
+
+    def _on_organ_layer(self, *_: Any) -> None:
+        self.organ.follow(self._layer(self.organ.layer.value))
 
     def _on_point_moved(self, name: str) -> None:
         if self._recommending:
@@ -252,6 +258,11 @@ class NSTSegWidget(PanelLayout):
             mirror=bool(self.mirror.value),
             roi_layer=self._layer(self.roi_layer.value),
             roi_margin_mm=float(self.roi_margin.value),
+            organ_layer=self._layer(self.organ.layer.value),
+            organs=tuple(self.organ.ticked()),
+            organ_margin_mm=float(self.organ.margin.value),
+            organ_slice_only=bool(self.organ.slice_only.value),
+            layers=tuple(self.viewer.layers),
         )
         return build_request(self.viewer, self._ct(), choices, variant)
 

@@ -35,6 +35,8 @@ from napari_nstseg.windows import DEFAULT_WINDOW, WINDOWS
 from .corrections_tab import CorrectionsTab
 from .docking import fit_dock_title
 from .layers import MapsToShow
+from .organ_mode import ORGAN_MODE
+from .organ_panel import OrganControls
 from .requests import MODES
 from .results import NO_LAYER, LesionsTab, MetricsTab
 from .runner import VARIANTS
@@ -70,6 +72,7 @@ class PanelLayout(QWidget):
         self.mode = ComboBox(label="mode", choices=list(MODES), value="current slice")
         self.roi_layer = ComboBox(label="ROI layer", choices=[NO_LAYER])
         self.roi_margin = FloatSpinBox(label="ROI margin (mm)", value=10.0, min=0.0, max=200.0)
+        self.organ = OrganControls()
         self.window = ComboBox(label="HU window", choices=list(WINDOWS), value=DEFAULT_WINDOW)
         self.threshold = FloatSlider(label="threshold", value=0.5, min=0.01, max=0.99, step=0.01)
         self.min_lesion = FloatSpinBox(
@@ -112,12 +115,14 @@ class PanelLayout(QWidget):
                 self.mode,
                 self.roi_layer,
                 self.roi_margin,
+                self.organ.container,
                 self.window,
                 self.threshold,
                 self.min_lesion,
                 self.min_depth,
             ]
         )
+        self.organ.visible = False  # organ mode's own controls, shown in that mode
         # The maps to show, two to a row: five rows of check boxes would push the results down.
         maps_box = QGroupBox("Maps to show")
         maps_grid = QGridLayout(maps_box)
@@ -214,10 +219,12 @@ class PanelLayout(QWidget):
         self.weights_source.tooltip = choice.description
 
     def _show_roi_controls(self, *_: Any) -> None:
-        # Only ROI mode reads them: elsewhere they would only make the panel taller.
+        # Only ROI mode reads them (organ mode its own): elsewhere they would only make the
+        # panel taller.
         roi = self.mode.value == "ROI"
         self.roi_layer.visible = roi
         self.roi_margin.visible = roi
+        self.organ.visible = self.mode.value == ORGAN_MODE
 
     def showEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
         # The dock's title bar is made after the panel is put in it, and the main window lays

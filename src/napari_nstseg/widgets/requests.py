@@ -1,5 +1,6 @@
 """What the panel's choices ask the model to run, without Qt: the CT checked, the slice on
-screen, the ROI box, the weights file; a bad choice is one WidgetError sentence naming it."""
+screen, the ROI box, the organs to search inside (:mod:`.organ_mode`), the weights file; a bad
+choice is one WidgetError sentence naming it."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from typing import Any
 import numpy as np
 
 from .layers import MapsToShow, is_image, is_shapes, layer_id
+from .organ_mode import ORGAN_MODE, OrganChoiceError, organ_request, organ_slices
 from .session import RunRequest
 
-MODES = ("current slice", "whole volume", "ROI")
+MODES = ("current slice", "whole volume", "ROI", ORGAN_MODE)
 
 
 class WidgetError(ValueError):
@@ -36,6 +38,13 @@ class Choices:
     mirror: bool
     roi_layer: Any = None
     roi_margin_mm: float = 10.0
+    # Organ mode: the organ label layer, the ticked label ids, the margin, whether to run only
+    # the slice on screen, and the viewer's layers (to name labels layers on other grids).
+    organ_layer: Any = None
+    organs: tuple[int, ...] = ()
+    organ_margin_mm: float = 10.0
+    organ_slice_only: bool = False
+    layers: tuple[Any, ...] = ()
 
 
 def check_ct_layer(layer: Any) -> None:
@@ -144,11 +153,13 @@ def roi_box(viewer: Any, ct: Any, roi_layer: Any, margin_mm: float) -> tuple[sli
 def build_request(viewer: Any, ct: Any, choices: Choices, variant: str = "") -> RunRequest:
     """The run ``choices`` ask for on the CT layer ``ct``; WidgetError with a readable message."""
     check_ct_layer(ct)
-    roi = None
+    roi = organs = None
     if choices.mode == "current slice":
         z_indices: list[int] | None = [slice_on_screen(viewer, ct)]
     elif choices.mode == "whole volume":
         z_indices = None
+    elif choices.mode == ORGAN_MODE:
+        organs, z_indices = organ_choice(viewer, ct, choices)
     else:
         roi = roi_box(viewer, ct, choices.roi_layer, choices.roi_margin_mm)
         z_indices = list(range(roi[0].start, roi[0].stop))
@@ -168,4 +179,27 @@ def build_request(viewer: Any, ct: Any, choices: Choices, variant: str = "") -> 
         min_depth_mm=choices.min_depth_mm,
         mirror=choices.mirror,
         ct_id=layer_id(ct),
+        organs=organs,
     )
+
+
+def organ_choice(viewer: Any, ct: Any, choices: Choices) -> tuple[Any, list[int]]:
+    """Organ mode's search and the slices it runs: every slice of the ticked organs grown by
+    the margin, or only the slice on screen (which must cross them)."""
+    try:
+        organs = organ_request(
+            ct, choices.organ_layer, choices.organs, choices.organ_margin_mm, choices.layers
+        )
+    except OrganChoiceError as exc:
+        raise WidgetError(str(exc)) from None
+    spacing = tuple(float(abs(s)) for s in ct.scale)
+    slices = organ_slices(organs, spacing)
+    if not choices.organ_slice_only:
+        return organs, slices
+    z = slice_on_screen(viewer, ct)
+    if z not in slices:
+        raise WidgetError(
+            f"Slice {z} of {ct.name!r} crosses none of {organs.describe()}; scroll to a slice "
+            "through them, or untick 'only the slice on screen'."
+        )
+    return organs, [z]

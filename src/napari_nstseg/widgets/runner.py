@@ -57,14 +57,48 @@ class PredictionSteps:
             mirror=request.mirror,
         )
         roi = request.roi
-        self._events: Iterator[Any] = self.segmenter.iter_predict(
+        box = None if roi is None else tuple(v for s in roi for v in (s.start, s.stop))
+        self.organs = getattr(request, "organs", None)
+        if self.organs is not None:
+            self._events = self._organ_events(request, box)
+        else:
+            self._events = self.segmenter.iter_predict(
+                request.volume,
+                request.spacing,
+                z_indices=request.z_indices,
+                roi=box,
+                maps=self.map_request,
+            )
+        self.prediction: Any = None
+
+    def _organ_events(self, request: Any, box: Any) -> Iterator[Any]:
+        """Organ mode (inference/organs.py, cascade paper 001): the zone it searches is kept on
+        the request for the outline layer, computed here in the worker thread."""
+        from napari_nstseg.inference.organs import (
+            OrganSearch,
+            iter_predict_in_organs,
+            search_zone,
+        )
+
+        organs = self.organs
+        search = OrganSearch.for_weights(organs.labels, organs.margin_mm, self.segmenter.meta)
+        organs.zone = search_zone(organs.label_map, request.spacing, search)
+        return iter_predict_in_organs(
+            self.segmenter,
             request.volume,
             request.spacing,
+            organs.label_map,
+            search,
             z_indices=request.z_indices,
-            roi=None if roi is None else tuple(v for s in roi for v in (s.start, s.stop)),
+            roi=box,
             maps=self.map_request,
         )
-        self.prediction: Any = None
+
+    def _whole_slices(self) -> None:
+        # Organ mode's maps hold 0 outside the zone on every slice it ran: those slices are its
+        # result as a whole (not only the organs' boxes), so earlier marks outside the zone go.
+        if self.organs is not None and self.prediction is not None:
+            self.prediction.cover(None)
 
     def __iter__(self) -> PredictionSteps:
         return self
@@ -73,12 +107,14 @@ class PredictionSteps:
         try:
             event = next(self._events)
         except StopIteration:
+            self._whole_slices()
             raise StopIteration(self.prediction) from None
         self.prediction = event.prediction
         return (event.done, event.total)
 
     def stop(self) -> Any:
         self._events.close()
+        self._whole_slices()
         return self.prediction
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from .layers import mirroring_of_slices
 from .operating_point import OperatingPoint
+from .organ_mode import zone_name
 from .session import RunOutcome, RunRequest, Session
 
 
@@ -91,6 +92,12 @@ class Runs:
             if outcome.cancelled
             else f"done: {done} slice(s)"
         )
+        if request.organs is not None:
+            # Where the model looked, and the layer that outlines it.
+            report.status += (
+                f" inside {request.organs.describe()} (outlined by {zone_name(ct.name)!r}); "
+                "nothing is sought elsewhere"
+            )
         if not request.variant:
             self._ready_to_correct(ct)
             report.measure = True

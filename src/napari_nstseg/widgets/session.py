@@ -58,6 +58,8 @@ class RunRequest:
     mirror: bool = False
     # The CT's napari unique_id: the run's layers go to this CT even if it is renamed meanwhile.
     ct_id: str = ""
+    # Organ mode (organ_mode.OrganRequest): search only inside these organs; None: not.
+    organs: Any = None
     cancel: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -176,6 +178,11 @@ class Session:
             min_depth_mm=request.min_depth_mm,
             mirror=request.mirror,
         )
+        organs = request.organs
+        if organs is not None and organs.zone is not None:
+            from .organ_mode import show_zone
+
+            show_zone(self.viewer, ct, organs.zone, np.flatnonzero(outcome.prediction.done))
         if not request.variant:
             self.last_run = (outcome, layer_id(ct))
             mask = self.mask_layer(ct)
