@@ -7,9 +7,11 @@
 #   bash configs/sarcoma/recipe.sh stage2 unet       #   lesions up to the crop's edge, lower lr
 #   bash configs/sarcoma/recipe.sh mae               # the MAE on normal tissue only
 #   bash configs/sarcoma/recipe.sh tune default      # operating point on the validation patients
+#   (CKPT=final ... tune default-stage2: the same for a run's last epoch)
 #   bash configs/sarcoma/recipe.sh auroc MAE.json    # residual-map AUROC, validation patients
 #   bash configs/sarcoma/recipe.sh bundle            # weights/sarcoma.* + MODEL_CARD_sarcoma.md
-#   (SEG=default-stage2 CMP=unet-stage2 bundle: the stage-2 pair; tune both first)
+#   (SEG=default-stage2 CMP=unet-stage2 OUT=DIR ... bundle: the stage-2 pair, its weights, card
+#   and sarcoma.md into DIR instead of over the shipped ones; tune both first)
 # A later stage continues from the committed weights: INIT=sarcoma bash ... train default
 # (the model card adds the stages up). WORK (default runs/sarcoma) holds the runs. Run it with the
 # project's environment active (`. .venv/bin/activate`, as scripts/setup.sh makes it).
@@ -55,8 +57,12 @@ case "${1:-}" in
     ;;
   tune)
     variant=${2:?variant}
-    exec nstseg tune-postprocess "$WORK/$variant/best.json" --data "$DATA" --split-file "$SPLIT" \
-      --split val --objective dice --max-fp-per-scan 1 --device cpu --out "$WORK/$variant/tune_val"
+    # CKPT=final tunes the run's last epoch instead of its best (by validation Dice) one.
+    ckpt=${CKPT:-best}
+    out="$WORK/$variant/tune_val"
+    [ "$ckpt" = best ] || out="${out}_$ckpt"
+    exec nstseg tune-postprocess "$WORK/$variant/$ckpt.json" --data "$DATA" --split-file "$SPLIT" \
+      --split val --objective dice --max-fp-per-scan 1 --device cpu --out "$out"
     ;;
   auroc)
     exec nstseg residual-auroc "${2:?MAE checkpoint}" --data "$DATA" --split-file "$SPLIT" \
@@ -67,10 +73,11 @@ case "${1:-}" in
     exec python scripts/bundle_sarcoma.py --seg "$WORK/$seg/best.json" \
       --tune "$WORK/$seg/tune_val/tune.json" \
       --compare "U-Net=$WORK/$cmp/best.json:$WORK/$cmp/tune_val/tune.json" \
-      --data "$DATA" --split-file "$SPLIT" --work "$WORK/bundle" --offcentre
+      --data "$DATA" --split-file "$SPLIT" --work "$WORK/bundle" --offcentre \
+      ${OUT:+--weights-dir "$OUT" --docs "$OUT"}
     ;;
   *)
-    sed -n '2,15p' "$0"
+    sed -n '2,17p' "$0"
     exit 2
     ;;
 esac
