@@ -1,12 +1,15 @@
-"""Screenshots of the NSTSEG panel on the sample CT: docs/images/widget.png and ablation_grid.png.
+"""Screenshots of the NSTSEG panel on the sample CT: docs/images/widget.png, ablation_grid.png
+and organ_mode.png.
 
 As a user gets there: napari at 1600 x 1000, File > Open Sample > napari-nstseg > the sample CT
 (with its ground truth), the panel from the Plugins menu, the bundled weights, a whole-volume
 run (widget.png: the whole panel, the tumor mask selected, the maps asked for shown, the metrics
 against the ground truth), then "Run variants on current slice" on the lesion's slice
 (ablation_grid.png: the full model and the four variants side by side, each cell its CT, mask
-and name). ``--weights untrained`` runs a small untrained network instead (structured noise,
-for an installation without bundled weights).
+and name), then organ mode on the liver as the demo starts it (organ_mode.png: the tumor mask
+inside the yellow outline of the searched zone, the lesion table). ``--weights untrained``
+runs a small untrained network instead (structured noise, for an installation without bundled
+weights).
 
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/screenshots.py
 """
@@ -71,7 +74,7 @@ def main() -> None:
         help="'bundled' (the shipped default, as a user picks it), 'untrained', or a checkpoint",
     )
     parser.add_argument("--threshold", type=float, help="default: the weights' own")
-    parser.add_argument("--out", default=str(IMAGES), help="folder for the two PNGs")
+    parser.add_argument("--out", default=str(IMAGES), help="folder for the PNGs")
     args = parser.parse_args()
 
     import napari
@@ -126,7 +129,30 @@ def main() -> None:
     viewer.screenshot(str(out / "ablation_grid.png"), canvas_only=True)
     shown = [layer.name for layer in viewer.layers if layer.visible]
     print(f"saved {out / 'ablation_grid.png'}: visible {', '.join(shown)}")
+
+    organ_mode_shot(viewer, dock, widget, out / "organ_mode.png")
     viewer.close()
+
+
+def organ_mode_shot(viewer, dock, widget, path: Path) -> None:
+    """organ_mode.png: back to the normal view, the panel as the demo opens it (organ mode on
+    the sample's liver, the lesion's slice on screen), Run: the tumor mask and the yellow
+    outline of where the model looked."""
+    from napari_nstseg.demo import start_in_organ_mode
+
+    widget.show_normal_view()
+    dock.show()
+    widget.results.setCurrentIndex(1)  # the lesion table: what organ mode kept
+    start_in_organ_mode(viewer, widget)
+    widget.run()
+    wait_for(widget, "the organ-mode run")
+    for layer in viewer.layers:
+        role = layer.metadata.get("nstseg_role", "")
+        layer.visible = layer.name == "sample CT" or role in ("tumor mask", "searched zone")
+    viewer.reset_view()
+    settle(2.0)
+    viewer.screenshot(str(path), canvas_only=False)
+    print(f"saved {path}: {widget.status.value}")
 
 
 if __name__ == "__main__":

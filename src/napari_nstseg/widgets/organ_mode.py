@@ -185,9 +185,9 @@ def show_zone(viewer: Any, ct: Any, zone: np.ndarray, slices: Sequence[int]) -> 
         )
         link(layer, ct, ZONE_ROLE)
         _set_label_color(layer, "yellow")
-        # An outline: the CT and the tumor mask stay visible inside the zone.
-        layer.contour = 2
-        layer.opacity = 0.9
+        # An outline one voxel wide: the CT and the tumor mask stay visible inside the zone.
+        layer.contour = 1
+        layer.opacity = 1.0
     zs = np.asarray(sorted(int(z) for z in slices), dtype=int)
     if zs.size:
         layer.data[zs] = zone[zs].astype(np.uint8)

@@ -43,6 +43,7 @@ class OrganControls:
         )
         self.slice_only = CheckBox(text="only the slice on screen", value=False)
         self.container = Container(widgets=[self.layer, self.margin, self.slice_only])
+        self.container.margins = (0, 0, 0, 0)  # aligned with the form around it
         # The checklist under the layer it lists, labelled like the form's rows.
         self.container.native.layout().insertWidget(1, self.organs)
         self.container.native.layout().insertWidget(1, self.organs_label.native)
