@@ -162,6 +162,18 @@ def test_organ_choice_checks_without_a_viewer():
     assert request.labels == (LIVER,) and request.describe() == "label 5 (5) + 4 mm"
 
 
+def test_the_sample_organ_labels_are_the_organ_layer_offered_first(make_napari_viewer):
+    """Not the ground-truth lesion mask opened before them: the organ map a user means."""
+    from widget_helpers import docked
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-nstseg", "sample_ct")
+    widget = docked(viewer)
+    assert widget.organ.layer.value == "sample CT organs (TotalSegmentator)"
+    assert widget.organ.layer.choices[-1] == "sample CT ground truth"
+    assert widget.organ.names()[5] == "liver" and widget.organ.ticked() == []
+
+
 def test_sample_in_organ_mode_finds_the_lesion_on_its_slice_inside_the_liver(
     make_napari_viewer, qtbot, errors, one_torch_thread
 ):

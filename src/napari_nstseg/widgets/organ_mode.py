@@ -13,7 +13,7 @@ import numpy as np
 
 from napari_nstseg.organ_labels import TOTALSEGMENTATOR_TOTAL
 
-from .ground_truth import ours
+from .ground_truth import looks_like_ground_truth, ours
 from .layers import _set_label_color, find_linked, is_labels, layer_kwargs, link
 
 ORGAN_MODE = "inside organs"
@@ -55,10 +55,13 @@ def on_grid_of(layer: Any, ct: Any) -> bool:
 
 def organ_map_candidates(layers: Iterable[Any], ct: Any) -> list[str]:
     """Names of the Labels layers that can be ``ct``'s organ map: on its grid, not made by this
-    plugin (its tumor masks, stage masks and zone outlines)."""
+    plugin (its tumor masks, stage masks and zone outlines); those named like a ground-truth
+    lesion contour last, so the first is the organ map a user means."""
     if ct is None or np.ndim(ct.data) != 3:
         return []
-    return [ly.name for ly in layers if is_labels(ly) and not ours(ly) and on_grid_of(ly, ct)]
+    found = [ly for ly in layers if is_labels(ly) and not ours(ly) and on_grid_of(ly, ct)]
+    found.sort(key=looks_like_ground_truth)  # stable: the viewer's order otherwise
+    return [ly.name for ly in found]
 
 
 def labels_present(data: Any) -> list[int]:
