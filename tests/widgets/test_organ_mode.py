@@ -14,6 +14,7 @@ from widget_helpers import (
     make_widget,
     paint_like_a_brush,
     run_and_wait,
+    set_and_wait,
 )
 
 from napari_nstseg.inference.organs import OrganSearch, search_zone
@@ -86,6 +87,9 @@ def test_organ_mode_masks_only_inside_the_zone_outlines_it_and_keeps_edits_and_u
     assert outline.contour > 0 and outline.metadata["nstseg_role"] == "searched zone"
     assert viewer.layers.selection.active.name == names.tumor_mask  # ready to correct
     assert len(widget.update_measurements()) == 1  # the lesion table: the one lesion
+    # A lower threshold re-cuts from the zone-clipped maps: still nothing outside the zone.
+    set_and_wait(qtbot, widget, widget.threshold, 0.05)
+    assert mask.data[zone & bright].all() and not mask.data[~zone].any()
 
     # Edits, autosave, re-runs and undo as in every mode.
     widget._autosave_timer.setInterval(50)
