@@ -12,7 +12,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from napari_nstseg.inference.cli_predict import add_parser, parse_slices
+from napari_nstseg.inference.cli_predict import add_parser
+from napari_nstseg.inference.predict_scan import parse_slices
 from napari_nstseg.io import read_ct, read_mask
 
 

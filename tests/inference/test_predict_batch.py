@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from dicom_helpers import phantom, write_series
-from napari_nstseg.inference import cli_predict
+from napari_nstseg.inference import predict_scan
 from napari_nstseg.inference.engine import Segmenter
 
 AFFINE = np.array([[-1.2, 0, 0, 30.0], [0, 1.1, 0, -20.0], [0, 0, 3.0, 5.0], [0, 0, 0, 1]])
@@ -55,7 +55,7 @@ def count_runs(monkeypatch):
     """How often each scan's prediction starts and how often the model is loaded."""
     runs: dict[str, int] = {}
     loads = []
-    predict_one, load = cli_predict.predict_one, Segmenter.from_checkpoint.__func__
+    predict_one, load = predict_scan.predict_one, Segmenter.from_checkpoint.__func__
 
     def counted(args, segmenter=None):
         name = os.path.basename(args.out_file)
@@ -66,7 +66,7 @@ def count_runs(monkeypatch):
         loads.append(a)
         return load(cls, *a, **k)
 
-    monkeypatch.setattr(cli_predict, "predict_one", counted)
+    monkeypatch.setattr(predict_scan, "predict_one", counted)
     monkeypatch.setattr(Segmenter, "from_checkpoint", classmethod(counted_load))
     return runs, loads
 

@@ -270,7 +270,7 @@ def _segmenter(args: argparse.Namespace, device: str):
 
 def run_job(job: ScanJob) -> ScanResult:
     """Predict one scan in this worker; any error becomes the result's one-line message."""
-    from napari_nstseg.inference.cli_predict import predict_one
+    from napari_nstseg.inference.predict_scan import predict_one
 
     args, device = _WORKER["args"], _WORKER["device"]
     if _WORKER.get("started") is not None:

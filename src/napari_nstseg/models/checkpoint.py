@@ -229,7 +229,8 @@ def _default_build(meta: dict[str, Any]) -> nn.Module:
         from napari_nstseg.models.mae import MAEConfig, MaskedAutoencoder
 
         return MaskedAutoencoder(MAEConfig.from_dict(config))
-    from napari_nstseg.models import ModelConfig, build_model
+    from napari_nstseg.models.build import build_model
+    from napari_nstseg.models.config import ModelConfig
 
     return build_model(ModelConfig.from_dict(config))
 
