@@ -2,6 +2,7 @@
 
 import csv
 
+import numpy as np
 import pytest
 
 from napari_nstseg.training.evaluate import (
@@ -86,3 +87,21 @@ def test_a_table_without_surroundings_has_no_such_groups(tmp_path):
     _table(tmp_path, ["", ""])
     rows = [{**les, "matched": True, "detected": True} for les in read_lesion_table(tmp_path)["c0"]]
     assert "by_surroundings" not in _lesion_groups(rows, EvalConfig())
+
+
+def test_a_corrections_case_is_scored_on_its_labelled_slices_only():
+    """A store case labels slices 2-3 only: the model's lesion on unlabelled slice 0 is
+    neither a hit nor a false positive there, while on a fully labelled scan it is one."""
+    from napari_nstseg.training.evaluate import score_case
+
+    gt = np.zeros((5, 16, 16), bool)
+    gt[2:4, 4:8, 4:8] = True
+    mask = gt.copy()
+    mask[0, 10:14, 10:14] = True  # a lesion on a slice nobody labelled
+    prob = mask.astype(np.float32)
+    cfg = EvalConfig(device="cpu")
+    whole, _ = score_case(prob, mask, gt, (2.0, 1.0, 1.0), cfg)
+    labelled, _ = score_case(prob, mask, gt, (2.0, 1.0, 1.0), cfg, labelled=(2, 3))
+    assert whole["false_positives"] == 1 and whole["precision"] < 1
+    assert labelled["false_positives"] == 0
+    assert labelled["dice"] == pytest.approx(1.0) and labelled["mae"] == pytest.approx(0.0)

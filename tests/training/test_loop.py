@@ -24,7 +24,8 @@ from napari_nstseg.models.checkpoint import load_checkpoint, read_metadata
 from napari_nstseg.models.variants import variant_config
 from napari_nstseg.training.config import MAEPretrainConfig, TrainConfig, parse_overrides
 from napari_nstseg.training.data import AugmentConfig, SamplingConfig
-from napari_nstseg.training.evaluate import EvalConfig, evaluate, format_table
+from napari_nstseg.training.eval_report import format_table
+from napari_nstseg.training.evaluate import EvalConfig, evaluate
 from napari_nstseg.training.mae_pretrain import pretrain_mae
 from napari_nstseg.training.segmentation import run_training
 

@@ -115,7 +115,7 @@ def test_evaluate_in_organs_counts_lesions_outside_the_zone_apart(dataset, tmp_p
     table = (tmp_path / "organ" / "evaluation.csv").read_text()
     assert "inside organs,all,2," in table and "inside organs,outside zone,2" in table
 
-    from napari_nstseg.training.evaluate import format_table
+    from napari_nstseg.training.eval_report import format_table
 
     text = format_table(res)
     assert "inside organs 5 (liver), 1 (spleen) + 10 mm: sensitivity 1.000 (2/2)" in text

@@ -323,6 +323,15 @@ def tune_postprocess(
             hu, labels, spacing, pred, zone = organs.predict_case(engine, case)
             final = pred.final
         gt = foreground(labels, label_values)
+        if case.slices is not None:
+            # A corrections store's case: only its labelled slices say tumour or not, so the
+            # sweep sees nothing elsewhere (evaluate.score_case scores it the same way).
+            unlabelled = np.ones(gt.shape[0], bool)
+            unlabelled[list(case.slices)] = False
+            final = np.array(final, copy=True)
+            final[unlabelled] = 0
+            gt = gt.copy()
+            gt[unlabelled] = False
         gt_labels, n_gt = label_lesions(gt)
         centroids = ndimage.center_of_mass(gt_labels > 0, gt_labels, range(1, n_gt + 1))
         if organs is not None:  # lesions centred outside the zone are counted apart
