@@ -14,6 +14,7 @@ from collections.abc import Sequence
 # registers its parser with `func` set. Only the module of the command given is imported, so a
 # mistake in `nstseg predict ...` is reported before torch (seconds) is loaded by training's.
 _SUBCOMMAND_MODULES = {
+    "napari_nstseg.demo": ("demo",),
     "napari_nstseg.inference.cli_predict": ("predict",),
     "napari_nstseg.training.lesions.cli_make_lesions": ("make-lesions",),
     "napari_nstseg.training.cli_train": (
@@ -25,7 +26,7 @@ _SUBCOMMAND_MODULES = {
     ),
 }
 # Commands this module defines itself: light ones that load no subcommand module.
-_BUILTIN_COMMANDS = ("info", "variants", "demo")
+_BUILTIN_COMMANDS = ("info", "variants")
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -128,13 +129,6 @@ def _variants(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    """Open napari with the sample CT and the widget; headless, run the prediction instead."""
-    from napari_nstseg.demo import run_demo
-
-    return run_demo(headless=args.headless, out_dir=args.out)
-
-
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The `nstseg` parser; with ``command`` only that subcommand's module is loaded (the
     others are left out), without it every subcommand, as ``--help`` lists them."""
@@ -159,16 +153,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print as JSON")
     p.set_defaults(func=_variants)
-
-    p = sub.add_parser(
-        "demo",
-        help="open napari with the sample CT and the widget (headless: predict on the sample)",
-    )
-    p.add_argument("--headless", action="store_true", help="do not open a window")
-    p.add_argument(
-        "--out", default=None, help="folder for headless outputs (default: ./nstseg-demo)"
-    )
-    p.set_defaults(func=_demo)
 
     for name, commands in _SUBCOMMAND_MODULES.items():
         if command is None or command in commands:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -79,11 +80,13 @@ def run_headless(out_dir: Path) -> int:
     """Predict on the sample CT with the bundled weights at their operating point: mask, maps,
     lesion map and report, through the real `nstseg predict` parser (so every option it gains
     has its default here too)."""
-    from napari_nstseg.cli import build_parser
+    from napari_nstseg.inference.cli_predict import add_parser
 
     argv = headless_argv(out_dir)
     print("nstseg " + " ".join(argv), file=sys.stderr)
-    args = build_parser("predict").parse_args(argv)
+    parser = argparse.ArgumentParser(prog="nstseg")
+    add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
     rc = args.func(args)
     if rc == 0:
         print(
@@ -94,11 +97,54 @@ def run_headless(out_dir: Path) -> int:
     return rc
 
 
-def run_demo(headless: bool = False, out_dir: str | None = None) -> int:
+def run_demo(
+    headless: bool = False, out_dir: str | None = None, screenshot: str | None = None
+) -> int:
+    """The demo in napari (where there is a display), else headless. ``screenshot``: save a
+    picture of the whole window once it is up, then close it (a record of what it showed, for
+    a bug report or the docs, also under a virtual display)."""
     if headless or not has_display():
         return run_headless(Path(out_dir or "nstseg-demo"))
     import napari
 
-    open_viewer()
+    viewer = open_viewer()
+    if screenshot is not None:
+        from qtpy.QtCore import QTimer
+
+        def shoot() -> None:
+            path = Path(screenshot).resolve()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            viewer.screenshot(path=str(path), canvas_only=False)
+            layers = ", ".join(layer.name for layer in viewer.layers)
+            panels = ", ".join(viewer.window.dock_widgets)
+            print(f"Screenshot of the demo window: {path}\nlayers: {layers}\npanels: {panels}")
+            viewer.close()
+
+        # Once the event loop runs, so the window is laid out and drawn.
+        QTimer.singleShot(500, shoot)
     napari.run()
     return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """`nstseg demo`."""
+    p = subparsers.add_parser(
+        "demo",
+        help="open napari with the sample CT and the widget (headless: predict on the sample)",
+    )
+    p.add_argument("--headless", action="store_true", help="do not open a window")
+    p.add_argument(
+        "--out", default=None, help="folder for headless outputs (default: ./nstseg-demo)"
+    )
+    p.add_argument(
+        "--screenshot",
+        metavar="PNG",
+        default=None,
+        help="save a picture of the demo window once it is up, then close it",
+    )
+    p.set_defaults(
+        func=lambda args: run_demo(
+            headless=args.headless, out_dir=args.out, screenshot=args.screenshot
+        )
+    )
+    return p
