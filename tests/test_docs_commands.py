@@ -21,9 +21,8 @@ TESTS = Path(__file__).resolve().parent
 RUN_BY = {
     # README and docs/cli.md
     "bash scripts/demo.sh": [
-        "test_demo_script_runs_the_demo_headless_without_a_display",  # the branch taken
-        "test_headless_demo_end_to_end_on_the_sample",  # what it runs without a display
-        "test_demo_viewer_docks_the_widget",  # what it runs with one
+        "test_demo_script_without_a_display_predicts_and_says_where",
+        "test_demo_script_with_a_display_opens_napari_with_the_sample_and_the_panel",
     ],
     "bash scripts/test.sh": ["test_the_test_script_lints_every_python_folder"],  # then the suite
     "nstseg info": ["test_the_info_command_prints_the_bundled_weights"],
@@ -32,7 +31,10 @@ RUN_BY = {
     "nstseg predict scan.nii.gz mask.nii.gz --variant no-glm": [
         "test_predict_runs_an_ablation_and_says_so_in_the_report",
     ],
-    "nstseg demo": ["test_demo_viewer_docks_the_widget"],
+    "nstseg demo": [
+        "test_demo_viewer_docks_the_widget",
+        "test_demo_script_with_a_display_opens_napari_with_the_sample_and_the_panel",
+    ],
     "nstseg demo --headless --out nstseg-demo": ["test_headless_demo_end_to_end_on_the_sample"],
     "nstseg predict scan.nii.gz mask.nii.gz --report report.json": [
         "test_predict_writes_mask_maps_and_report_on_the_scan_grid",
@@ -176,15 +178,6 @@ def test_the_info_command_prints_the_bundled_weights(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "bundled_weights" in out and "sarcoma" in out
-
-
-def test_demo_script_runs_the_demo_headless_without_a_display():
-    # scripts/demo.sh sets up, then runs `nstseg demo` with a display and `nstseg demo
-    # --headless` without one: the two commands the tests named in RUN_BY run
-    script = (ROOT / "scripts/demo.sh").read_text()
-    assert "bash scripts/setup.sh demo" in script
-    assert 'exec nstseg demo "$@"' in script and 'exec nstseg demo --headless "$@"' in script
-    assert subprocess.run(["bash", "-n", str(ROOT / "scripts/demo.sh")]).returncode == 0
 
 
 def test_the_test_script_lints_every_python_folder():
