@@ -25,7 +25,7 @@ import numpy as np
 from napari_nstseg.inference.engine import Segmenter, default_weights_path
 from napari_nstseg.io import read_ct, read_mask
 from napari_nstseg.metrics import label_lesions
-from napari_nstseg.training.data import Case, find_cases
+from napari_nstseg.training.cases import Case, find_cases
 from napari_nstseg.training.lesions import lesion_sites
 from napari_nstseg.training.lesions.online import read_source_blocks
 from napari_nstseg.training.lesions.regions import RECURRING_SHARE, read_case_regions

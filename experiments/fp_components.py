@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from napari_nstseg.metrics import label_lesions
 from napari_nstseg.postprocess import component_depths_mm, component_diameters_mm
-from napari_nstseg.training.data import Case, foreground, load_case
+from napari_nstseg.training.cases import Case, foreground, load_case
 from napari_nstseg.training.lesions.regions import read_case_regions
 
 FEATURES = ("depth_mm", "diameter_mm", "volume_ml", "mean_probability", "mean_hu", "contrast_hu")

@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from napari_nstseg.inference.engine import Segmenter
-    from napari_nstseg.training.data import default_label_values, foreground, load_case
+    from napari_nstseg.training.cases import default_label_values, foreground, load_case
     from napari_nstseg.training.evaluate import _split_cases
 
     engine = Segmenter.from_checkpoint(args.weights, device="cpu")

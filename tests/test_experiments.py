@@ -174,7 +174,7 @@ def test_fp_components_tells_hits_from_false_positives_by_what_a_rule_could_use(
     hit spans but the probability (the same for both), and a hit-free case gives no range."""
     import numpy as np
 
-    from napari_nstseg.training.data import find_cases, load_case
+    from napari_nstseg.training.cases import find_cases, load_case
 
     lesion = np.s_[2:6, 2:6, 1:3]  # NIfTI (x, y, z): 4 x 4 pixels of 1 mm, 2 slices of 2 mm
     _msd_folder(tmp_path / "d", {"a_z000-004_c00": lesion, "a_z000-004_c01": lesion})

@@ -22,7 +22,7 @@ from napari_nstseg.corrections.holdout import (
 )
 from napari_nstseg.corrections.replay import NO_REPLAY, replay_for
 from napari_nstseg.corrections.store import save_corrections
-from napari_nstseg.training.data import find_cases
+from napari_nstseg.training.cases import find_cases
 
 TINY = FineTuneConfig(steps=3, batch_size=4, crop_size=32, device="cpu")
 

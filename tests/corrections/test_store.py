@@ -19,12 +19,8 @@ from napari_nstseg.io.readers import read_ct, read_mask
 from napari_nstseg.io.volume import Geometry
 from napari_nstseg.io.writers import write_mask
 from napari_nstseg.preprocessing import PreprocessConfig
-from napari_nstseg.training.data import (
-    CASE_RECORD_NAME,
-    SamplingConfig,
-    SliceDataset,
-    find_cases,
-)
+from napari_nstseg.training.cases import CASE_RECORD_NAME, find_cases
+from napari_nstseg.training.data import SamplingConfig, SliceDataset
 
 SHAPE, SPACING = (10, 24, 28), (3.0, 1.5, 1.5)
 

@@ -20,7 +20,7 @@ from napari_nstseg.io.formats import (
     volume_file_suffixes,
     writable_suffixes,
 )
-from napari_nstseg.training.data import find_cases
+from napari_nstseg.training.cases import find_cases
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAPE_KJI = (4, 9, 11)

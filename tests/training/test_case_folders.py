@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from napari_nstseg.cli import main
-from napari_nstseg.training.data import find_cases, read_split_file
+from napari_nstseg.training.cases import find_cases, read_split_file
 from napari_nstseg.training.segmentation import data_splits
 
 REPO = Path(__file__).resolve().parents[2]

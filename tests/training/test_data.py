@@ -8,15 +8,8 @@ import numpy as np
 import pytest
 
 from napari_nstseg.preprocessing import PreprocessConfig, normalized_air, window_normalize
-from napari_nstseg.training.data import (
-    AugmentConfig,
-    Case,
-    SamplingConfig,
-    SliceDataset,
-    augment_crop,
-    find_cases,
-    split_cases,
-)
+from napari_nstseg.training.cases import Case, find_cases, split_cases
+from napari_nstseg.training.data import AugmentConfig, SamplingConfig, SliceDataset, augment_crop
 
 NO_AUG = AugmentConfig(enabled=False)
 

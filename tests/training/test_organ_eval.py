@@ -142,7 +142,7 @@ def test_tune_in_organs_sweeps_in_organ_figures(dataset, tmp_path):
 
 
 def test_organ_masks_are_found_per_case_and_a_missing_one_is_named(dataset, tmp_path):
-    from napari_nstseg.training.data import find_cases
+    from napari_nstseg.training.cases import find_cases
     from napari_nstseg.training.organ_eval import organ_mask_path
 
     root, _ = dataset

@@ -24,7 +24,8 @@ import numpy as np
 from napari_nstseg.corrections.holdout import Holdout, HoldoutConfig, split_holdout
 from napari_nstseg.corrections.replay import Replay, replay_for
 from napari_nstseg.corrections.store import WEIGHTS_FOLDER, stored_cases
-from napari_nstseg.training.data import AugmentConfig, Case, SamplingConfig, find_cases
+from napari_nstseg.training.cases import Case, find_cases
+from napari_nstseg.training.data import AugmentConfig, SamplingConfig
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from napari_nstseg.training.data import Case
+from napari_nstseg.training.cases import Case
 
 BY_SCAN, BY_SLICE_GROUPS = "by scan", "by slice groups"
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from napari_nstseg.training.data import Case, find_cases
+from napari_nstseg.training.cases import Case, find_cases
 
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_data"
 # Bundled weights' name -> the shipped (image, label) pair of their training data.

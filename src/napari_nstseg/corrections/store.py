@@ -25,7 +25,7 @@ from napari_nstseg.io.outputs import check_output
 from napari_nstseg.io.readers import read_mask
 from napari_nstseg.io.volume import Geometry
 from napari_nstseg.io.writers import write_mask, write_volume
-from napari_nstseg.training.data import CASE_RECORD_NAME
+from napari_nstseg.training.cases import CASE_RECORD_NAME
 
 APP_NAME = "napari-nstseg"
 CT_NAME, LABEL_NAME = "ct.nii.gz", "tumour.nii.gz"

@@ -85,7 +85,7 @@ class TrainConfig:
     EPYC); True or False force it either way. ``init_weights``: a
     segmentation checkpoint to start from instead of random weights (fine-tuning, or a longer
     run continued with a new schedule); its architecture and preprocessing must be this run's.
-    ``split_file``: a JSON split by case (``data.read_split_file``) over the folder's own.
+    ``split_file``: a JSON split by case (``cases.read_split_file``) over the folder's own.
     ``mae_weights``: a pretrained MAE checkpoint, used for SSL guidance and named in the
     checkpoints so the plugin can show residual maps.
     """

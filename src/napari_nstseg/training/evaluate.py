@@ -26,7 +26,7 @@ from napari_nstseg.metrics import (
     mae,
     summarize_detection,
 )
-from napari_nstseg.training.data import default_label_values, foreground, load_case
+from napari_nstseg.training.cases import default_label_values, foreground, load_case
 from napari_nstseg.training.eval_report import format_table, write_results
 from napari_nstseg.training.lesions.regions import RegionTally, read_case_regions
 from napari_nstseg.training.organ_eval import OrganEval, OrganScoring

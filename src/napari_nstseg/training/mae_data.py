@@ -15,17 +15,16 @@ from scipy import ndimage
 from torch.utils.data import Dataset
 
 from napari_nstseg.preprocessing import PreprocessConfig, window_normalize
-from napari_nstseg.training.data import (
+from napari_nstseg.training.cases import (
     SPLIT_SEED,
     TEST_FRACTION,
     VAL_FRACTION,
     VOLUME_SUFFIXES,
-    AugmentConfig,
-    augment_crop,
     find_cases,
     is_case_folder_set,
     split_cases,
 )
+from napari_nstseg.training.data import AugmentConfig, augment_crop
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ def measure(
     sub-crop alone, scored against the contour within it), at the weights' operating point."""
     from napari_nstseg.inference.engine import EngineConfig, Segmenter
     from napari_nstseg.inference.prediction import MapRequest
-    from napari_nstseg.training.data import default_label_values, foreground, load_case
+    from napari_nstseg.training.cases import default_label_values, foreground, load_case
     from napari_nstseg.training.evaluate import _split_cases
 
     cfg = config or OffCentreConfig()

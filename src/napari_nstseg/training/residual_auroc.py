@@ -104,7 +104,7 @@ def measure(
     """Residual AUROC per scan (tumour slices and their ring) and pooled, for the scans of a
     split; writes residual_auroc.json to ``out`` when given."""
     from napari_nstseg.models.checkpoint import load_checkpoint
-    from napari_nstseg.training.data import default_label_values, foreground, load_case
+    from napari_nstseg.training.cases import default_label_values, foreground, load_case
     from napari_nstseg.training.evaluate import _split_cases
 
     cfg = config or ResidualAurocConfig()

@@ -27,17 +27,16 @@ from napari_nstseg.models.checkpoint import (
 )
 from napari_nstseg.models.mae import MaskedAutoencoder
 from napari_nstseg.preprocessing import PreprocessConfig
-from napari_nstseg.training.config import TrainConfig
-from napari_nstseg.training.data import (
+from napari_nstseg.training.cases import (
     SPLIT_SEED,
     TEST_FRACTION,
     VAL_FRACTION,
     Case,
-    SamplingConfig,
-    SliceDataset,
     find_cases,
     split_cases,
 )
+from napari_nstseg.training.config import TrainConfig
+from napari_nstseg.training.data import SamplingConfig, SliceDataset
 from napari_nstseg.training.distributed import DistContext, setup_distributed, teardown
 from napari_nstseg.training.lesions.online import OnlineLesionDataset, read_source_blocks
 from napari_nstseg.training.loop import (

@@ -295,7 +295,7 @@ def tune_postprocess(
 ) -> dict[str, Any]:
     """Predict each case of ``split`` once, sweep the grid, choose; writes tune.csv and
     tune.json (default folder: ``<checkpoint folder>/tune_<split>``) and returns the result."""
-    from napari_nstseg.training.data import foreground, load_case
+    from napari_nstseg.training.cases import foreground, load_case
 
     cfg = config or TuneConfig()
     engine, cases, label_values = engine_for_split(
