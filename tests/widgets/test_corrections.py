@@ -13,7 +13,7 @@ from widget_helpers import RUN_TIMEOUT_MS, make_widget, paint_like_a_brush, run_
 from napari_nstseg.bundled import WEIGHTS_DIR
 from napari_nstseg.corrections.store import CT_NAME, stored_cases
 from napari_nstseg.io.readers import read_ct
-from napari_nstseg.training.data import CASE_RECORD_NAME
+from napari_nstseg.training.cases import CASE_RECORD_NAME
 from napari_nstseg.widgets.dock import FROM_FILE
 from napari_nstseg.widgets.layers import LayerNames
 
@@ -23,7 +23,7 @@ CORRECTED = (0, 1, 2, 6, 7)
 def keep(qtbot, widget) -> None:
     """Click "Use my corrections for training" and wait for the save in the background."""
     widget.corrections_tab.keep_button.clicked()
-    qtbot.waitUntil(lambda: not widget.keeping, timeout=RUN_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: not widget.corrections.keeping, timeout=RUN_TIMEOUT_MS)
 
 
 def correct(mask, z: int) -> None:
@@ -59,8 +59,8 @@ def test_correct_keep_fine_tune_and_use_the_new_weights(
         correct(mask, z)
     n_errors = len(errors)
     tab.keep_button.clicked()
-    assert widget.keeping and not tab.keep_button.enabled  # saved in the background
-    qtbot.waitUntil(lambda: not widget.keeping, timeout=RUN_TIMEOUT_MS)
+    assert widget.corrections.keeping and not tab.keep_button.enabled  # saved in the background
+    qtbot.waitUntil(lambda: not widget.corrections.keeping, timeout=RUN_TIMEOUT_MS)
     assert len(errors) == n_errors and tab.keep_button.enabled
     (case,) = stored_cases(store)
     assert case.slices == list(CORRECTED)
@@ -80,11 +80,11 @@ def test_correct_keep_fine_tune_and_use_the_new_weights(
     tab.steps.value = 2
     progress = []
     tab.finetune_button.clicked()
-    assert widget.finetuning and tab.cancel_button.enabled
-    widget._finetune_worker.yielded.connect(progress.append)
-    qtbot.waitUntil(lambda: not widget.finetuning, timeout=RUN_TIMEOUT_MS * 3)
+    assert widget.corrections.finetuning and tab.cancel_button.enabled
+    widget.corrections._finetune_worker.yielded.connect(progress.append)
+    qtbot.waitUntil(lambda: not widget.corrections.finetuning, timeout=RUN_TIMEOUT_MS * 3)
     assert len(errors) == n_errors, errors
-    result = widget.finetune_result
+    result = widget.corrections.finetune_result
     assert result is not None and not result.cancelled
     assert {p.stage for p in progress} >= {"training", "after"}
     assert any(p.eta_s is not None for p in progress)
@@ -129,7 +129,7 @@ def test_cancel_stops_fine_tuning_and_saves_nothing(
     tab.finetune_button.clicked()
     qtbot.waitUntil(lambda: "step" in tab.status.value, timeout=RUN_TIMEOUT_MS)
     tab.cancel_button.clicked()
-    qtbot.waitUntil(lambda: not widget.finetuning, timeout=RUN_TIMEOUT_MS)
-    assert widget.finetune_result.cancelled and "cancelled" in tab.status.value
+    qtbot.waitUntil(lambda: not widget.corrections.finetuning, timeout=RUN_TIMEOUT_MS)
+    assert widget.corrections.finetune_result.cancelled and "cancelled" in tab.status.value
     assert not (store / "weights").exists() and not tab.use_button.enabled
     assert len(errors) == 1

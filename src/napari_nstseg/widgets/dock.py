@@ -6,7 +6,8 @@ run request (:mod:`.requests`); the runs, their results and the live re-cut are 
 plugin gets is a proxy that hands out a new object for every layer access); the engine runs in
 a ``thread_worker`` (:mod:`.worker`) so Cancel acts between batches; autosave is
 :mod:`.autosave`, the metrics and lesion table :mod:`.measurements` and :mod:`.results`;
-keeping corrections and fine-tuning on them :mod:`.learning` (its tab :mod:`.corrections_tab`).
+keeping corrections and fine-tuning on them :mod:`.corrections_round` (its tab
+:mod:`.corrections_tab`, the work without Qt :mod:`.learning`).
 Nothing a user can do here raises out of the widget; problems arrive as napari notifications
 in one sentence.
 """
@@ -22,13 +23,11 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent, QTimer
 from qtpy.QtWidgets import QFileDialog, QWidget
 
-from napari_nstseg.corrections.finetune import FineTuneConfig, FineTuneProgress, FineTuneResult
-from napari_nstseg.corrections.store import SavedCorrections
 from napari_nstseg.windows import contrast_limits
 
-from . import autosave, learning
 from .ablation_view import AblationGrid, viewer_grid
-from .autosave import AUTOSAVE_KEY, Recovery, autosave_path, ct_autosave_path
+from .autosave import AUTOSAVE_KEY, Recovery, autosave_path, ct_autosave_path, restore, settle_mask
+from .corrections_round import CorrectionsRound
 from .docking import CloseWatch, weak_call
 from .ground_truth import pick_ground_truth
 from .layers import MapsToShow, ct_geometry, is_image, is_labels, is_shapes, layer_id
@@ -38,10 +37,10 @@ from .panel_layout import PanelLayout
 from .requests import Choices, WidgetError, build_request, check_ct_layer, current_z
 from .results import NO_LAYER
 from .runner import VARIANTS
-from .runs import Report, Runs, slice_list
+from .runs import Report, Runs
 from .session import RunOutcome, RunRequest, Session
 from .weights import BUNDLED, FROM_FILE
-from .worker import finetune_worker, keep_worker, predict_worker
+from .worker import predict_worker
 
 __all__ = ["BUNDLED", "FROM_FILE", "NSTSegWidget", "RunOutcome", "RunRequest", "WidgetError"]
 __all__ += ["autosave_path", "check_ct_layer", "viewer_grid"]
@@ -65,11 +64,15 @@ class NSTSegWidget(PanelLayout):
         self.scores = Scores()
         self.recovery = Recovery()
         self._worker: Any = None  # the run's thread worker, held while it runs
-        self._finetune_worker: Any = None  # the fine-tuning's, held while it runs
-        self._keep_worker: Any = None  # the one keeping corrections, held while it saves
-        self.last_kept: SavedCorrections | None = None
-        self._finetune_job: learning.FineTuneJob | None = None
-        self.finetune_result: FineTuneResult | None = None
+        self.corrections = CorrectionsRound(
+            self.corrections_tab,
+            self.session,
+            ct=self._ct,
+            weights=self._chosen_weights_path,
+            device=lambda: str(self.device.value),
+            fail=self._fail,
+            use_weights=self._use_weights_file,
+        )
         self._recommending = False
         self.last_error: str = ""
         # The chosen CT's napari unique_id: the choice follows the CT through a rename.
@@ -103,11 +106,11 @@ class NSTSegWidget(PanelLayout):
         self.ablation_button.changed.connect(self.run_variants)
         self.normal_view_button.changed.connect(self.show_normal_view)
         self.restore_button.clicked.connect(self.restore_autosave)
-        tab = self.corrections_tab
-        tab.keep_button.changed.connect(self.keep_corrections)
-        tab.finetune_button.changed.connect(self.fine_tune)
-        tab.cancel_button.changed.connect(self.cancel_fine_tune)
-        tab.use_button.changed.connect(self.use_new_weights)
+        tab, corrections = self.corrections_tab, self.corrections
+        tab.keep_button.changed.connect(corrections.keep)
+        tab.finetune_button.changed.connect(corrections.fine_tune)
+        tab.cancel_button.changed.connect(corrections.cancel)
+        tab.use_button.changed.connect(corrections.use_new_weights)
 
     def _connect_viewer(self) -> None:
         events = self.viewer.layers.events
@@ -182,6 +185,10 @@ class NSTSegWidget(PanelLayout):
             return choice.path
         value = str(self.weights_file.value)
         return Path(value) if value and value != "." else None
+
+    def _use_weights_file(self, path: Path) -> None:
+        self.weights_source.value = FROM_FILE
+        self.weights_file.value = str(path)
 
     def _on_ct_changed(self, name: str | None) -> None:
         ct = self._layer(name)
@@ -439,9 +446,9 @@ class NSTSegWidget(PanelLayout):
 
     def end_session(self) -> list[Path]:
         """The viewer or this panel is closing cleanly: each tumor mask still open settles its
-        recovery file (:func:`autosave.settle_mask`). Returns the files kept."""
+        recovery file (:func:`.autosave.settle_mask`). Returns the files kept."""
         self._autosave_timer.stop()
-        self.cancel_fine_tune()  # a fine-tuning in progress stops after its step, saving nothing
+        self.corrections.cancel()  # a fine-tuning in progress stops after its step, saving nothing
         kept = []
         for mask in list(self.viewer.layers):
             if self._settle_recovery(mask):
@@ -450,7 +457,7 @@ class NSTSegWidget(PanelLayout):
 
     def _settle_recovery(self, mask: Any) -> bool:
         try:
-            return autosave.settle_mask(self.recovery, mask)
+            return settle_mask(self.recovery, mask)
         except Exception as exc:  # closing must go on whatever the disk says
             where = mask.metadata.get(AUTOSAVE_KEY)
             show_warning(f"Could not settle the autosave of {mask.name!r} at {where}: {exc}")
@@ -484,135 +491,11 @@ class NSTSegWidget(PanelLayout):
     def restore_autosave(self) -> None:
         """Load the recovery file into the tumor mask (undoable)."""
         try:
-            path = autosave.restore(self.session, self._ct(), self._track_mask_layer)
+            path = restore(self.session, self._ct(), self._track_mask_layer)
         except Exception as exc:
             self._fail(f"Could not restore the autosaved mask: {exc}")
             return
         self.status.value = f"restored the autosaved mask from {path}"
-
-    # -- learning from corrections ----------------------------------------------------------
-    def _store_folder(self) -> Path:
-        value = str(self.corrections_tab.store.value)
-        if not value or value == ".":
-            raise WidgetError("Choose a corrections folder first.")
-        return Path(value).expanduser()
-
-    @property
-    def keeping(self) -> bool:
-        return self._keep_worker is not None
-
-    def keep_corrections(self, *_: Any) -> None:
-        """Keep the slices of the tumor mask the user corrected, with the CT, in the corrections
-        folder (the explicit "use my corrections for training"), saved in the background."""
-        if self.keeping:
-            show_info("The corrections are being kept; wait a moment.")
-            return
-        try:
-            job = learning.keep_job(self.session, self._ct(), self._store_folder())
-        except WidgetError as exc:
-            self._fail(str(exc))
-            return
-        tab = self.corrections_tab
-        tab.keep_button.enabled = tab.finetune_button.enabled = False
-        tab.status.value = f"keeping slice(s) {slice_list(job.slices)} of {job.name!r}..."
-        worker = keep_worker(job)
-        worker.returned.connect(self._on_kept)
-        worker.finished.connect(self._on_keep_finished)
-        self._keep_worker = worker
-        worker.start()
-
-    def _on_kept(self, saved: SavedCorrections | str) -> None:
-        if isinstance(saved, str):
-            self.corrections_tab.status.value = saved
-            self._fail(saved)
-            return
-        self.last_kept = saved
-        text = learning.describe_saved(saved)
-        self.corrections_tab.status.value = text
-        show_info(text)
-
-    def _on_keep_finished(self) -> None:
-        self._keep_worker = None
-        tab = self.corrections_tab
-        tab.keep_button.enabled = True
-        tab.finetune_button.enabled = not self.finetuning
-
-    @property
-    def finetuning(self) -> bool:
-        return self._finetune_job is not None
-
-    def fine_tune(self, *_: Any) -> None:
-        """Fine-tune a copy of the chosen weights on the corrections folder in the background."""
-        if self.finetuning or self.keeping:
-            show_info("Fine-tuning or keeping corrections is in progress; wait for it to finish.")
-            return
-        weights = self._chosen_weights_path()
-        try:
-            store = self._store_folder()
-            if weights is None or not weights.is_file():
-                raise WidgetError("Choose the weights to fine-tune (a checkpoint .json) first.")
-        except WidgetError as exc:
-            self._fail(str(exc))
-            return
-        tab = self.corrections_tab
-        config = FineTuneConfig(steps=int(tab.steps.value), device=str(self.device.value))
-        self._finetune_job = learning.FineTuneJob(store, weights, config)
-        tab.finetune_button.enabled = tab.use_button.enabled = False
-        tab.cancel_button.enabled = True
-        tab.dice.value = ""
-        tab.status.value = "preparing the corrected slices..."
-        tab.progress.setRange(0, 0)
-        worker = finetune_worker(self._finetune_job)
-        worker.yielded.connect(self._on_finetune_progress)
-        worker.returned.connect(self._on_finetuned)
-        worker.finished.connect(self._on_finetune_finished)
-        self._finetune_worker = worker
-        worker.start()
-
-    def cancel_fine_tune(self, *_: Any) -> None:
-        """Stop fine-tuning after the step in progress; no weights are saved."""
-        if self._finetune_job is not None:
-            self._finetune_job.cancel.set()
-            self.corrections_tab.status.value = "cancelling after this step..."
-
-    def _on_finetune_progress(self, report: FineTuneProgress) -> None:
-        tab = self.corrections_tab
-        tab.progress.setRange(0, max(report.total, 1))
-        tab.progress.setValue(report.done)
-        tab.status.value = learning.describe_progress(report)
-
-    def _on_finetuned(self, outcome: learning.FineTuneOutcome) -> None:
-        tab = self.corrections_tab
-        if outcome.error:
-            tab.status.value = outcome.error
-            self._fail(outcome.error)
-            return
-        result = outcome.result
-        self.finetune_result = result
-        tab.status.value = learning.describe_result(result)
-        if not result.cancelled:
-            tab.dice.value = learning.describe_dice(result)
-            tab.use_button.enabled = True
-
-    def _on_finetune_finished(self) -> None:
-        self._finetune_worker = self._finetune_job = None
-        tab = self.corrections_tab
-        tab.finetune_button.enabled = True
-        tab.cancel_button.enabled = False
-        tab.progress.setRange(0, 1)
-        tab.progress.setValue(
-            1 if self.finetune_result and not self.finetune_result.cancelled else 0
-        )
-
-    def use_new_weights(self, *_: Any) -> None:
-        """Choose the weights the last fine-tuning saved for the next runs (as a weights file)."""
-        result = self.finetune_result
-        if result is None or result.weights is None:
-            self._fail("No fine-tuned weights yet: fine-tune on your corrections first.")
-            return
-        self.weights_source.value = FROM_FILE
-        self.weights_file.value = str(result.weights)
-        self.corrections_tab.status.value = f"the next runs use {result.weights}"
 
     # -- metrics and measurements -----------------------------------------------------------
     def update_metrics(self, *_: Any, volume: bool = True) -> dict[str, tuple[float, float]]:
