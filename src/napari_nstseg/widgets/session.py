@@ -262,20 +262,20 @@ class Session:
 
     def engine(self, request: RunRequest) -> Any:
         """The loaded engine for the request's weights and device (cached)."""
-        from . import runner
+        from .runner import load_segmenter  # here: it loads torch, and tests stand in for it
 
         key = self._engine_key(request)
         if key not in self._engines:
-            self._engines[key] = runner.load_segmenter(request.weights, request.device)
+            self._engines[key] = load_segmenter(request.weights, request.device)
         return self._engines[key]
 
     def variant_engine(self, request: RunRequest) -> Any:
         """The request's ablation variant of :meth:`engine` (cached by weights and variant)."""
-        from . import runner
+        from .runner import variant_segmenter
 
         key = (*self._engine_key(request), request.variant)
         if key not in self._engines:
-            self._engines[key] = runner.variant_segmenter(self.engine(request), request.variant)
+            self._engines[key] = variant_segmenter(self.engine(request), request.variant)
         return self._engines[key]
 
     # -- running -------------------------------------------------------------------------------
