@@ -274,6 +274,9 @@ def test_ctrl_c_stops_the_workers_cleanly_and_a_rerun_finishes(scans, tmp_path, 
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group, as a terminal's Ctrl+C reaches
+        # A suite started in the background of a non-interactive shell (as CI may start it)
+        # passes SIGINT on ignored, and Python then installs no Ctrl+C handler: restore it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 240
     while not list(out.glob("*.json")) and proc.poll() is None and time.monotonic() < deadline:
