@@ -255,16 +255,10 @@ def _init_worker(args: argparse.Namespace, devices, threads: int | None, started
 def _segmenter(args: argparse.Namespace, device: str):
     """The worker's model, loaded on its first scan and kept for the others."""
     if _WORKER.get("segmenter") is None:
-        from napari_nstseg.inference.engine import EngineConfig, Segmenter
+        from napari_nstseg.inference.engine import Segmenter
+        from napari_nstseg.inference.predict_scan import engine_config
 
-        config = EngineConfig(
-            batch_size=args.batch_size,
-            threshold=args.threshold,
-            min_lesion_mm=args.min_lesion_mm,
-            min_depth_mm=args.min_depth_mm,
-            mirror=args.mirror,
-        )
-        _WORKER["segmenter"] = Segmenter.from_checkpoint(args.weights, device, config)
+        _WORKER["segmenter"] = Segmenter.from_checkpoint(args.weights, device, engine_config(args))
     return _WORKER["segmenter"]
 
 

@@ -130,6 +130,19 @@ def sigterm_as_exit() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
+def engine_config(args: argparse.Namespace):
+    """The engine settings predict's options ask for (one scan, or a batch worker's model)."""
+    from napari_nstseg.inference.engine import EngineConfig
+
+    return EngineConfig(
+        batch_size=args.batch_size,
+        threshold=args.threshold,
+        min_lesion_mm=args.min_lesion_mm,
+        min_depth_mm=args.min_depth_mm,
+        mirror=args.mirror,
+    )
+
+
 def predict_one(args: argparse.Namespace, segmenter=None) -> int:
     """One scan; ``segmenter``: a model already loaded (a batch worker's) instead of
     ``--weights`` loaded here."""
@@ -168,7 +181,7 @@ def _run_predict(args: argparse.Namespace, segmenter=None) -> int:
 
     import napari_nstseg
     from napari_nstseg.inference.device import autocast_dtype, device_name, precision_name
-    from napari_nstseg.inference.engine import EngineConfig, Segmenter
+    from napari_nstseg.inference.engine import Segmenter
     from napari_nstseg.inference.prediction import MapRequest
     from napari_nstseg.inference.report import COORDINATES, SCHEMA, lesion_table
     from napari_nstseg.io import write_mask
@@ -176,14 +189,7 @@ def _run_predict(args: argparse.Namespace, segmenter=None) -> int:
     from napari_nstseg.models.checkpoint import checkpoint_paths
 
     t = time.perf_counter()
-    config = EngineConfig(
-        batch_size=args.batch_size,
-        threshold=args.threshold,
-        min_lesion_mm=args.min_lesion_mm,
-        min_depth_mm=args.min_depth_mm,
-        mirror=args.mirror,
-    )
-    seg = segmenter or Segmenter.from_checkpoint(args.weights, args.device, config)
+    seg = segmenter or Segmenter.from_checkpoint(args.weights, args.device, engine_config(args))
     if args.variant is not None:
         from napari_nstseg.inference.ablation import ablated_segmenter
 
