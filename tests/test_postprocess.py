@@ -191,3 +191,13 @@ def test_operating_points_match_up_to_float_noise_only():
     assert 0.05 * 7 != 0.35 and point.matches(PostprocessConfig(0.05 * 7, 5.0, 4.0))
     assert not point.matches(PostprocessConfig(0.36, 5.0, 4.0))
     assert not point.matches(PostprocessConfig(0.35, 5.0, 0.0))
+
+
+def test_weights_without_an_operating_point_get_the_documented_one_and_it_cannot_drift():
+    # docs: a checkpoint that carries none is run at 0.5 / 0 mm / 0 mm (keep every lesion)
+    import dataclasses
+
+    point = PostprocessConfig()
+    assert (point.threshold, point.min_lesion_mm, point.min_depth_mm) == (0.5, 0.0, 0.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        point.threshold = 0.9  # shared by the engine and the panel: never changed in place
