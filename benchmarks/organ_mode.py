@@ -33,8 +33,8 @@ def measure(args: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
+    from napari_nstseg.inference.cli_organs import read_organ_mask
     from napari_nstseg.inference.engine import EngineConfig, Segmenter
-    from napari_nstseg.inference.organ_cli import read_organ_mask
     from napari_nstseg.inference.organs import (
         OrganSearch,
         organ_boxes,

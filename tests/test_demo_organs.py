@@ -9,7 +9,7 @@ from napari_nstseg._sample_data import SAMPLE_CT, SAMPLE_ORGANS
 def test_the_headless_demo_searches_the_liver_of_the_sample(tmp_path):
     from napari_nstseg.cli import build_parser
     from napari_nstseg.demo import headless_argv
-    from napari_nstseg.inference.organ_cli import organ_labels, read_organ_mask
+    from napari_nstseg.inference.cli_organs import organ_labels, read_organ_mask
     from napari_nstseg.io import read_ct
 
     args = build_parser("predict").parse_args(headless_argv(tmp_path))

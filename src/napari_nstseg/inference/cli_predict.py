@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from napari_nstseg.inference.organ_cli import (
+from napari_nstseg.inference.cli_organs import (
     add_organ_args,
 )
 from napari_nstseg.inference.predict_outputs import (

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_nstseg.inference.organ_cli import organ_labels, organ_report, read_organ_mask
+from napari_nstseg.inference.cli_organs import organ_labels, organ_report, read_organ_mask
 from napari_nstseg.inference.predict_outputs import (
     PredictOutputs,
     plan_outputs,

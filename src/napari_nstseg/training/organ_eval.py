@@ -37,14 +37,14 @@ class OrganEval:
 
 
 def add_organ_eval_args(p: argparse.ArgumentParser) -> None:
-    from napari_nstseg.inference.organ_cli import add_organ_args
+    from napari_nstseg.inference.cli_organs import add_organ_args
 
     add_organ_args(p, masks_help=MASKS_HELP)
 
 
 def organ_eval_from_args(args: argparse.Namespace) -> OrganEval | None:
     """The organ mode the command line asks for (None: whole scans), checked before any work."""
-    from napari_nstseg.inference.organ_cli import organ_labels
+    from napari_nstseg.inference.cli_organs import organ_labels
 
     labels = organ_labels(args.organ_masks, args.organs, args.organ_margin_mm, "--organ-masks")
     if labels is None:
@@ -93,7 +93,7 @@ class OrganScoring:
     def predict_case(self, engine, case):
         """(HU, label map, spacing, Prediction, zone) of one case in organ mode; its organ map
         must lie on its CT's grid and hold every searched label (one line naming the file)."""
-        from napari_nstseg.inference.organ_cli import read_organ_mask
+        from napari_nstseg.inference.cli_organs import read_organ_mask
         from napari_nstseg.inference.organs import predict_in_organs, search_zone
         from napari_nstseg.io import read_ct, read_mask
 
