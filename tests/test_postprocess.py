@@ -201,3 +201,46 @@ def test_weights_without_an_operating_point_get_the_documented_one_and_it_cannot
     assert (point.threshold, point.min_lesion_mm, point.min_depth_mm) == (0.5, 0.0, 0.0)
     with pytest.raises(dataclasses.FrozenInstanceError):
         point.threshold = 0.9  # shared by the engine and the panel: never changed in place
+
+
+# The cases below were found by mutation testing (docs/mutation.md): each one a change to
+# postprocess.py that no test noticed before.
+
+
+def test_a_lesion_on_pixels_larger_than_1_mm_is_measured_in_mm_before_the_shortcut():
+    # 4 x 4 pixels of 2 mm: 8 mm a side, about 11 mm corner to corner. The cheap bounding-box
+    # shortcut must scale both sides by their spacing, or it calls the lesion small and drops it.
+    mask = np.zeros((1, 12, 12), np.uint8)
+    mask[0, 4:8, 4:8] = 1
+    diameter = measure_lesions(mask, (3.0, 2.0, 2.0))[0]["longest_axial_diameter_mm"]
+    assert diameter > 10.0
+    for spacing in ((3.0, 2.0, 2.0), (3.0, 2.0, 2.5), (3.0, 2.5, 2.0)):
+        assert remove_small_lesions(mask, spacing, 10.0).sum() == 16, spacing
+
+
+def test_the_first_and_the_last_slice_can_be_named_and_one_past_the_end_cannot():
+    mask = np.zeros((4, 8, 8), np.uint8)
+    mask[0, 1:2, 1:2] = 1  # a speck on the first slice
+    mask[3, 5:6, 5:6] = 1  # and one on the last
+    out = remove_small_lesions(mask, (1.0, 1.0, 1.0), 3.0, slices=[0, 3])
+    assert out.sum() == 0
+    with pytest.raises(ValueError, match=r"slices must lie in 0\.\.3, got \[4\]"):
+        remove_small_lesions(mask, (1.0, 1.0, 1.0), 3.0, slices=[4])
+    with pytest.raises(ValueError, match=r"0\.\.3"):
+        remove_small_lesions(mask, (1.0, 1.0, 1.0), 3.0, slices=[-1])
+
+
+def test_a_zero_or_missing_spacing_is_refused():
+    mask = np.ones((2, 4, 4), np.uint8)
+    for spacing in ((0.0, 1.0, 1.0), (1.0, 1.0), (1.0, float("nan"), 1.0)):
+        with pytest.raises(ValueError, match="spacing must be the voxel size"):
+            remove_small_lesions(mask, spacing, 3.0)
+    # a (y, x) mask takes a (y, x) spacing: one slice, its depth never judged
+    speck = np.zeros((6, 6), np.uint8)
+    speck[2:4, 2:4] = 1
+    assert remove_small_lesions(speck, (2.0, 2.0), 0.0, min_depth_mm=5.0).sum() == 4
+
+
+def test_threshold_0_and_1_are_valid_operating_points():
+    assert PostprocessConfig(threshold=0.0).threshold == 0.0
+    assert PostprocessConfig(threshold=1.0).threshold == 1.0
