@@ -3,43 +3,22 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 from widget_helpers import (
-    CT_SCALE,
-    CT_SHAPE,
-    CT_TRANSLATE,
-    make_ct,
     make_widget,
     paint_like_a_brush,
     press,
     run_and_wait,
+    scan_file_opener,
 )
-
-from napari_nstseg.io.volume import METADATA_KEY, Geometry
 
 
 @pytest.fixture
 def scan(tmp_path, monkeypatch):
     """Opens the same scan file's CT in a viewer (each napari session anew); the cache in tmp."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    geometry = replace(
-        Geometry.from_spacing(CT_SHAPE, CT_SCALE, CT_TRANSLATE),
-        source_path=str(tmp_path / "scan.nii.gz"),
-    )
-
-    def open_scan(viewer):
-        return viewer.add_image(
-            make_ct(),
-            name="CT",
-            scale=geometry.spacing,
-            translate=geometry.translate,
-            metadata={METADATA_KEY: geometry.to_dict()},
-        )
-
-    return open_scan
+    return scan_file_opener(tmp_path / "scan.nii.gz")
 
 
 def recovery_files(tmp_path) -> list:

@@ -14,11 +14,11 @@ from widget_helpers import (
     BrightStandIn,
     bright_volume_run,
     docked,
-    make_ct,
     make_widget,
     paint_like_a_brush,
     press,
     run_and_wait,
+    scan_file_opener,
     set_and_wait,
 )
 
@@ -329,24 +329,8 @@ def test_visual_ablation_adds_one_mask_per_variant_in_grid_mode(
 def test_edited_mask_is_autosaved_and_offered_back_when_the_scan_reopens(
     qtbot, make_napari_viewer, tiny_weights, errors, tmp_path, monkeypatch
 ):
-    from dataclasses import replace
-
-    from napari_nstseg.io.volume import Geometry
-
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    geometry = replace(
-        Geometry.from_spacing(CT_SHAPE, CT_SCALE, CT_TRANSLATE),
-        source_path=str(tmp_path / "scan.nii.gz"),
-    )
-
-    def open_scan(viewer):
-        return viewer.add_image(
-            make_ct(),
-            name="CT",
-            scale=geometry.spacing,
-            translate=geometry.translate,
-            metadata={METADATA_KEY: geometry.to_dict()},
-        )
+    open_scan = scan_file_opener(tmp_path / "scan.nii.gz")
 
     viewer = make_napari_viewer()
     open_scan(viewer)

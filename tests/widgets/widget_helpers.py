@@ -26,6 +26,29 @@ def make_ct(seed: int = 0) -> np.ndarray:
     return hu + rng.normal(0, 8, CT_SHAPE).astype(np.float32)
 
 
+def scan_file_opener(source_path):
+    """A function that opens the synthetic CT in a viewer as read from the file ``source_path``
+    (its grid and source in the layer's metadata), as each new napari session would."""
+    from dataclasses import replace
+
+    from napari_nstseg.io.volume import METADATA_KEY, Geometry
+
+    geometry = replace(
+        Geometry.from_spacing(CT_SHAPE, CT_SCALE, CT_TRANSLATE), source_path=str(source_path)
+    )
+
+    def open_scan(viewer):
+        return viewer.add_image(
+            make_ct(),
+            name="CT",
+            scale=geometry.spacing,
+            translate=geometry.translate,
+            metadata={METADATA_KEY: geometry.to_dict()},
+        )
+
+    return open_scan
+
+
 RUN_TIMEOUT_MS = 60_000
 PLUGIN, WIDGET = "napari-nstseg", "Segment small tumors (CDI-NSTSEG)"
 
