@@ -3,7 +3,9 @@ this process stands (rank, world, device) and the collectives the training loop 
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -65,6 +67,17 @@ def setup_distributed(device: str = "auto") -> DistContext:
 def teardown(ctx: DistContext) -> None:
     if ctx.owns_group and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def distributed(device: str = "auto") -> Iterator[DistContext]:
+    """The process group of a training run (:func:`setup_distributed`), left again however the
+    run ends."""
+    ctx = setup_distributed(device)
+    try:
+        yield ctx
+    finally:
+        teardown(ctx)
 
 
 def sync_buffers(model: nn.Module, ctx: DistContext) -> None:

@@ -16,7 +16,7 @@ from napari_nstseg.inference.device import autocast
 from napari_nstseg.models.checkpoint import save_checkpoint
 from napari_nstseg.models.mae import MaskedAutoencoder
 from napari_nstseg.training.config import MAEPretrainConfig
-from napari_nstseg.training.distributed import DistContext, setup_distributed, teardown
+from napari_nstseg.training.distributed import DistContext, distributed
 from napari_nstseg.training.loop import Job, TrainResult, num_workers, prepare_out, run_epochs
 from napari_nstseg.training.mae_data import UnlabeledSlices, find_sources
 from napari_nstseg.training.optimizer import FOREACH, param_groups, warmup_cosine_lr
@@ -51,11 +51,8 @@ class _MAEValidation:
 
 def run_mae_pretraining(cfg: MAEPretrainConfig) -> TrainResult:
     """Pretrain the masked autoencoder as ``cfg`` says (one process or torchrun DDP)."""
-    ctx = setup_distributed(cfg.device)
-    try:
+    with distributed(cfg.device) as ctx:
         return _run_mae(cfg, ctx)
-    finally:
-        teardown(ctx)
 
 
 def _run_mae(cfg: MAEPretrainConfig, ctx: DistContext) -> TrainResult:

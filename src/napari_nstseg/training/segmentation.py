@@ -37,7 +37,7 @@ from napari_nstseg.training.cases import (
 )
 from napari_nstseg.training.config import TrainConfig
 from napari_nstseg.training.data import SamplingConfig, SliceDataset
-from napari_nstseg.training.distributed import DistContext, setup_distributed, teardown
+from napari_nstseg.training.distributed import DistContext, distributed
 from napari_nstseg.training.lesions.online import OnlineLesionDataset, read_source_blocks
 from napari_nstseg.training.loop import (
     Job,
@@ -196,11 +196,8 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     Works as one process or under ``torchrun --nproc_per_node N`` (DDP, DistributedSampler,
     nccl on CUDA / gloo on the CPU); only rank 0 writes files.
     """
-    ctx = setup_distributed(cfg.device)
-    try:
+    with distributed(cfg.device) as ctx:
         return _run_training(cfg, ctx)
-    finally:
-        teardown(ctx)
 
 
 def _run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
