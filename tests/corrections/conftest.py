@@ -13,12 +13,8 @@ from napari_nstseg.preprocessing import PreprocessConfig
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def every_test_on_one_thread(one_torch_thread):
+    """Tiny models run fastest on one thread (tests/conftest.py's fixture, for every test here)."""
 
 
 @pytest.fixture(scope="session")
