@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import nibabel as nib
@@ -10,7 +9,6 @@ import numpy as np
 import pytest
 
 from napari_nstseg.inference.ablation import ablated_segmenter
-from napari_nstseg.inference.cli_predict import add_parser
 from napari_nstseg.inference.engine import Segmenter
 from napari_nstseg.models.variants import ablation_variants
 
@@ -21,13 +19,6 @@ def ct_file(tmp_path, make_ct):
     path = tmp_path / "scan.nii.gz"
     nib.save(nib.Nifti1Image(np.transpose(hu, (2, 1, 0)).astype(np.int16), np.eye(4)), path)
     return path
-
-
-def run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.func(args)
 
 
 @pytest.mark.parametrize("entry", ablation_variants(), ids=lambda v: v.name)
@@ -47,6 +38,8 @@ def test_an_ablated_engine_keeps_the_weights_operating_point_and_mae(entry, chec
 def test_predict_runs_an_ablation_and_says_so_in_the_report(
     ct_file, tmp_path, checkpoint_dir, capsys
 ):
+    from napari_nstseg.cli import main
+
     common = [str(ct_file), "--weights", str(checkpoint_dir / "seg.json"), "--device", "cpu"]
     reports = {}
     for variant in (None, "no-lfm"):
@@ -55,7 +48,7 @@ def test_predict_runs_an_ablation_and_says_so_in_the_report(
                 str(report), "--maps", str(tmp_path / f"maps_{variant}")]  # fmt: skip
         if variant:
             argv += ["--variant", variant]
-        assert run(argv) == 0
+        assert main(argv) == 0
         reports[variant] = json.loads(report.read_text())
     assert "variant: no-lfm, rebuilt from the full model's weights" in capsys.readouterr().err
     assert reports["no-lfm"]["run"]["variant"] == "no-lfm"
