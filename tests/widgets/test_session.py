@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from napari.components import ViewerModel
 from napari.utils._proxies import PublicOnlyProxy
+from widget_helpers import BrightStandIn
 
 from napari_nstseg.io.volume import METADATA_KEY, Geometry
 from napari_nstseg.widgets import runner
@@ -33,31 +34,12 @@ def bright_ct() -> np.ndarray:
     return hu
 
 
-def stand_in():
-    """An engine whose network calls tumor whatever is brighter than 150 HU."""
-    import torch
-
-    from napari_nstseg.inference import Segmenter
-    from napari_nstseg.models import SegOutput
-    from napari_nstseg.preprocessing import PreprocessConfig, window_normalize
-
-    prep = PreprocessConfig(working_spacing_mm=None)
-    edge = float(window_normalize(np.array([150.0], np.float32), prep)[0])
-
-    class Bright(torch.nn.Module):
-        def forward(self, x, residual=None, return_scale_weights=False):
-            logits = 50.0 * (x - edge)
-            return SegOutput(coarse=logits, stages=[logits], final=logits)
-
-    return Segmenter(Bright(), prep, "cpu")
-
-
 @pytest.fixture
 def panel(tmp_path, monkeypatch):
     """(viewer as a plugin gets it, Session, Runs, choices of a whole-volume run); engines
     loaded are counted in ``panel.loads``."""
     loads: list[str] = []
-    engine = stand_in()
+    engine = BrightStandIn.segmenter()
 
     def load(weights, device, variant=""):
         loads.append(weights)
