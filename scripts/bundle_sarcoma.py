@@ -18,12 +18,12 @@ import argparse
 import csv
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
 from bundle_weights import _minutes, operating_point, package, training_phases
 
+from napari_nstseg.inference.device import cpu_name
 from napari_nstseg.models.checkpoint import read_metadata
 from napari_nstseg.training import offcentre
 from napari_nstseg.training.evaluate import EvalConfig, evaluate
@@ -43,17 +43,9 @@ CREDIT = (
 )
 
 
-def cpu_name() -> str:
-    """The processor as /proc/cpuinfo names it, with the core count (Linux; else platform's)."""
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} cores"
+def hardware() -> str:
+    """The processor as the OS names it, with the core count."""
+    return f"{cpu_name()}, {os.cpu_count()} cores"
 
 
 def training_minutes(ckpt: Path) -> float | None:
@@ -167,7 +159,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", required=True)
     ap.add_argument("--split-file", required=True)
     ap.add_argument("--work", default="runs/sarcoma-bundle", help="evaluation outputs")
-    ap.add_argument("--hardware", default=cpu_name(), help="named in the card and docs")
+    ap.add_argument("--hardware", default=hardware(), help="named in the card and docs")
     ap.add_argument(
         "--offcentre", action="store_true", help="also Dice on off-centre sub-crops (val)"
     )
