@@ -11,6 +11,7 @@ from .atomic import AtomicBatch
 from .errors import CTReadError, MaskWriteError
 from .outputs import check_folder
 from .volume import Geometry
+from .writers import check_mask_shape
 
 SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"  # Segmentation Storage (PS3.4 B.5)
 SEG_SUFFIX = ".dcm"
@@ -46,13 +47,7 @@ def write_dicom_seg(
     path = Path(path)
     files, uids = _source_slices(path, geometry, MaskWriteError)
     mask = np.asarray(mask_zyx)
-    if tuple(mask.shape) != tuple(geometry.display_shape):
-        raise MaskWriteError(
-            path,
-            f"the mask has shape {tuple(mask.shape)} but its scan has shape "
-            f"{tuple(geometry.display_shape)} (z, y, x)",
-            "draw the mask on the scan's own grid",
-        )
+    check_mask_shape(path, mask, geometry)
     sources = _read_sources(path, files, uids, geometry)
     # Source index (i, j, k) = (column, row, file) in ITK's slice order, so frame k of this
     # (k, rows, columns) array is the mask on sources[k].

@@ -36,7 +36,7 @@ def write_mask(
     path = Path(path)
     suffix = _check_suffix(path)
     mask = np.asarray(mask_zyx)
-    _check_shape(path, mask, geometry)
+    check_mask_shape(path, mask, geometry)
     labels = _as_label_array(path, mask)
     source = np.ascontiguousarray(geometry.to_source(labels))
     return _atomic_write(path, lambda tmp: _write_array(tmp, suffix, source, geometry), batch)
@@ -53,7 +53,7 @@ def write_volume(
     path = Path(path)
     suffix = _check_suffix(path)
     volume = np.asarray(volume_zyx)
-    _check_shape(path, volume, geometry)
+    check_mask_shape(path, volume, geometry)
     if not np.issubdtype(volume.dtype, np.number) and volume.dtype != bool:
         raise MaskWriteError(path, f"values of type {volume.dtype} are not numbers")
     source = np.ascontiguousarray(geometry.to_source(volume.astype(np.float32, copy=False)))
@@ -72,7 +72,8 @@ def _check_suffix(path: Path) -> str:
     )
 
 
-def _check_shape(path: Path, array: np.ndarray, geometry: Geometry) -> None:
+def check_mask_shape(path: Path, array: np.ndarray, geometry: Geometry) -> None:
+    """A mask (or map) to be written for ``geometry``'s scan must have that scan's shape."""
     if tuple(array.shape) != tuple(geometry.display_shape):
         raise MaskWriteError(
             path,
