@@ -27,8 +27,9 @@ from torch.utils.data import DataLoader
 
 from napari_nstseg.inference.device import cpu_name
 from napari_nstseg.preprocessing import PreprocessConfig
+from napari_nstseg.training.cases import data_splits
 from napari_nstseg.training.data import SamplingConfig, SliceDataset
-from napari_nstseg.training.segmentation import data_splits, training_set
+from napari_nstseg.training.segmentation import training_set
 
 
 def build(args: argparse.Namespace, online: bool) -> SliceDataset:

@@ -62,11 +62,15 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from napari_nstseg.inference.engine import Segmenter
-    from napari_nstseg.training.cases import default_label_values, foreground, load_case
-    from napari_nstseg.training.evaluate import _split_cases
+    from napari_nstseg.training.cases import (
+        cases_of_split,
+        default_label_values,
+        foreground,
+        load_case,
+    )
 
     engine = Segmenter.from_checkpoint(args.weights, device="cpu")
-    cases = _split_cases(args.data, args.split, args.split_file)
+    cases = cases_of_split(args.data, args.split, args.split_file)
     labels_used = default_label_values(cases)
     rows = []
     for case in cases:

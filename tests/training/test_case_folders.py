@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from napari_nstseg.cli import main
-from napari_nstseg.training.cases import find_cases, read_split_file
-from napari_nstseg.training.segmentation import data_splits
+from napari_nstseg.training.cases import data_splits, find_cases, read_split_file
 
 REPO = Path(__file__).resolve().parents[2]
 SHAPE_ZYX = (6, 40, 40)

@@ -317,3 +317,22 @@ def default_label_values(cases: Sequence[Case]) -> tuple[int, ...]:
 def foreground(labels: np.ndarray, label_values: Sequence[int]) -> np.ndarray:
     """Boolean lesion mask: voxels whose label is one of ``label_values``."""
     return np.isin(labels, np.asarray(label_values, dtype=labels.dtype))
+
+
+def data_splits(data: str | Path, split_file: str | Path | None = None) -> dict[str, list[Case]]:
+    """A folder's cases by split, as every command cuts them: its own or ``split_file``'s
+    split, else the fixed fractions and seed above."""
+    return split_cases(find_cases(data, split_file), VAL_FRACTION, TEST_FRACTION, SPLIT_SEED)
+
+
+def cases_of_split(
+    data: str | Path, split: str, split_file: str | Path | None = None
+) -> list[Case]:
+    """The cases of one split of a folder; a readable error for an unknown or empty split."""
+    splits = data_splits(data, split_file)
+    if split not in splits:
+        raise ValueError(f"Unknown split {split!r}; choose one of {', '.join(splits)}.")
+    cases = splits[split]
+    if not cases:
+        raise ValueError(f"{data}: no case is in the {split!r} split.")
+    return cases

@@ -26,7 +26,7 @@ from napari_nstseg.metrics import (
     mae,
     summarize_detection,
 )
-from napari_nstseg.training.cases import default_label_values, foreground, load_case
+from napari_nstseg.training.cases import cases_of_split, default_label_values, foreground, load_case
 from napari_nstseg.training.eval_report import format_table, write_results
 from napari_nstseg.training.lesions.regions import RegionTally, read_case_regions
 from napari_nstseg.training.organ_eval import OrganEval, OrganScoring
@@ -220,18 +220,6 @@ def _lesion_groups(rows: list[dict[str, Any]], cfg: EvalConfig) -> dict[str, Any
     return groups
 
 
-def _split_cases(data_folder: str | Path, split: str, split_file: str | None = None):
-    from napari_nstseg.training.segmentation import data_splits
-
-    splits = data_splits(str(data_folder), split_file)
-    if split not in splits:
-        raise ValueError(f"Unknown split {split!r}; choose one of {', '.join(splits)}.")
-    cases = splits[split]
-    if not cases:
-        raise ValueError(f"{data_folder}: no case is in the {split!r} split.")
-    return cases
-
-
 def engine_for_split(
     weights: str | Path,
     data_folder: str | Path,
@@ -249,7 +237,7 @@ def engine_for_split(
     from napari_nstseg.inference.engine import EngineConfig, Segmenter
     from napari_nstseg.inference.prediction import MapRequest
 
-    cases = _split_cases(data_folder, split, split_file)
+    cases = cases_of_split(data_folder, split, split_file)
     engine = Segmenter.from_checkpoint(
         weights,
         device=device,

@@ -52,14 +52,18 @@ def measure(
     sub-crop alone, scored against the contour within it), at the weights' operating point."""
     from napari_nstseg.inference.engine import EngineConfig, Segmenter
     from napari_nstseg.inference.prediction import MapRequest
-    from napari_nstseg.training.cases import default_label_values, foreground, load_case
-    from napari_nstseg.training.evaluate import _split_cases
+    from napari_nstseg.training.cases import (
+        cases_of_split,
+        default_label_values,
+        foreground,
+        load_case,
+    )
 
     cfg = config or OffCentreConfig()
     engine = Segmenter.from_checkpoint(
         weights, device=cfg.device, config=EngineConfig(maps=MapRequest.minimal())
     )
-    cases = _split_cases(data, split, split_file)
+    cases = cases_of_split(data, split, split_file)
     labels_used = default_label_values(cases)
     rows = []
     for case in cases:

@@ -104,8 +104,12 @@ def measure(
     """Residual AUROC per scan (tumour slices and their ring) and pooled, for the scans of a
     split; writes residual_auroc.json to ``out`` when given."""
     from napari_nstseg.models.checkpoint import load_checkpoint
-    from napari_nstseg.training.cases import default_label_values, foreground, load_case
-    from napari_nstseg.training.evaluate import _split_cases
+    from napari_nstseg.training.cases import (
+        cases_of_split,
+        default_label_values,
+        foreground,
+        load_case,
+    )
 
     cfg = config or ResidualAurocConfig()
     mae, meta = load_checkpoint(mae_weights)
@@ -113,7 +117,7 @@ def measure(
         raise ValueError(f"{mae_weights} is a {meta.get('kind')!r} checkpoint, not an MAE")
     mae.eval()
     pre = PreprocessConfig.from_dict(meta.get("preprocessing") or {})
-    cases = _split_cases(data, split, split_file)
+    cases = cases_of_split(data, split, split_file)
     labels_used = default_label_values(cases)
     rng = np.random.default_rng(cfg.seed)
     rows, pos_all, neg_all = [], [], []

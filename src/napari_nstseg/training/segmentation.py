@@ -27,14 +27,7 @@ from napari_nstseg.models.checkpoint import (
 )
 from napari_nstseg.models.mae import MaskedAutoencoder
 from napari_nstseg.preprocessing import PreprocessConfig
-from napari_nstseg.training.cases import (
-    SPLIT_SEED,
-    TEST_FRACTION,
-    VAL_FRACTION,
-    Case,
-    find_cases,
-    split_cases,
-)
+from napari_nstseg.training.cases import Case, data_splits
 from napari_nstseg.training.config import TrainConfig
 from napari_nstseg.training.data import SamplingConfig, SliceDataset
 from napari_nstseg.training.distributed import DistContext, distributed
@@ -65,10 +58,6 @@ def training_set(
         blocks, lesion_config = read_source_blocks(data, "train")
         return OnlineLesionDataset(blocks, lesion_config, preprocess, sampling)
     return SliceDataset(train_cases, preprocess, sampling)
-
-
-def data_splits(data: str, split_file: str | None = None) -> dict[str, list[Case]]:
-    return split_cases(find_cases(data, split_file), VAL_FRACTION, TEST_FRACTION, SPLIT_SEED)
 
 
 def load_mae(path: str, preprocess: PreprocessConfig) -> tuple[MaskedAutoencoder, dict]:
