@@ -5,6 +5,8 @@
 #   bash configs/sarcoma/recipe.sh train unet        # the U-Net: same data, budget and seed
 #   bash configs/sarcoma/recipe.sh stage2 default    # stage 2 from stage 1's best epoch:
 #   bash configs/sarcoma/recipe.sh stage2 unet       #   lesions up to the crop's edge, lower lr
+#   bash configs/sarcoma/recipe.sh stage2z default   # stage 2 as above, plus half the crops at
+#                                                    #   the tumour's ends along z
 #   bash configs/sarcoma/recipe.sh mae               # the MAE on normal tissue only
 #   bash configs/sarcoma/recipe.sh tune default      # operating point on the validation patients
 #   (CKPT=final ... tune default-stage2: the same for a run's last epoch)
@@ -48,6 +50,18 @@ case "${1:-}" in
     exec nstseg train "${TRAIN[@]}" --epochs 20 --lr 5e-4 --positive-jitter 0.5 \
       --variant "$variant" --out "$out" "${extra[@]}"
     ;;
+  stage2z)
+    # Stage 2 with z-edge sampling: the same budget, lr and jitter as stage2, and half the crops
+    # drawn at each tumour's ends along z (its first and last 2 slices; without lesion, the 2
+    # slices beyond, cut where it lies), against stage 1's mask running on past the contour.
+    variant=${2:?variant: default, unet, ...}
+    out="$WORK/$variant-stage2z"
+    extra=()
+    if [ -f "$out/train_config.json" ]; then extra+=(--resume); else
+      extra+=(--init "$WORK/$variant/best.json"); fi
+    exec nstseg train "${TRAIN[@]}" --epochs 20 --lr 5e-4 --positive-jitter 0.5 \
+      --z-edge-fraction 0.5 --z-edge-slices 2 --variant "$variant" --out "$out" "${extra[@]}"
+    ;;
   mae)
     extra=()
     [ -f "$WORK/mae/train_config.json" ] && extra+=(--resume)
@@ -77,7 +91,7 @@ case "${1:-}" in
       ${OUT:+--weights-dir "$OUT" --docs "$OUT"}
     ;;
   *)
-    sed -n '2,17p' "$0"
+    sed -n '2,19p' "$0"
     exit 2
     ;;
 esac

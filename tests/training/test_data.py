@@ -318,3 +318,92 @@ def test_positive_jitter_sets_how_far_off_centre_the_lesion_may_sit(tmp_path, ji
 def test_positive_jitter_outside_its_range_is_refused():
     with pytest.raises(ValueError, match="positive_jitter"):
         SamplingConfig(positive_jitter=0.75)
+
+
+def test_z_edge_slices_are_a_lesions_ends_and_the_slices_beyond():
+    from napari_nstseg.training.data import z_edge_slices
+
+    inside, beyond = z_edge_slices(np.arange(5, 11), 20, 2)
+    assert inside == [5, 6, 9, 10]
+    assert beyond == [(3, 5), (4, 5), (11, 10), (12, 10)]
+    # At the volume's edge nothing beyond it; a one-slice gap between two runs is beyond both.
+    inside, beyond = z_edge_slices(np.array([0, 1, 3, 4, 5]), 6, 2)
+    assert inside == [0, 1, 3, 4, 5]
+    assert beyond == [(2, 1)]
+    # Only annotated slices are drawn; no lesion: no edges.
+    assert z_edge_slices(np.arange(5, 11), 20, 2, allowed=np.array([4, 6, 12]))[1] == [
+        (4, 5),
+        (12, 10),
+    ]
+    assert z_edge_slices(np.array([], int), 10, 2) == ([], [])
+
+
+def _column_case(tmp_path):
+    """A lesion on slices 4-9 of 14 in a column of bright tissue running through every slice,
+    in a slice that is otherwise air: a crop shows the column only if it is cut around it."""
+    hu = np.full((14, 80, 80), -1000, np.int16)
+    labels = np.zeros((14, 80, 80), np.uint8)
+    hu[:, 55:62, 10:17] = 60
+    labels[4:10, 57:60, 12:15] = 1
+    _save(tmp_path / "images" / "a.nii.gz", hu)
+    _save(tmp_path / "labels" / "a.nii.gz", labels, dtype=np.uint8)
+    return find_cases(tmp_path)
+
+
+def test_z_edge_sampling_draws_a_lesions_ends_and_the_slices_beyond_around_it(tmp_path):
+    sampling = SamplingConfig(
+        positive_fraction=0.5,
+        crop_size=(20, 20),
+        z_edge_fraction=1.0,
+        z_edge_slices=2,
+        samples_per_epoch=120,
+        augment=NO_AUG,
+        label_values=(1,),
+    )
+    ds = SliceDataset(_column_case(tmp_path), sampling=sampling)
+    tissue = window_normalize(np.float32(60), ds.preprocess)
+    for i in range(len(ds)):
+        item = ds[i]
+        if ds.is_positive_item(i):
+            assert item["z"] in (4, 5, 8, 9) and item["mask"].sum() > 0
+        else:
+            assert item["z"] in (2, 3, 10, 11) and item["mask"].sum() == 0
+            # Cut where the lesion lies on its nearest slice, not anywhere in the slice.
+            assert np.isclose(item["image"][0].numpy(), tissue).sum() >= 9
+
+
+def test_z_edge_sampling_off_draws_every_slice_and_keeps_the_draws_of_before(tmp_path):
+    cases = _column_case(tmp_path)
+    base = dict(positive_fraction=0.5, crop_size=(20, 20), samples_per_epoch=200,
+                augment=NO_AUG, label_values=(1,))  # fmt: skip
+    before = SliceDataset(cases, sampling=SamplingConfig(**base))
+    off = SliceDataset(cases, sampling=SamplingConfig(**base, z_edge_fraction=0.0))
+    zs = [off[i]["z"] for i in range(len(off))]
+    assert zs == [before[i]["z"] for i in range(len(before))]
+    assert set(zs) >= {0, 13, 6, 7}  # far slices and the lesion's middle are drawn too
+    half = SliceDataset(cases, sampling=SamplingConfig(**base, z_edge_fraction=0.5))
+    ends = sum(half[i]["z"] in (2, 3, 4, 5, 8, 9, 10, 11) for i in range(len(half)))
+    assert 0.55 * len(half) < ends < 0.95 * len(half)  # half drawn there, the rest by slice
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"z_edge_fraction": 1.5}, "z_edge_fraction"), ({"z_edge_slices": 0}, "z_edge_slices")],
+)
+def test_z_edge_settings_outside_their_range_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SamplingConfig(**kwargs)
+
+
+def test_train_takes_the_z_edge_settings_from_the_command_line(tmp_path):
+    from napari_nstseg.cli import build_parser
+    from napari_nstseg.training.cli_train import build_train_config
+
+    args = ["train", "--data", str(tmp_path), "--out", str(tmp_path / "run")]
+    parser = build_parser()
+    cfg = build_train_config(parser.parse_args(args))
+    assert (cfg.sampling.z_edge_fraction, cfg.sampling.z_edge_slices) == (0.0, 2)
+    flags = ["--z-edge-fraction", "0.3", "--z-edge-slices", "3"]
+    cfg = build_train_config(parser.parse_args(args + flags))
+    assert (cfg.sampling.z_edge_fraction, cfg.sampling.z_edge_slices) == (0.3, 3)
+    assert cfg.to_dict()["sampling"]["z_edge_fraction"] == 0.3  # recorded in train_config.json

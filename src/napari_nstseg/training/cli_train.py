@@ -98,6 +98,19 @@ def add_parser(subparsers) -> None:
         help="how far off centre a positive crop puts its lesion pixel, as a share of the crop "
         "side (0.25: central half, the default; 0.5: up to the edge)",
     )
+    p.add_argument(
+        "--z-edge-fraction",
+        type=float,
+        metavar="F",
+        help="share of crops drawn at a lesion's ends along z: its first and last slices (with "
+        "lesion) and the slices just beyond them (without), centred where it lies (default 0)",
+    )
+    p.add_argument(
+        "--z-edge-slices",
+        type=int,
+        metavar="N",
+        help="how many slices on each side of a lesion's end count as its edge (default 2)",
+    )
     p.add_argument("--dice-weight", type=float, help="extra soft-Dice term on the final map")
     p.add_argument(
         "--noise-hu", type=float, help="sigma (HU) of the Gaussian noise added to training crops"
@@ -374,6 +387,10 @@ def build_train_config(args: argparse.Namespace):
         sampling["positive_fraction"] = args.positive_fraction
     if args.positive_jitter is not None:
         sampling["positive_jitter"] = args.positive_jitter
+    if args.z_edge_fraction is not None:
+        sampling["z_edge_fraction"] = args.z_edge_fraction
+    if args.z_edge_slices is not None:
+        sampling["z_edge_slices"] = args.z_edge_slices
     if args.online_lesions is not None:
         sampling["online_lesions"] = args.online_lesions
     if args.noise_hu is not None:

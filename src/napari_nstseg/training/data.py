@@ -75,6 +75,12 @@ class SamplingConfig:
     - ``positive_jitter``: where a positive crop puts its lesion pixel: up to this share of the
       crop side from the centre (0.25: within the central half; 0.5: anywhere, up to the edge,
       so that the network also learns tumours cut by the field of view).
+    - ``z_edge_fraction``: share of the crops with lesion drawn from a lesion's first and last
+      ``z_edge_slices`` slices (its small, faint end cross-sections), and the same share of
+      the crops without lesion drawn from the ``z_edge_slices`` slices just beyond them,
+      centred where the lesion lies on its nearest slice (with ``positive_jitter``): the
+      network learns where a tumour ends along z, not only that muscle looks like it. 0: every
+      slice alike (the default).
       ``None`` yields whole slices padded to the largest slice of the dataset.
     - ``samples_per_epoch``: dataset length in random mode (default: the number of slices).
     - ``sequential``: yield every slice once, in order, whole, without augmentation
@@ -92,6 +98,8 @@ class SamplingConfig:
     positive_fraction: float = 0.7
     crop_size: tuple[int, int] | None = (256, 256)
     positive_jitter: float = 0.25
+    z_edge_fraction: float = 0.0
+    z_edge_slices: int = 2
     samples_per_epoch: int | None = None
     sequential: bool = False
     label_values: tuple[int, ...] | None = None
@@ -108,6 +116,10 @@ class SamplingConfig:
                 f"positive_jitter must be in [0, 0.5] (a share of the crop side), "
                 f"got {self.positive_jitter!r}"
             )
+        if not 0 <= self.z_edge_fraction <= 1:
+            raise ValueError(f"z_edge_fraction is a share in [0, 1], got {self.z_edge_fraction!r}")
+        if self.z_edge_slices < 1:
+            raise ValueError(f"z_edge_slices must be at least 1, got {self.z_edge_slices!r}")
         if self.crop_size is not None and (len(self.crop_size) != 2 or min(self.crop_size) < 1):
             raise ValueError(
                 f"crop_size must be two positive sizes or None, got {self.crop_size!r}"
@@ -191,6 +203,13 @@ class SliceDataset(Dataset):
         self.positives = [(k, int(z)) for k, c in enumerate(self.cases) for z in c.positive_z]
         positive_set = set(self.positives)
         self.negatives = [kz for kz in self.index if kz not in positive_set]
+        self.edge_positives, self.edge_negatives = [], []
+        for k, c in enumerate(self.cases):
+            inside, beyond = z_edge_slices(
+                c.positive_z, c.hu.shape[0], self.sampling.z_edge_slices, c.slices
+            )
+            self.edge_positives += [(k, z, z) for z in inside]
+            self.edge_negatives += [(k, z, ref) for z, ref in beyond]
         m = self.preprocess.pad_multiple
         self.full_shape = tuple(-(-max(c.hu.shape[d] for c in self.cases) // m) * m for d in (1, 2))
 
@@ -239,6 +258,15 @@ class SliceDataset(Dataset):
             return self._whole(k, z)
         rng = np.random.default_rng([self.sampling.seed, self.epoch, i])
         positive = self.is_positive_item(i)
+        edges = self.edge_positives if positive else self.edge_negatives
+        if edges and self.sampling.z_edge_fraction > 0:
+            # Drawn only when the setting is on, so that runs without it sample as before.
+            if rng.random() < self.sampling.z_edge_fraction:
+                k, z, ref = edges[int(rng.integers(len(edges)))]
+                c = self.cases[k]
+                return self._crop_item(
+                    self._planes(c, z), c.mask[z], positive, rng, c.case_id, z, c.mask[ref]
+                )
         pool = self.positives if positive else self.negatives
         k, z = pool[int(rng.integers(len(pool)))]
         c = self.cases[k]
@@ -252,15 +280,18 @@ class SliceDataset(Dataset):
         rng: np.random.Generator,
         case_id: str,
         z: int,
+        around: np.ndarray | None = None,
     ) -> dict:
         """A training item cut from a slice's planes: around a lesion pixel (up to
-        ``positive_jitter`` of the side off centre) when ``positive``, anywhere otherwise;
-        augmented."""
+        ``positive_jitter`` of the side off centre) when ``positive`` or when ``around`` (the
+        lesion mask of a nearby slice) is given, anywhere otherwise; augmented."""
         size = self.sampling.crop_size or self.full_shape
+        if around is None and positive:
+            around = mask
         if self.sampling.crop_size is None:
             center = ((mask.shape[0] - 1) / 2, (mask.shape[1] - 1) / 2)
-        elif positive:
-            ys, xs = np.nonzero(mask)
+        elif around is not None:
+            ys, xs = np.nonzero(around)
             j = int(rng.integers(len(ys)))
             j_max = self.sampling.positive_jitter
             jitter = [rng.uniform(-j_max * s, j_max * s) for s in size]
@@ -288,6 +319,34 @@ class SliceDataset(Dataset):
             "case": case_id,
             "z": int(z),
         }
+
+
+def z_edge_slices(
+    positive_z: np.ndarray, n_slices: int, depth: int, allowed: np.ndarray | None = None
+) -> tuple[list[int], list[tuple[int, int]]]:
+    """A lesion's end slices along z: (the first and last ``depth`` slices of each run of
+    slices with lesion, [(slice just beyond a run, the run's end slice nearest to it)]), up to
+    ``depth`` beyond each end, within the volume and, when given, the ``allowed`` slices."""
+    pos = np.asarray(positive_z, dtype=np.int64)
+    ok = set(range(n_slices)) if allowed is None else {int(z) for z in allowed}
+    inside: set[int] = set()
+    beyond: dict[int, int] = {}
+    positive = set(pos.tolist())
+    if len(pos):
+        breaks = np.flatnonzero(np.diff(pos) > 1)
+        starts = np.r_[pos[0], pos[breaks + 1]]
+        ends = np.r_[pos[breaks], pos[-1]]
+        for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+            inside.update(range(a, min(a + depth, b + 1)))
+            inside.update(range(max(b - depth + 1, a), b + 1))
+            for d in range(1, depth + 1):
+                for z, ref in ((a - d, a), (b + d, b)):
+                    if 0 <= z < n_slices and z not in positive and z not in beyond:
+                        beyond[z] = ref
+    return (
+        sorted(z for z in inside if z in ok),
+        sorted((z, ref) for z, ref in beyond.items() if z in ok),
+    )
 
 
 def _labelled_slices(case: Case, n_slices: int) -> np.ndarray:
