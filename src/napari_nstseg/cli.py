@@ -1,5 +1,5 @@
 """The `nstseg` command: info, variants, demo, predict, make-lesions, train, pretrain-mae,
-evaluate, tune-postprocess."""
+evaluate, tune-postprocess, residual-auroc, reproduce."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ _SUBCOMMAND_MODULES = {
         "tune-postprocess",
         "residual-auroc",
     ),
+    "napari_nstseg.recipes.cli_reproduce": ("reproduce",),
 }
 # Commands this module defines itself: light ones that load no subcommand module.
 _BUILTIN_COMMANDS = ("info", "variants")
