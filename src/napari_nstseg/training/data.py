@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -31,6 +31,16 @@ from napari_nstseg.training.cases import (
     default_label_values,
     foreground,
     load_case,
+)
+from napari_nstseg.training.organ_crops import (
+    EXCLUDE_TRIES,
+    CropBox,
+    OrganCropConfig,
+    box_around,
+    centre_in_box,
+    crop_boxes,
+    cut_to_box,
+    read_side_maps,
 )
 
 
@@ -82,6 +92,11 @@ class SamplingConfig:
       network learns where a tumour ends along z, not only that muscle looks like it. 0: every
       slice alike (the default).
       ``None`` yields whole slices padded to the largest slice of the dataset.
+    - ``organ_crops``: share of the crops drawn around an organ as organ mode runs it (the
+      run's ``OrganCropConfig``: inside the organ's box grown by the margin, air beyond it, at
+      the engine's zoom for that organ; training/organ_crops.py), from cases with organ label
+      maps (make-lesions' organsTr, a source block's organ labels); with lesion around a
+      lesion in an organ box, without anywhere in a box. 0: none (the default).
     - ``samples_per_epoch``: dataset length in random mode (default: the number of slices).
     - ``sequential``: yield every slice once, in order, whole, without augmentation
       (validation).
@@ -100,6 +115,7 @@ class SamplingConfig:
     positive_jitter: float = 0.25
     z_edge_fraction: float = 0.0
     z_edge_slices: int = 2
+    organ_crops: float = 0.0
     samples_per_epoch: int | None = None
     sequential: bool = False
     label_values: tuple[int, ...] | None = None
@@ -118,6 +134,8 @@ class SamplingConfig:
             )
         if not 0 <= self.z_edge_fraction <= 1:
             raise ValueError(f"z_edge_fraction is a share in [0, 1], got {self.z_edge_fraction!r}")
+        if not 0 <= self.organ_crops <= 1:
+            raise ValueError(f"organ_crops is a share in [0, 1], got {self.organ_crops!r}")
         if self.z_edge_slices < 1:
             raise ValueError(f"z_edge_slices must be at least 1, got {self.z_edge_slices!r}")
         if self.crop_size is not None and (len(self.crop_size) != 2 or min(self.crop_size) < 1):
@@ -139,6 +157,9 @@ class _CachedCase:
     z_spacing: float  # mm between slices, for the context planes
     # The labelled slices when only these are (the others are never centre slices); None: all.
     slices: np.ndarray | None = None
+    boxes: list[CropBox] = field(default_factory=list)  # organ boxes (organ crops)
+    # Never tumour-free (a real, unlabelled tumour): no crop may overlap it; working grid.
+    exclude: np.ndarray | None = None
 
 
 class SliceDataset(Dataset):
@@ -159,9 +180,11 @@ class SliceDataset(Dataset):
         cases: Sequence[Case],
         preprocess: PreprocessConfig | None = None,
         sampling: SamplingConfig | None = None,
+        organs: OrganCropConfig | None = None,
     ) -> None:
         self.preprocess = preprocess or PreprocessConfig()
         self.sampling = sampling or SamplingConfig()
+        self.organs = organs or OrganCropConfig()
         if not cases:
             raise ValueError("SliceDataset needs at least one case")
         self.epoch = 0
@@ -178,6 +201,7 @@ class SliceDataset(Dataset):
                     f"{case.image.name} of shape {hu.shape}"
                 )
             item = self._cache(case.case_id, hu, labels, spacing)
+            self._add_side_maps(item, *read_side_maps(case, hu.shape), spacing)
             if case.slices is not None:
                 item.slices = _labelled_slices(case, hu.shape[0])
                 item.positive_z = np.intersect1d(item.positive_z, item.slices)
@@ -212,6 +236,29 @@ class SliceDataset(Dataset):
             self.edge_negatives += [(k, z, ref) for z, ref in beyond]
         m = self.preprocess.pad_multiple
         self.full_shape = tuple(-(-max(c.hu.shape[d] for c in self.cases) // m) * m for d in (1, 2))
+        self.organ_boxes = [(k, b) for k, c in enumerate(self.cases) for b in c.boxes]
+        self.organ_positives = [
+            (k, z) for k, z in self.positives if any(b.z0 <= z < b.z1 for b in self.cases[k].boxes)
+        ]
+        if self.sampling.organ_crops > 0 and not self.sampling.sequential and not self.organ_boxes:
+            warnings.warn(
+                f"organ crops asked for, but no case has an organ label map holding organ "
+                f"{', '.join(map(str, self.organs.organ_ids()))}; sampling without them",
+                stacklevel=3,
+            )
+
+    def _add_side_maps(self, c: _CachedCase, organs, exclude, spacing) -> None:
+        """A case's organ boxes (organ crops) and excluded region (working grid), when given
+        on its native grid."""
+        if organs is not None:
+            c.boxes = crop_boxes(organs, spacing, self.preprocess, self.organs)
+        if exclude is not None and exclude.any():
+            cfg = replace(self.preprocess, pad_multiple=1)
+            ex, _ = resample_slices_to_working(
+                exclude.astype(np.float32), spacing[1:], cfg, pad_value=0.0
+            )
+            # Any share of an excluded voxel counts: the crop check must be conservative.
+            c.exclude = (ex > 0).astype(np.uint8)
 
     def _cache(self, case_id: str, hu, labels, spacing) -> _CachedCase:
         # Padding is per item (crop or whole-slice size), not per volume.
@@ -258,19 +305,69 @@ class SliceDataset(Dataset):
             return self._whole(k, z)
         rng = np.random.default_rng([self.sampling.seed, self.epoch, i])
         positive = self.is_positive_item(i)
+        # Without excluded regions the first try always succeeds, so runs without them draw
+        # the same crops as before.
+        for _ in range(EXCLUDE_TRIES):
+            item = self._draw(positive, rng)
+            if item is not None:
+                return item
+        raise RuntimeError(
+            f"no crop clear of the excluded regions in {EXCLUDE_TRIES} tries (item {i}); the "
+            "exclusion masks cover too much of the scans for this crop size"
+        )
+
+    def _draw(self, positive: bool, rng: np.random.Generator) -> dict | None:
+        """One try at a random item; None when its crop overlaps an excluded region."""
+        s = self.sampling
+        # Drawn only when the setting is on, so that runs without it sample as before.
+        if s.organ_crops > 0 and (self.organ_positives if positive else self.organ_boxes):
+            if rng.random() < s.organ_crops:
+                return self._organ_draw(positive, rng)
         edges = self.edge_positives if positive else self.edge_negatives
-        if edges and self.sampling.z_edge_fraction > 0:
-            # Drawn only when the setting is on, so that runs without it sample as before.
-            if rng.random() < self.sampling.z_edge_fraction:
+        if edges and s.z_edge_fraction > 0:
+            if rng.random() < s.z_edge_fraction:
                 k, z, ref = edges[int(rng.integers(len(edges)))]
                 c = self.cases[k]
                 return self._crop_item(
-                    self._planes(c, z), c.mask[z], positive, rng, c.case_id, z, c.mask[ref]
-                )
+                    self._planes(c, z), c.mask[z], positive, rng, c.case_id, z, c.mask[ref],
+                    exclude=self._exclude(c, z),
+                )  # fmt: skip
         pool = self.positives if positive else self.negatives
         k, z = pool[int(rng.integers(len(pool)))]
         c = self.cases[k]
-        return self._crop_item(self._planes(c, z), c.mask[z], positive, rng, c.case_id, z)
+        return self._crop_item(
+            self._planes(c, z), c.mask[z], positive, rng, c.case_id, z, exclude=self._exclude(c, z)
+        )
+
+    def _organ_draw(self, positive: bool, rng: np.random.Generator) -> dict | None:
+        """One try at an organ crop (training/organ_crops.py): around a lesion in an organ's
+        box, or anywhere in a box on a slice without lesion."""
+        if positive:
+            k, z = self.organ_positives[int(rng.integers(len(self.organ_positives)))]
+            c = self.cases[k]
+            found = box_around(c.boxes, z, c.mask[z], rng)
+            if found is None:
+                return None
+            box, anchor = found
+            centre = None
+        else:
+            k, box = self.organ_boxes[int(rng.integers(len(self.organ_boxes)))]
+            c = self.cases[k]
+            z, centre = centre_in_box(box, rng)
+            anchor = None
+            if np.any(c.positive_z == z) or (c.slices is not None and not np.any(c.slices == z)):
+                return None
+        return self._crop_item(
+            self._planes(c, z), c.mask[z], positive, rng, c.case_id, z,
+            box=box, anchor=anchor, centre=centre, exclude=self._exclude(c, z),
+        )  # fmt: skip
+
+    @staticmethod
+    def _exclude(c: _CachedCase, z: int) -> np.ndarray | None:
+        """Slice ``z``'s excluded region when it has one (None: nothing to keep clear of)."""
+        if c.exclude is None or not c.exclude[z].any():
+            return None
+        return c.exclude[z]
 
     def _crop_item(
         self,
@@ -281,26 +378,43 @@ class SliceDataset(Dataset):
         case_id: str,
         z: int,
         around: np.ndarray | None = None,
-    ) -> dict:
-        """A training item cut from a slice's planes: around a lesion pixel (up to
-        ``positive_jitter`` of the side off centre) when ``positive`` or when ``around`` (the
-        lesion mask of a nearby slice) is given, anywhere otherwise; augmented."""
+        *,
+        box: CropBox | None = None,
+        anchor: tuple[int, int] | None = None,
+        centre: Sequence[float] | None = None,
+        exclude: np.ndarray | None = None,
+    ) -> dict | None:
+        """A training item cut from a slice's planes: around a lesion pixel (``anchor``, else
+        one of ``around``, the lesion mask of a nearby slice, or of the slice itself when
+        ``positive``; up to ``positive_jitter`` of the side off centre), at ``centre``, or
+        anywhere; augmented. With ``box`` (an organ crop) only the box's pixels, at its step;
+        None when the crop would overlap ``exclude``."""
         size = self.sampling.crop_size or self.full_shape
+        step = (1.0, 1.0) if box is None else box.step_yx
         if around is None and positive:
             around = mask
-        if self.sampling.crop_size is None:
-            center = ((mask.shape[0] - 1) / 2, (mask.shape[1] - 1) / 2)
-        elif around is not None:
-            ys, xs = np.nonzero(around)
-            j = int(rng.integers(len(ys)))
-            j_max = self.sampling.positive_jitter
-            jitter = [rng.uniform(-j_max * s, j_max * s) for s in size]
-            center = (ys[j] + jitter[0], xs[j] + jitter[1])
-        else:
-            center = tuple(rng.uniform(0, max(n - 1, 0)) for n in mask.shape)
+        if centre is None and self.sampling.crop_size is not None:
+            if anchor is None and around is not None:
+                ys, xs = np.nonzero(around)
+                j = int(rng.integers(len(ys)))
+                anchor = (ys[j], xs[j])
+            if anchor is not None:
+                j_max = self.sampling.positive_jitter
+                jitter = [
+                    rng.uniform(-j_max * n, j_max * n) * t for n, t in zip(size, step, strict=True)
+                ]
+                centre = (anchor[0] + jitter[0], anchor[1] + jitter[1])
+            else:
+                centre = tuple(rng.uniform(0, max(n - 1, 0)) for n in mask.shape)
+        elif centre is None:
+            centre = ((mask.shape[0] - 1) / 2, (mask.shape[1] - 1) / 2)
+        if box is not None:
+            if exclude is not None:
+                exclude = cut_to_box(exclude, exclude, box, centre)[0]
+            hu, mask, centre = cut_to_box(hu, mask, box, centre)
         aug = self.sampling.augment if self.sampling.augment.enabled else None
-        img, msk = augment_crop(hu, mask, center, size, aug, rng)
-        return self._item(img, msk, case_id, z)
+        cut = augment_crop(hu, mask, centre, size, aug, rng, step, exclude)
+        return None if cut is None else self._item(*cut, case_id, z)
 
     def _whole(self, k: int, z: int) -> dict:
         c = self.cases[k]
@@ -366,7 +480,9 @@ def augment_crop(
     size: Sequence[int],
     aug: AugmentConfig | None,
     rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray]:
+    step_yx: Sequence[float] = (1.0, 1.0),
+    exclude: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Crop ``size`` pixels around ``center_yx`` with one shared flip/rotate/scale transform.
 
     ``hu`` is one slice (H, W) or its context planes (C, H, W), which all get the same
@@ -375,6 +491,9 @@ def augment_crop(
     slice = air / background), so rotations do not bring in padding from a tight crop. The
     mask is interpolated bilinearly and thresholded at 0.5 so its edge moves with the image.
     HU jitter and noise (``aug``) are applied to the image only. Returns float32 (HU, 0/1).
+    ``step_yx``: input pixels per output pixel before the augmentation's scale (an organ
+    crop's zoom: training/organ_crops.py). ``exclude``: a region (H, W) the crop must not
+    reach (a real, unlabelled tumour); None is returned when it does, before any sampling.
     """
     out_c = np.array([(s - 1) / 2 for s in size])
     a = np.eye(2)
@@ -391,7 +510,14 @@ def augment_crop(
             ]
         )
         a = a @ flips
+    a = np.diag([float(v) for v in step_yx]) @ a
     offset = np.asarray(center_yx, dtype=float) - a @ out_c
+    if exclude is not None:
+        reach = ndimage.affine_transform(
+            exclude.astype(np.uint8), a, offset, output_shape=tuple(size), order=0, cval=0
+        )
+        if reach.any():
+            return None
     planes = np.asarray(hu, dtype=np.float32)
     img = np.stack(
         [

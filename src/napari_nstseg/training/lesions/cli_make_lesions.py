@@ -7,6 +7,7 @@ from pathlib import Path
 
 from napari_nstseg.training.lesions.config import LesionConfig
 from napari_nstseg.training.lesions.dataset import SPLITS, SplitConfig, make_lesion_dataset
+from napari_nstseg.training.lesions.sources import parse_exclude_spec, parse_organ_spec
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -33,8 +34,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--organ-labels",
         action="append",
         default=[],
-        metavar="SCAN=LABELS",
-        help="organ label map (TotalSegmentator ids) on SCAN's grid; repeat per scan",
+        metavar="SCAN=LABELS[:ID=TSID,...]",
+        help="organ label map (TotalSegmentator ids) on SCAN's grid; repeat per scan. A map "
+        "with its own ids names them: ':5=6,1=18' keeps only its 5 and 1, as TotalSegmentator's "
+        "6 (stomach) and 18 (small bowel). Each case's map is written to organsTr",
+    )
+    p.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="SCAN=MASK[:LABELS]",
+        help="a region of SCAN never tumour-free (a real, unlabelled tumour): the voxels of MASK "
+        "(on SCAN's grid) with LABELS (default: all above 0); no lesion is placed within reach "
+        "of it, training crops keep clear of it (each case's part in excludeTr); repeat per scan",
     )
     d = LesionConfig()
     p.add_argument(
@@ -83,13 +95,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Build the dataset described by parsed `make-lesions` arguments; 0 on success."""
-    labels = {}
-    for item in args.organ_labels:
-        scan, sep, label = item.partition("=")
-        if not sep or not scan or not label:
-            raise SystemExit(f"--organ-labels expects SCAN=LABELS, got {item!r}")
-        labels[Path(scan)] = Path(label)
-    for path in [*args.scans, *labels.values()]:
+    try:
+        labels = dict(parse_organ_spec(item) for item in args.organ_labels)
+        exclude = dict(parse_exclude_spec(item) for item in args.exclude)
+    except ValueError as e:
+        raise SystemExit(f"make-lesions: {e}") from None
+    named = [*args.scans, *(v.path for v in labels.values()), *(v.path for v in exclude.values())]
+    for path in named:
         if not path.exists():
             raise SystemExit(f"{path} does not exist")
     try:
@@ -116,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
             splits=tuple(args.splits),
             first_copy=args.first_copy,
+            exclude=exclude or None,
         )
     except ValueError as e:  # bad settings or unreadable scans: one sentence, no traceback
         raise SystemExit(f"make-lesions: {e}") from None

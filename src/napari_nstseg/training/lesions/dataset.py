@@ -36,6 +36,18 @@ import numpy as np
 from napari_nstseg.io.volume import CTVolume, Geometry
 from napari_nstseg.training.lesions.config import CSV_COLUMNS, LesionConfig, LesionRecord
 from napari_nstseg.training.lesions.insertion import insert_lesions
+from napari_nstseg.training.lesions.sources import (
+    OrganSource,
+    read_exclusion,
+    read_organs,
+    record,
+)
+
+# Beside imagesTr and labelsTr, on each case's grid: its organ label map (TotalSegmentator ids,
+# all 0 for a scan without one), so evaluate and tune-postprocess find it with --organ-masks
+# organsTr, and its excluded region where it has one (training/organ_crops.py reads both).
+ORGANS_DIR = "organsTr"
+EXCLUDE_DIR = "excludeTr"
 
 SPLITS = ("train", "val", "test")
 
@@ -92,18 +104,22 @@ def make_lesion_dataset(
     workers: int = 1,
     splits: tuple[str, ...] = SPLITS,
     first_copy: int = 0,
+    exclude: dict | None = None,
 ) -> Path:
     """Write an MSD-layout folder of CT cases with inserted lesions; returns the folder.
 
-    ``organ_labels`` maps a scan path to an organ label map on that scan's grid (TotalSegmentator
-    ids, see ``LesionConfig.target_organs``). Every case's lesions are in lesions.csv/.json.
+    ``organ_labels`` maps a scan path to an organ label map on that scan's grid (a path:
+    TotalSegmentator ids, see ``LesionConfig.target_organs``; an ``OrganSource``: its ids
+    renamed to those); every case gets its map in organsTr. ``exclude`` maps a scan path to an
+    ``ExcludeSource``, a region never tumour-free: no lesion within reach of it, and each
+    case's part of it in excludeTr. Every case's lesions are in lesions.csv/.json.
     ``workers`` > 1 makes the cases in that many processes; the folder is the same byte for byte.
     ``splits`` makes only those splits' cases (e.g. val and test for an evaluation set); they
     are the cases the full set would hold. ``first_copy`` numbers the copies from there: copies
     ``first_copy`` on are new lesions in the same regions, e.g. to score a model on new lesions
     in the anatomy it was trained on (copies 0 to ``first_copy`` - 1 are its training cases).
     """
-    from napari_nstseg.io.readers import read_ct, read_mask
+    from napari_nstseg.io.readers import read_ct
 
     config = config or LesionConfig()
     if split is None:
@@ -122,19 +138,32 @@ def make_lesion_dataset(
     scans = [Path(s) for s in scans]
     if not scans:
         raise ValueError("make_lesion_dataset needs at least one scan")
-    labels_by_scan = {Path(k).resolve(): Path(v) for k, v in (organ_labels or {}).items()}
+    labels_by_scan = {
+        Path(k).resolve(): v if isinstance(v, OrganSource) else OrganSource(Path(v))
+        for k, v in (organ_labels or {}).items()
+    }
+    excludes = {Path(k).resolve(): v for k, v in (exclude or {}).items()}
+    known = {p.resolve() for p in scans}
+    for what, table in (("organ labels", labels_by_scan), ("an exclusion", excludes)):
+        stray = [str(k) for k in table if k not in known]
+        if stray:
+            raise ValueError(f"{stray[0]} has {what} but is not one of the scans given")
 
     volumes: list[CTVolume] = [read_ct(p) for p in scans]
     organ_maps: list[np.ndarray | None] = []
+    excluded: list[np.ndarray | None] = []
     for path, vol in zip(scans, volumes, strict=True):
-        label_path = labels_by_scan.get(path.resolve())
-        organ_maps.append(None if label_path is None else read_mask(label_path, vol.geometry))
+        source = labels_by_scan.get(path.resolve())
+        organ_maps.append(None if source is None else read_organs(source, vol.geometry))
+        ex = excludes.get(path.resolve())
+        excluded.append(None if ex is None else read_exclusion(ex, vol.geometry))
     _refuse_repeated_slices(scans, volumes)
 
     regions = _plan_regions(volumes, split, np.random.default_rng(seed))
     out = Path(out_dir)
     (out / "imagesTr").mkdir(parents=True, exist_ok=True)
     (out / "labelsTr").mkdir(parents=True, exist_ok=True)
+    (out / ORGANS_DIR).mkdir(parents=True, exist_ok=True)
     stems = _unique_stems(scans)
 
     training, rows, skipped = [], [], []
@@ -146,6 +175,9 @@ def make_lesion_dataset(
         hu, geometry = _crop_z(vol, region.z0, region.z1)
         organs = organ_maps[region.scan_index]
         organs = None if organs is None else organs[region.z0 : region.z1]
+        ex = excluded[region.scan_index]
+        ex = None if ex is None else ex[region.z0 : region.z1]
+        ex = ex if ex is not None and ex.any() else None
         copies = range(first_copy, first_copy + n_copies) if region.split in splits else ()
         for copy in copies:
             case = f"{stems[region.scan_index]}_z{region.z0:03d}-{region.z1:03d}_c{copy:02d}"
@@ -154,7 +186,7 @@ def make_lesion_dataset(
             # cases are made does not change them.
             tasks.append(
                 (hu, organs, geometry, config, (seed, region.scan_index, r_index, copy),
-                 scans[region.scan_index].name, out, case)
+                 scans[region.scan_index].name, out, case, ex)
             )  # fmt: skip
     if not jobs:
         raise ValueError(
@@ -238,11 +270,9 @@ def make_lesion_dataset(
             }
             for r in regions
         ],
-        "organ_labels": {
-            str(p.resolve()): str(labels_by_scan[p.resolve()].resolve())
-            for p in scans
-            if p.resolve() in labels_by_scan
-        },
+        # With organ_label_ids (a map's own ids renamed) and exclusions (training/lesions/
+        # sources.py), what training on the fly reads beside each scan.
+        **record(labels_by_scan, excludes),
         "cases": cases_meta,
         "skipped": skipped,
     }
@@ -252,16 +282,22 @@ def make_lesion_dataset(
 
 def _make_case(task) -> tuple[list[LesionRecord] | None, str | None]:
     """Insert one case's lesions and write its image and mask: (records, None) or (None, why)."""
-    hu, organs, geometry, config, key, scan_name, out, case = task
+    hu, organs, geometry, config, key, scan_name, out, case, excluded = task
     rng = np.random.default_rng(list(key))
     try:
         new_hu, mask, records = insert_lesions(
-            hu, geometry.spacing, organs, config, rng, scan=scan_name
+            hu, geometry.spacing, organs, config, rng, scan=scan_name, excluded=excluded
         )
     except ValueError as e:
         return None, str(e)
     save_on_source_grid(out / "imagesTr" / f"{case}_0000.nii.gz", new_hu, geometry, np.int16)
     save_on_source_grid(out / "labelsTr" / f"{case}.nii.gz", mask > 0, geometry, np.uint8)
+    organ_map = np.zeros(hu.shape, np.uint8) if organs is None else organs
+    dtype = np.uint8 if int(organ_map.max()) < 256 else np.uint16
+    save_on_source_grid(out / ORGANS_DIR / f"{case}.nii.gz", organ_map, geometry, dtype)
+    if excluded is not None:
+        (out / EXCLUDE_DIR).mkdir(exist_ok=True)
+        save_on_source_grid(out / EXCLUDE_DIR / f"{case}.nii.gz", excluded, geometry, np.uint8)
     return records, None
 
 

@@ -26,8 +26,10 @@ def insert_lesions(
     config: LesionConfig | None = None,
     rng: np.random.Generator | None = None,
     scan: str = "",
+    excluded: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[LesionRecord]]:
-    """Insert synthetic lesions into a CT volume (z, y, x) in HU.
+    """Insert synthetic lesions into a CT volume (z, y, x) in HU, none within reach of
+    ``excluded`` (a region never tumour-free, e.g. around a real, unlabelled tumour).
 
     Returns the new float32 HU volume, an int16 instance mask (lesion k has value k, the
     support where the profile >= 0.5) and one record per lesion. ``rng`` defaults to one seeded
@@ -35,7 +37,7 @@ def insert_lesions(
     """
     config = config or LesionConfig()
     rng = rng if rng is not None else np.random.default_rng(config.seed)
-    sites = lesion_sites(hu_zyx, spacing_zyx, organ_labels, config, scan)
+    sites = lesion_sites(hu_zyx, spacing_zyx, organ_labels, config, scan, excluded)
     hu, spacing = sites.hu, sites.spacing
     name = scan or "the volume"
 

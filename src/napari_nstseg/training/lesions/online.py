@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from napari_nstseg.io.readers import read_ct, read_mask
+from napari_nstseg.io.readers import read_ct
 from napari_nstseg.preprocessing import (
     PreprocessConfig,
     context_planes,
@@ -41,6 +41,8 @@ from napari_nstseg.training.lesions.config import LesionConfig, lesion_config_fr
 from napari_nstseg.training.lesions.insertion import draw_contrast
 from napari_nstseg.training.lesions.shapes import LesionShape, lesion_profile
 from napari_nstseg.training.lesions.sites import LesionSites, lesion_sites, single_component
+from napari_nstseg.training.lesions.sources import from_record, read_exclusion, read_organs
+from napari_nstseg.training.organ_crops import OrganCropConfig, box_around
 
 # Placements tried per positive sample before giving up. One try costs about 0.05 ms (a few
 # box-sized checks); about one in three passes in the pelvis block of the bundled recipe but
@@ -58,6 +60,7 @@ class SourceBlock:
     hu: np.ndarray  # (z, y, x)
     spacing: tuple[float, float, float]  # (z, y, x) mm
     organ_labels: np.ndarray | None = None  # TotalSegmentator ids on the same grid
+    exclude: np.ndarray | None = None  # never tumour-free (bool, same grid): no lesion, no crop
 
 
 def read_source_blocks(
@@ -78,7 +81,7 @@ def read_source_blocks(
             "again)"
         )
     config = lesion_config_from_dict(meta["lesion_config"])
-    organ_files = meta.get("organ_labels") or {}
+    organ_sources, exclusions = from_record(meta)
     chosen = [r for r in regions if r.get("split") == split]
     if not chosen:
         raise ValueError(f"{path}: no source region is in the {split!r} split")
@@ -92,10 +95,11 @@ def read_source_blocks(
                     "fly, so it must stay where make-lesions read it"
                 )
             ct = read_ct(source)
-            labels = organ_files.get(source)
-            organs = None if labels is None else read_mask(labels, like=ct.geometry)
-            volumes[source] = (ct, organs)
-        ct, organs = volumes[source]
+            labels, ex = organ_sources.get(source), exclusions.get(source)
+            organs = None if labels is None else read_organs(labels, ct.geometry)
+            excluded = None if ex is None else read_exclusion(ex, ct.geometry)
+            volumes[source] = (ct, organs, excluded)
+        ct, organs, excluded = volumes[source]
         z0, z1 = (int(z) for z in r["z_range_display"])
         blocks.append(
             SourceBlock(
@@ -103,6 +107,7 @@ def read_source_blocks(
                 ct.hu[z0:z1],
                 tuple(float(s) for s in ct.spacing),
                 None if organs is None else organs[z0:z1],
+                None if excluded is None else excluded[z0:z1],
             )
         )
     return blocks, config
@@ -187,9 +192,11 @@ class OnlineLesionDataset(SliceDataset):
         lesion_config: LesionConfig,
         preprocess: PreprocessConfig | None = None,
         sampling: SamplingConfig | None = None,
+        organs: OrganCropConfig | None = None,
     ) -> None:
         self.preprocess = preprocess or PreprocessConfig()
         self.sampling = sampling or SamplingConfig()
+        self.organs = organs or OrganCropConfig()
         if self.sampling.sequential:
             raise ValueError("lesions inserted on the fly are for training; validate on cases")
         if not blocks:
@@ -205,12 +212,13 @@ class OnlineLesionDataset(SliceDataset):
                     f"{b.name}: organ labels of shape {b.organ_labels.shape} do not match the "
                     f"block's shape {b.hu.shape}"
                 )
-            sites = lesion_sites(b.hu, b.spacing, b.organ_labels, lesion_config, b.name)
+            sites = lesion_sites(b.hu, b.spacing, b.organ_labels, lesion_config, b.name, b.exclude)
             rng = np.random.default_rng([self.sampling.seed, k, 0x1E5])
             bank = _footprint_bank(sites, self.sampling.lesion_bank, rng, b.name)
             rows, cols = working_resampling_matrices(b.hu.shape[1:], b.spacing[1:], self.preprocess)
             self.blocks.append(_Block(b.name, sites, bank, rows, cols))
             cached.append(self._cache(b.name, b.hu, np.zeros(b.hu.shape, np.uint8), b.spacing))
+            self._add_side_maps(cached[-1], b.organ_labels, b.exclude, b.spacing)
         self._set_cases(cached)
         # The block of a crop with lesion is drawn by its share of slices, as lesion-free crops
         # are drawn by slice, so every block gets the same share of crops with lesion. Drawing
@@ -230,11 +238,16 @@ class OnlineLesionDataset(SliceDataset):
             return super().__getitem__(i)  # a lesion-free crop: every slice is a negative
         rng = np.random.default_rng([self.sampling.seed, self.epoch, i, 1])
         k = int(rng.choice(len(self.blocks), p=self._block_p))
+        c = self.cases[k]
+        share = self.sampling.organ_crops
+        # An organ crop (training/organ_crops.py) around a lesion placed in an organ; drawn
+        # only when the setting is on, so that runs without it sample as before.
+        organ = share > 0 and bool(c.boxes) and bool(self.blocks[k].sites.organ_candidates)
+        organ = organ and rng.random() < share
         for _ in range(MAX_ATTEMPTS):
-            placed = self.place(k, rng)
+            placed = self.place(k, rng, in_organ=organ)
             if placed is None:
                 continue
-            c = self.cases[k]
             planes = self._planes(c, placed.z)
             rows, cols = placed.working_box
             planes[:, rows, cols] += context_planes(
@@ -242,18 +255,29 @@ class OnlineLesionDataset(SliceDataset):
             )[0]
             mask = np.zeros(planes.shape[1:], np.float32)
             mask[rows, cols] = placed.mask
-            return self._crop_item(planes, mask, True, rng, c.case_id, placed.z)
+            box = anchor = None
+            if organ:
+                found = box_around(c.boxes, placed.z, mask, rng)
+                if found is None:  # an organ the run does not crop around
+                    continue
+                box, anchor = found
+            item = self._crop_item(
+                planes, mask, True, rng, c.case_id, placed.z,
+                box=box, anchor=anchor, exclude=self._exclude(c, placed.z),
+            )  # fmt: skip
+            if item is not None:
+                return item
         raise RuntimeError(
             f"could not place a lesion in {self.blocks[k].name} after {MAX_ATTEMPTS} attempts; "
             "the block holds too little soft tissue for the lesion settings"
         )
 
-    def place(self, k: int, rng: np.random.Generator) -> Placement | None:
-        """One try at placing a new lesion in block ``k`` by make-lesions' rules; None when
-        the drawn site fails them."""
+    def place(self, k: int, rng: np.random.Generator, in_organ: bool = False) -> Placement | None:
+        """One try at placing a new lesion in block ``k`` by make-lesions' rules (``in_organ``:
+        in a target organ); None when the drawn site fails them."""
         block = self.blocks[k]
         sites = block.sites
-        drawn = sites.draw_centre(rng)
+        drawn = sites.draw_centre(rng, in_organ)
         if drawn is None:
             return None
         voxel, organ_id = drawn

@@ -44,13 +44,18 @@ class LesionSites:
     tissue_flat: np.ndarray  # flat voxel indices of soft tissue outside the target organs
     sigma_mm: float  # of the edge blur
     shell_outer_mm: float  # outer radius of the measuring shell beyond the support
+    # An excluded region (a real, unlabelled tumour) grown by shell_outer_mm: no lesion there.
+    excluded: np.ndarray | None = None
 
-    def draw_centre(self, rng: np.random.Generator) -> tuple[np.ndarray, int | None] | None:
+    def draw_centre(
+        self, rng: np.random.Generator, in_organ: bool = False
+    ) -> tuple[np.ndarray, int | None] | None:
         """A candidate voxel (z, y, x) and its target organ id (None: other soft tissue), drawn
-        as insert_lesions draws them; None when the drawn kind of tissue has no voxel."""
+        as insert_lesions draws them (``in_organ``: in a target organ whatever the
+        ``organ_fraction``, for organ crops); None when the drawn kind of tissue has no voxel."""
         organ_id = None
         candidates = self.tissue_flat
-        if self.organ_candidates and rng.random() < self.config.organ_fraction:
+        if self.organ_candidates and (in_organ or rng.random() < self.config.organ_fraction):
             ids = sorted(self.organ_candidates)
             organ_id = ids[int(rng.integers(len(ids)))]
             candidates = self.organ_candidates[organ_id]
@@ -69,6 +74,8 @@ class LesionSites:
         c = self.config
         original = self.hu[sl][support]
         if not self.body[sl][support].all():
+            return False
+        if self.excluded is not None and self.excluded[sl][support].any():
             return False
         if not c.median_hu[0] <= float(np.median(original)) <= c.median_hu[1]:
             return False
@@ -126,8 +133,11 @@ def lesion_sites(
     organ_labels: np.ndarray | None = None,
     config: LesionConfig | None = None,
     scan: str = "",
+    excluded: np.ndarray | None = None,
 ) -> LesionSites:
-    """The tissue masks of a CT volume (z, y, x) in HU where ``config``'s lesions may go."""
+    """The tissue masks of a CT volume (z, y, x) in HU where ``config``'s lesions may go;
+    none within reach of ``excluded`` (a region never tumour-free: its lesion's edge and
+    measuring shell keep clear of it too)."""
     config = config or LesionConfig()
     hu = np.asarray(hu_zyx, dtype=np.float32)
     name = scan or "the volume"
@@ -153,6 +163,16 @@ def lesion_sites(
         soft &= ~dense_mask(
             hu, spacing, config.dense_hu, config.dense_hole_mm2, config.dense_margin_mm
         )
+    reach = None
+    if excluded is not None:
+        if tuple(excluded.shape) != hu.shape:
+            raise ValueError(
+                f"{name}: the excluded region of shape {tuple(excluded.shape)} does not match "
+                f"the scan's shape {hu.shape}"
+            )
+        if excluded.any():
+            reach = grown(excluded.astype(bool), spacing, shell_outer_mm)
+            soft &= ~reach
     organ_candidates: dict[int, np.ndarray] = {}
     tissue_candidates = soft
     if organ_labels is not None:
@@ -164,8 +184,22 @@ def lesion_sites(
                 organ_candidates[oid] = cand
     return LesionSites(
         hu, spacing, config, body, soft, organ_labels, organ_candidates,
-        np.flatnonzero(tissue_candidates), sigma_mm, shell_outer_mm,
+        np.flatnonzero(tissue_candidates), sigma_mm, shell_outer_mm, reach,
     )  # fmt: skip
+
+
+def grown(region: np.ndarray, spacing, margin_mm: float) -> np.ndarray:
+    """``region`` grown by ``margin_mm`` (3-D, in mm), the distance computed only over its
+    bounding box grown by the margin (whole scans are big)."""
+    (box,) = ndimage.find_objects(region.astype(np.uint8))
+    pad = [int(np.ceil(margin_mm / s)) + 1 for s in spacing]
+    box = tuple(
+        slice(max(0, b.start - p), min(n, b.stop + p))
+        for b, p, n in zip(box, pad, region.shape, strict=True)
+    )
+    out = np.zeros(region.shape, bool)
+    out[box] = ndimage.distance_transform_edt(~region[box], sampling=spacing) <= margin_mm
+    return out
 
 
 def single_component(support: np.ndarray) -> bool:
