@@ -1,4 +1,4 @@
-"""Load a script under scripts/ or experiments/ as a module, so tests call its functions."""
+"""Load a script under experiments/ or benchmarks/ as a module, so tests call its functions."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_script(name: str, folder: str = "scripts"):
-    """<folder>/<name>.py (scripts/ by default, or experiments/), executed as a module named
-    ``name``."""
+def load_script(name: str, folder: str):
+    """<folder>/<name>.py (experiments/, benchmarks/), executed as a module named ``name``."""
     spec = importlib.util.spec_from_file_location(name, ROOT / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

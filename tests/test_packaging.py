@@ -114,9 +114,9 @@ def test_built_wheel_contains_manifest_and_data(tmp_path):
 
 
 def _bundle_script():
-    from script_helpers import load_script
+    from napari_nstseg.recipes import bundle_weights
 
-    return load_script("bundle_weights")
+    return bundle_weights
 
 
 def test_bundled_weights_carry_the_tuned_operating_point_and_still_verify(tmp_path):

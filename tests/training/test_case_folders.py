@@ -5,36 +5,14 @@ import json
 import warnings
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 
+from case_helpers import write_case_folders
 from napari_nstseg.cli import main
 from napari_nstseg.training.cases import data_splits, find_cases, read_split_file
 
 REPO = Path(__file__).resolve().parents[2]
-SHAPE_ZYX = (6, 40, 40)
-
-
-def write_case_folders(root: Path, n: int = 5, seed: int = 0) -> Path:
-    """``n`` patients, each a folder with a soft-tissue CT and a faint disc labelled tumour."""
-    rng = np.random.default_rng(seed)
-    _, yy, xx = np.mgrid[: SHAPE_ZYX[0], : SHAPE_ZYX[1], : SHAPE_ZYX[2]]
-    affine = np.diag([-1.0, -1.0, 3.0, 1.0])
-    for i in range(n):
-        case = root / f"STS_{i:03d}"
-        case.mkdir(parents=True)
-        hu = 40.0 + rng.normal(0, 8, SHAPE_ZYX)
-        mask = np.zeros(SHAPE_ZYX, np.uint8)
-        cy, cx = rng.uniform(12, 28, 2)
-        disc = ((yy - cy) ** 2 + (xx - cx) ** 2) <= 36
-        disc[[0, -1]] = False
-        hu[disc] += 60
-        mask[disc] = 1
-        img = nib.Nifti1Image(np.round(hu).astype(np.int16).transpose(2, 1, 0), affine)
-        nib.save(img, case / "ct.nii.gz")
-        nib.save(nib.Nifti1Image(mask.transpose(2, 1, 0), affine), case / "tumour.nii.gz")
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -207,13 +185,11 @@ def test_corner_crops_put_the_tumour_off_centre():
 
 
 def test_bundle_sarcoma_writes_named_weights_card_and_comparison(
-    cases_root, split_file, tiny_run, tmp_path, monkeypatch
+    cases_root, split_file, tiny_run, tmp_path
 ):
     from napari_nstseg.bundled import bundled_weights
-    from script_helpers import ROOT, load_script
+    from napari_nstseg.recipes import bundle_sarcoma as bundle
 
-    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
-    bundle = load_script("bundle_sarcoma")
     tune = tmp_path / "tune.json"
     point = {"threshold": 0.6, "min_lesion_mm": 0.0, "min_depth_mm": 4.0}
     tune.write_text(json.dumps({"postprocess": point}))

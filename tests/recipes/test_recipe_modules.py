@@ -1,4 +1,5 @@
-"""The training and packaging scripts under scripts/: what they run and what they print."""
+"""The recipes' training and packaging modules (napari_nstseg/recipes/: train_bundled,
+bundle_weights, comparison_rows): what they run and what they print."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from script_helpers import ROOT, load_script
+from napari_nstseg.recipes import bundle_weights, comparison_rows, train_bundled
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _evaluation(sensitivity_big: float, detected: int, fp: float) -> dict:
@@ -42,10 +45,10 @@ def test_comparison_rows_prints_both_tables_for_a_later_model(tmp_path, capsys):
     # an ablation trained after the tables were written gets rows in their exact format
     path = tmp_path / "evaluation.json"
     path.write_text(json.dumps(_evaluation(0.25, 28, 8.5416)))
-    rows = load_script("comparison_rows")
+    rows = comparison_rows
     assert rows.main([f"CDI-NSTSEG without SFM, same phases={path}"]) == 0
     out = capsys.readouterr().out.splitlines()
-    bundle = load_script("bundle_weights")
+    bundle = bundle_weights
     assert out[:2] == bundle.HEADER.splitlines()
     assert out[2] == (
         "| CDI-NSTSEG without SFM, same phases | 0.50 / 0 mm / 4 mm | 0.050 | 0.050 | 0.050 | "
@@ -66,7 +69,7 @@ def test_comparison_rows_go_into_the_tables_of_the_docs(tmp_path, capsys):
     # card, the text around them untouched; a second run replaces them instead of adding more
     path = tmp_path / "evaluation.json"
     path.write_text(json.dumps(_evaluation(0.25, 28, 8.5416)))
-    rows = load_script("comparison_rows")
+    rows = comparison_rows
     name = "CDI-NSTSEG trained later, same phases"
     docs = []
     for source in (ROOT / "docs/comparison.md", ROOT / "src/napari_nstseg/weights/MODEL_CARD.md"):
@@ -95,7 +98,7 @@ def test_comparison_rows_go_into_the_tables_of_the_docs(tmp_path, capsys):
 
 
 def test_train_bundled_makes_only_the_splits_each_folder_needs(tmp_path, capsys):
-    script = load_script("train_bundled")
+    script = train_bundled
     work = str(tmp_path / "dry")  # a folder of its own: what an earlier run left there counts
     assert script.main(["--work", work, "--variants", "no-sfm", "--dry-run",
                         "--train-only", "--lesion-workers", "3"]) == 0  # fmt: skip
@@ -120,7 +123,7 @@ def test_train_bundled_makes_only_the_splits_each_folder_needs(tmp_path, capsys)
 
 
 def test_train_bundled_draws_a_share_of_bright_training_lesions_only_when_asked(tmp_path, capsys):
-    script = load_script("train_bundled")
+    script = train_bundled
     work = tmp_path / "work"
     args = ["--work", str(work), "--variants", "unet", "--dry-run", "--train-only"]
     assert script.main([*args, "--train-hypodense-fraction", "0.5"]) == 0
@@ -142,27 +145,10 @@ def test_train_bundled_draws_a_share_of_bright_training_lesions_only_when_asked(
     capsys.readouterr()
 
 
-@pytest.mark.parametrize(
-    ("env", "message"),
-    [({"ONLINE": "2"}, "ONLINE is 0 or 1"), ({"HYPODENSE": "1.5"}, "share of dark training")],
-)
-def test_ablation_refuses_a_bad_setting_before_any_work(tmp_path, env, message):
-    import os
-    import subprocess
-    import sys
-
-    run = subprocess.run(
-        ["bash", str(ROOT / "scripts/ablation.sh"), str(tmp_path / "w"), "default"],
-        env={**os.environ, "PYTHON": sys.executable, **env}, capture_output=True, text=True,
-    )  # fmt: skip
-    assert run.returncode == 2 and message in run.stderr
-    assert not (tmp_path / "w").exists()
-
-
 def test_a_new_bundle_keeps_the_sections_added_since_and_names_the_rows_it_drops(tmp_path):
     # bundle_weights.py writes the card and comparison.md afresh: measurements added by hand
     # since the last bundle must survive it, and rows added by comparison_rows.py be named
-    bundle = load_script("bundle_weights")
+    bundle = bundle_weights
     doc = tmp_path / "comparison.md"
     doc.write_text(
         "# Title\n\nintro\n\n" + bundle.HEADER + "\n| CDI-NSTSEG (bundled, float16) | a |\n"
@@ -184,33 +170,52 @@ def test_a_new_bundle_keeps_the_sections_added_since_and_names_the_rows_it_drops
     assert any("Dark and bright lesions apart" in s for s in card)
 
 
-def test_gpu_ablation_needs_variants_and_an_output_folder_before_any_work(tmp_path):
-    import os
-    import subprocess
+def test_phase_two_trains_each_variant_on_from_phase_one_on_its_folders(tmp_path, capsys):
+    # the second phase of the recipe: phase 1's data, each model from its own last weights,
+    # operating points on phase 1's validation cases
+    w1, w2 = tmp_path / "p1", tmp_path / "p2"
+    for folder in ("lesions", "train"):
+        (w1 / folder).mkdir(parents=True)
+        (w1 / folder / "dataset.json").write_text("{}")
+    args = ["--work", str(w2), "--phase1", str(w1), "--variants", "default", "unet", "--dry-run",
+            "--mae-weights", "m.json", "--init", "unet=bundled"]  # fmt: skip
+    assert train_bundled.main(args) == 0
+    commands = [c for c in capsys.readouterr().out.splitlines() if c.startswith("+ ")]
+    assert not any("make-lesions" in c for c in commands)  # phase 1's folders, as they are
+    trains = [c for c in commands if "cli train " in c]
+    assert f"--data {w1}/train --out {w2}/runs/default --resume" in trains[0]
+    assert f"--init {w1}/runs/default/final.json" in trains[0]
+    assert "--init bundled" in trains[1]  # --init still names a variant's start
+    tunes = [c for c in commands if "tune-postprocess" in c]
+    assert all(f"--data {w1}/tuneval " in c for c in tunes) and len(tunes) == 2
+    assert all(f"--data {w1}/lesions --split test" in c for c in commands if " evaluate " in c)
 
-    script = str(ROOT / "scripts/gpu_ablation.sh")
-    env = {k: v for k, v in os.environ.items() if k != "OUT"}
-    run = subprocess.run(["bash", script], env=env, capture_output=True, text=True)
-    assert run.returncode == 2 and "usage: OUT=FOLDER" in run.stderr
-    run = subprocess.run(["bash", script, "no-sfm"], env=env, capture_output=True, text=True)
-    assert run.returncode != 0 and "set OUT" in run.stderr
-    for path in (ROOT / "scripts/gpu_ablation.sh", ROOT / "scripts/gpu_ablation_kit.sh"):
-        assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
 
-
-def test_the_shell_recipes_name_variants_as_the_registry_titles_them():
-    import subprocess
-    import sys
-
+def test_the_rows_of_a_variant_through_both_phases_are_named_as_the_registry_titles_it(
+    tmp_path, capsys
+):
     from napari_nstseg.models.variants import list_variants
 
-    script = 'source scripts/variant_names.sh; for k in "${!NAME[@]}"; do echo "$k=${NAME[$k]}"; '
-    script += "done"
-    run = subprocess.run(
-        ["bash", "-c", script], cwd=ROOT, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr
-    names = dict(line.split("=", 1) for line in run.stdout.splitlines())
-    assert names == {v.name: v.title for v in list_variants()}
-    assert names["no-sfm"] == "CDI-NSTSEG without SFM (mean of the scales)"  # rows.md's spelling
+    titles = {v.name: v.title for v in list_variants()}
+    assert titles["no-sfm"] == "CDI-NSTSEG without SFM (mean of the scales)"  # the docs' rows
+    rows = bundle_weights.two_phase_rows(tmp_path, ["no-sfm"], ", on the fly")
+    assert rows == [
+        f"{titles['no-sfm']}, on the fly, same phases={tmp_path}/evals/no-sfm_d4/evaluation.json",
+        f"{titles['no-sfm']}, on the fly at its validation-tuned point="
+        f"{tmp_path}/runs/no-sfm/eval_test/evaluation.json",
+    ]
+    for path in (tmp_path / "evals/no-sfm_d4", tmp_path / "runs/no-sfm/eval_test"):
+        path.mkdir(parents=True)
+        (path / "evaluation.json").write_text(json.dumps(_evaluation(0.25, 28, 8.5)))
+    save = tmp_path / "rows.md"
+    argv = ["--work", str(tmp_path), "--variants", "no-sfm", "--save", str(save), "--into"]
+    assert comparison_rows.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert save.read_text() == printed and printed.count("CDI-NSTSEG without SFM") == 4
+    # the bundle picks up every ablation evaluated in phase 2's folder, no other
+    assert bundle_weights.ablation_rows(str(tmp_path)) == bundle_weights.two_phase_rows(
+        tmp_path, ["no-sfm"]
+    )
+    (tmp_path / "evals/no-sfm_d4/evaluation.json").unlink()
+    with pytest.raises(SystemExit, match="no-sfm has no evaluation at the bundled point"):
+        bundle_weights.ablation_rows(str(tmp_path))

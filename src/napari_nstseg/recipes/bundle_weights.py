@@ -1,6 +1,6 @@
 """Package trained checkpoints as the plugin's bundled weights and write their model card.
 
-    python scripts/bundle_weights.py --seg runs/bundled/default/best.json \
+    python -m napari_nstseg.recipes.bundle_weights --seg runs/bundled/default/best.json \
         --mae runs/bundled/mae/best.json --data runs/data/lesions2 \
         --compare unet=runs/bundled/unet/best.json \
         --postprocess runs/bundled/default/tune_val/tune.json
@@ -12,8 +12,8 @@ the bundled model on the sample CT, and writes weights/MODEL_CARD.md and docs/co
 from those measurements. Nothing in the tables is typed by hand; '### ' sections that the
 earlier card or comparison.md holds and this script does not write (measurements added since,
 each with its own commands) are carried over and named, to be checked against the new weights,
-and rows that `scripts/comparison_rows.py` added to the earlier tables are named, to be added
-again from their evaluations. ``--postprocess tune.json`` (from
+and rows that `napari_nstseg.recipes.comparison_rows` added to the earlier tables are named, to
+be added again from their evaluations. ``--postprocess tune.json`` (from
 `nstseg tune-postprocess` on the validation split) or ``--threshold/--min-lesion-mm`` writes the
 recommended operating point into default.json before its hashes are computed, so the bundle
 still verifies; the evaluation then scores the bundle at that point, as users get it.
@@ -38,8 +38,9 @@ from napari_nstseg.models.checkpoint import load_checkpoint, save_checkpoint
 from napari_nstseg.postprocess import PostprocessConfig
 from napari_nstseg.training.evaluate import EvalConfig, evaluate
 
-ROOT = Path(__file__).resolve().parents[1]
-WEIGHTS = ROOT / "src" / "napari_nstseg" / "weights"
+# The repository checkout (src/napari_nstseg/recipes/ is 3 levels in): docs/, sample_data/, runs/.
+ROOT = Path(__file__).resolve().parents[3]
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
 SAMPLE = ROOT / "sample_data"
 MAX_BYTES = 15_000_000
 
@@ -311,6 +312,51 @@ def training_phases(prov: dict, last_minutes: float) -> str:
     return "\n".join(lines)
 
 
+def two_phase_rows(work: Path | None, variants: list[str], tag: str = "") -> list[str]:
+    """NAME=EVALUATION_JSON of each variant through both phases in ``work`` (phase 2's folder):
+    at the bundled point (evals/VARIANT_d4) and at its validation-tuned point (eval_test)."""
+    from napari_nstseg.models.variants import list_variants
+
+    titles = {v.name: v.title for v in list_variants()}
+    out = []
+    for v in variants:
+        if v not in titles:
+            raise SystemExit(f"unknown variant {v} (one of {', '.join(titles)})")
+        out.append(f"{titles[v]}{tag}, same phases={work}/evals/{v}_d4/evaluation.json")
+        out.append(
+            f"{titles[v]}{tag} at its validation-tuned point="
+            f"{work}/runs/{v}/eval_test/evaluation.json"
+        )
+    return out
+
+
+def ablation_rows(work: str | None) -> list[str]:
+    """NAME=EVALUATION_JSON of the ablations trained through both phases in ``work`` (phase
+    2's folder), those whose validation-tuned point was evaluated: each at the bundled point
+    and at that one, as the variant registry titles them."""
+    if not work:
+        return []
+    from napari_nstseg.models.variants import list_variants
+
+    # the table's rows besides the bundled pair (train_bundled.TABLE_VARIANTS)
+    paired = ("default", "unet")
+    ablations = [
+        v.name
+        for v in list_variants()
+        if v.name not in paired and not v.changes.get("ssl_guidance")
+    ]
+    done = [
+        v
+        for v in ablations
+        if (Path(work) / "runs" / v / "eval_test" / "evaluation.json").is_file()
+    ]
+    for v in done:
+        if not (Path(work) / "evals" / f"{v}_d4" / "evaluation.json").is_file():
+            raise SystemExit(f"{work}: {v} has no evaluation at the bundled point: run the "
+                             f"recipe's `evals` step with --set variants={v} first")  # fmt: skip
+    return two_phase_rows(Path(work), done)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seg", required=True)
@@ -335,6 +381,11 @@ def main(argv=None) -> int:
         "--note", action="append", default=[],
         help="a sentence printed under the tables (e.g. what sets a compared row apart)",
     )  # fmt: skip
+    ap.add_argument(
+        "--ablations", metavar="W2",
+        help="phase-2 work folder: every ablation evaluated there (its `evals` and validation-"
+        "tuned point) is a pair of compared rows",
+    )  # fmt: skip
     ap.add_argument("--out", default=str(ROOT / "runs" / "bundle_eval"))
     ap.add_argument("--weights-dir", default=str(WEIGHTS), help="where the bundle goes")
     ap.add_argument("--docs-dir", default=str(ROOT / "docs"))
@@ -351,7 +402,7 @@ def main(argv=None) -> int:
     arch = "U-Net" if seg_meta["model_config"].get("arch") == "unet" else "CDI-NSTSEG"
     results = {f"{arch} (bundled, float16)": evaluate(
         weights / "default.json", args.data, "test", out=out / "default", config=cfg)}  # fmt: skip
-    for item in args.compare:
+    for item in [*args.compare, *ablation_rows(args.ablations)]:
         name, _, path = item.partition("=")
         if Path(path).name == "evaluation.json":  # already evaluated on this split
             results[name] = json.loads(Path(path).read_text())
@@ -385,7 +436,7 @@ def main(argv=None) -> int:
             for name in dropped_rows(path, header, set(results)):
                 print(
                     f"{path.name}: the row '{name}' is gone; add it again with "
-                    "scripts/comparison_rows.py from its evaluation.json",
+                    "napari_nstseg.recipes.comparison_rows from its evaluation.json",
                     file=sys.stderr,
                 )
         for section in carried[k]:
@@ -414,8 +465,9 @@ def main(argv=None) -> int:
         )
     comparison = f"""# CDI-NSTSEG vs U-Net on held-out lesion-insertion scans
 
-Measured {time.strftime("%Y-%m-%d")} with `python scripts/bundle_weights.py` (CPU: {hardware};
-torch {torch.__version__}) on the test split of `{data_json.get("name", Path(args.data).name)}`
+Measured {time.strftime("%Y-%m-%d")} with `python -m napari_nstseg.recipes.bundle_weights`
+(CPU: {hardware}; torch {torch.__version__})
+on the test split of `{data_json.get("name", Path(args.data).name)}`
 ({results[next(iter(results))]["detection"]["scans"]} held-out cases,
 {results[next(iter(results))]["detection"]["lesions"]} lesions; the split is by z-block of each
 source scan, see `napari_nstseg.training.lesions`). Identical data, training budget
@@ -495,7 +547,7 @@ AdamW with poly decay in every phase, deep supervision (BCE+IoU on the GLM map, 
 structure loss 1/2/4 on the LFM maps) plus a soft-Dice term, seed {prov.get("seed")}. Every model
 in the tables is its last epoch (`final.json`): on these validation blocks, which hold only small
 lesions, selecting by validation Dice picked early, barely trained epochs. The exact commands
-are in `scripts/train_bundled.py`; `docs/comparison.md` compares with the equally trained U-Net.
+are in `configs/default/recipe.json`; `docs/comparison.md` compares with the equally trained U-Net.
 
 ## Held-out results (test split, measured on the bundled float16 files)
 {tables("card")}
@@ -509,7 +561,7 @@ are in `scripts/train_bundled.py`; `docs/comparison.md` compares with the equall
 Trained on two scans at 1.5 mm working spacing for a CPU budget: expect misses of small and
 faint lesions, of nearly every lesion brighter than its surroundings, and false positives in
 real scans. Retrain on your data (`nstseg train`) or with a larger budget on a GPU
-(`scripts/train_bundled.py`) for any serious use.
+(`configs/default/recipe.json`) for any serious use.
 """
     (weights / "MODEL_CARD.md").write_text(card)
     print(comparison)

@@ -1,7 +1,7 @@
 """Package the real-tumour model as the bundled `sarcoma` weights and write its model card and
 docs/sarcoma.md from measurements (nothing in the tables is typed by hand).
 
-    python scripts/bundle_sarcoma.py --seg RUN/default/best.json \
+    python -m napari_nstseg.recipes.bundle_sarcoma --seg RUN/default/best.json \
         --tune RUN/default/tune_val/tune.json \
         --compare unet=RUN/unet/best.json:RUN/unet/tune_val/tune.json \
         --data ../shared/data/sts --split-file configs/sarcoma/split.json
@@ -21,15 +21,19 @@ import os
 import sys
 from pathlib import Path
 
-from bundle_weights import _minutes, operating_point, package, training_phases
-
 from napari_nstseg.inference.device import cpu_name
 from napari_nstseg.models.checkpoint import read_metadata
+from napari_nstseg.recipes.bundle_weights import (
+    ROOT,
+    WEIGHTS,
+    _minutes,
+    operating_point,
+    package,
+    training_phases,
+)
 from napari_nstseg.training import offcentre
 from napari_nstseg.training.evaluate import EvalConfig, evaluate
 
-ROOT = Path(__file__).resolve().parents[1]
-WEIGHTS = ROOT / "src" / "napari_nstseg" / "weights"
 DESCRIPTION = (
     "CDI-NSTSEG for soft-tissue sarcoma of the extremities in CT, trained on 24 patients' "
     "radiation-oncology contours (research use only)"
@@ -244,7 +248,8 @@ def main(argv=None) -> int:
         "SSL residual map: the bundled MAE (`mae.json`); how well it singles out these tumours "
         "is measured in docs/ssl-residual.md.",
         "",
-        "Recipe: configs/sarcoma/recipe.sh (exact commands).",
+        "Recipe: configs/sarcoma/recipe.json (exact commands: `nstseg reproduce "
+        "configs/sarcoma/recipe.json --dry-run STEP`).",
         "",
     ]
     (args.weights_dir / "MODEL_CARD_sarcoma.md").write_text("\n".join(card))
@@ -262,8 +267,8 @@ def main(argv=None) -> int:
     doc = [
         "# Real tumours: soft-tissue sarcoma (36 patients, radiologists' contours)",
         "",
-        "Written by `scripts/bundle_sarcoma.py` (recipe: configs/sarcoma/recipe.sh) from "
-        "`nstseg evaluate` on the fixed split configs/sarcoma/split.json; every model has the "
+        "Written by `napari_nstseg.recipes.bundle_sarcoma` (recipe: configs/sarcoma/recipe.json) "
+        "from `nstseg evaluate` on the fixed split configs/sarcoma/split.json; every model has the "
         "same data, budget and seed. Hardware: " + args.hardware + ", CPU only.",
         "",
         "| model | budget (epochs x steps x batch, per stage) | seed | training minutes | device |",

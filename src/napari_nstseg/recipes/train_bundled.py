@@ -20,12 +20,11 @@ Steps (each printed as the exact `nstseg` command it runs):
 
 Every step resumes: run the same command again after an interruption and finished work is kept
 (training continues from its last epoch checkpoint). A second phase continues trained models with
-a new schedule and loss (each variant from its own phase-1 weights, the same for every variant):
-  python scripts/train_bundled.py --work W2 --init default=W1/runs/default/final.json \
-      --init unet=W1/runs/unet/final.json --mae-weights W1/runs/mae/final.json \
-      --variants default unet ...
+a new schedule and loss (each variant from its own phase-1 weights, on phase 1's data folders
+and validation cases, the same for every variant): --phase1 W1. The recipe of the bundled
+`default` weights, configs/default/recipe.json, runs both phases (`nstseg reproduce`).
 Small smoke run:
-  python scripts/train_bundled.py --work /tmp/nstseg-small --copies 1 --epochs 1 \
+  python -m napari_nstseg.recipes.train_bundled --work /tmp/nstseg-small --copies 1 --epochs 1 \
       --steps-per-epoch 2 --mae-epochs 1 --mae-steps 2 --base-width 8 --crop-size 64
 Under torchrun (GPUs): add --nproc N.
 """
@@ -45,7 +44,8 @@ from napari_nstseg.training.lesions import LesionConfig
 
 # Share of dark lesions the evaluation and tuning sets keep (make-lesions' default).
 USUAL_HYPODENSE = LesionConfig().hypodense_fraction
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalsegmentator"
+# The source scans beside the repository checkout (src/napari_nstseg/recipes/ is 3 levels in).
+DATA = Path(__file__).resolve().parents[4] / "shared" / "data" / "totalsegmentator"
 # example_ct_sm repeats slices of example_ct, so only the two distinct scans are used; its organ
 # labels (example_seg) are padded onto example_ct's grid, where they are slices 82-111.
 SCANS = ("example_ct.nii.gz", "ct_cropped.nii.gz")
@@ -251,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--init", action="append", default=[], metavar="VARIANT=WEIGHTS",
                    help="start VARIANT from WEIGHTS ('bundled': the shipped model) instead of "
                    "random weights: a second training phase")  # fmt: skip
+    p.add_argument("--phase1", type=Path, metavar="W1",
+                   help="a second phase after the one in W1: its data folders, each variant "
+                   "started from W1/runs/VARIANT/final.json (unless --init names it), operating "
+                   "points on W1's validation cases (unless --tune-data)")  # fmt: skip
     p.add_argument("--mae-weights", type=Path,
                    help="an MAE checkpoint to use instead of pretraining one")  # fmt: skip
     p.add_argument("--tune-diameter-mm", nargs=2, type=float, default=(8.0, 16.0),
@@ -292,6 +296,14 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"--init names unknown variant(s) {', '.join(unknown)}")
     lesions, train = work / "lesions", work / "train"
+    if args.phase1 is not None:
+        # phase 2 trains and evaluates on phase 1's very folders (what ablation.sh linked)
+        w1 = args.phase1.resolve()
+        lesions, train = w1 / "lesions", w1 / "train"
+        for variant in args.variants:
+            inits.setdefault(variant, str(w1 / "runs" / variant / "final.json"))
+        if args.tune_data is None:
+            args.tune_data = w1 / "tuneval"
     scans = [str(args.data / s) for s in SCANS]
     organs = work / "example_ct_organs.nii.gz"
     tune = work / "tune"
