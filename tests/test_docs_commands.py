@@ -109,6 +109,14 @@ RUN_BY = {
     ],
     "nstseg residual-auroc src/napari_nstseg/weights/mae.json --data sts/ --split-file "
     "split.json --split val --out runs/auroc": ["test_residual_auroc_through_the_cli"],
+    "nstseg reproduce configs/sarcoma/recipe.json --list": [
+        "test_every_reproduce_command_the_docs_give_runs",
+        "test_list_names_every_step_and_the_variables_as_they_are_now",
+    ],
+    "nstseg reproduce configs/sarcoma/recipe.json train --set variants=unet --dry-run": [
+        "test_every_reproduce_command_the_docs_give_runs",
+        "test_the_json_recipe_runs_what_the_shell_recipe_ran",  # the same train command
+    ],
 }
 
 

@@ -5,6 +5,8 @@ choice, and a real two-step run on tiny case folders (napari_nstseg/recipes/).""
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from case_helpers import write_case_folders
 from napari_nstseg.cli import main
 from napari_nstseg.recipes.runner import Values, plan_command, run_recipe
 from napari_nstseg.recipes.schema import RecipeError, load_recipe
+from test_docs_commands import commands
 
 RECIPE = {
     "description": "two stages",
@@ -304,3 +307,35 @@ def test_commands_run_with_this_interpreter():
     bundle = plan_command(recipe, "bundle", 0, Values(recipe, {}, {}))[0]
     assert bundle.argv()[:3] == [sys.executable, "-m", "napari_nstseg.recipes.bundle_sarcoma"]
     assert run_recipe(recipe, ["mae"], {"work": "/nonexistent"}, dry_run=True) == 0
+
+
+ROOT = Path(__file__).resolve().parents[2]
+# what the docs write for a value the reader picks
+PLACEHOLDERS = {"STEP": "train", "VARIANT": "no-sfm"}
+
+
+def _documented_reproduce_commands() -> list[tuple[str, str]]:
+    pages = [ROOT / "README.md", ROOT / "experiments/README.md", *sorted(ROOT.glob("docs/*.md")),
+             *sorted(ROOT.glob("src/napari_nstseg/weights/*.md"))]  # fmt: skip
+    found = []
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        inline = re.findall(r"`(nstseg reproduce [^`]+)`", text)
+        block = [c for c in commands(page) if c.startswith("nstseg reproduce ")]
+        found += [(page.name, " ".join(c.split())) for c in [*inline, *block]]
+    return found
+
+
+def test_every_reproduce_command_the_docs_give_runs(capsys, monkeypatch, tmp_path):
+    # run from the repository root, as the docs say, with work folders that are not there
+    monkeypatch.chdir(ROOT)
+    given = _documented_reproduce_commands()
+    assert {p for p, _ in given} >= {"cli.md", "training.md", "sarcoma-stage2.md"}
+    for page, command in given:
+        argv = [PLACEHOLDERS.get(w, w) for w in shlex.split(command)[1:]]
+        if "--list" not in argv:
+            argv.append("--dry-run")
+        if not any(a.startswith("work=") for a in argv):
+            argv += ["--set", f"work={tmp_path}/w"]
+        assert main(argv) == 0, f"{page}: `{command}`: {capsys.readouterr().err}"
+        assert "+ " in capsys.readouterr().out or "--list" in argv

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# RETIRED: configs/sarcoma/recipe.json (`nstseg reproduce`) is the recipe now. This is the shell
+# recipe as it last was, kept so that tests/recipes/test_sarcoma_recipe.py can check that the JSON
+# runs every one of its steps with the same arguments; it is never run for real.
 # The real-tumour (sarcoma) model: the exact commands behind weights/sarcoma.* and the figures in
 # its model card and docs/sarcoma.md. Run from the repository root; every step resumes.
 #   bash configs/sarcoma/recipe.sh train default     # CDI-NSTSEG, stage 1 (from scratch)

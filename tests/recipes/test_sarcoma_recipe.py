@@ -1,0 +1,113 @@
+"""configs/sarcoma/recipe.json runs what the shell recipe it replaced ran: for every step of
+tests/recipes/sarcoma_recipe.sh (driven with stub `nstseg` and `python` that print their
+arguments), the JSON's command line is the same, word for word, with the same thread count."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from napari_nstseg.recipes.runner import Values, plan_command
+from napari_nstseg.recipes.schema import load_recipe
+
+ROOT = Path(__file__).resolve().parents[2]
+SHELL = Path(__file__).resolve().parent / "sarcoma_recipe.sh"
+RECIPE = ROOT / "configs/sarcoma/recipe.json"
+# the shell ran the packaging script by path; the JSON runs it as the package's module
+SCRIPT_TO_MODULE = {"scripts/bundle_sarcoma.py": ["-m", "napari_nstseg.recipes.bundle_sarcoma"]}
+STUB = """#!/bin/sh
+{ echo "OMP_NUM_THREADS=$OMP_NUM_THREADS MKL_NUM_THREADS=$MKL_NUM_THREADS"; echo "$0";
+  for a in "$@"; do echo "$a"; done; } > "$STUB_OUT"
+"""
+
+# (shell arguments, its environment) -> (JSON steps' --set, the same environment); "RUN" is the
+# work folder, made fresh for each case
+CASES = [
+    (["train", "default"], {}, ["train"], {"variants": "default"}),
+    (["train", "unet"], {"INIT": "sarcoma", "EPOCHS": "2", "THREADS": "3"}, ["train"],
+     {"variants": "unet"}),
+    (["train", "default"], {"DATA": "/d"}, ["train"], {"variants": "default"}),
+    (["stage2", "default"], {}, ["stage2"], {"variants": "default"}),
+    (["stage2", "unet"], {"EPOCHS": "5"}, ["stage2"], {"variants": "unet"}),
+    (["stage2z", "default"], {}, ["stage2z"], {"variants": "default"}),
+    (["mae"], {"MAE_EPOCHS": "1"}, ["mae"], {}),
+    (["tune", "default"], {}, ["tune"], {"variants": "default"}),
+    (["tune", "default-stage2"], {"CKPT": "final"}, ["tune-final"],
+     {"variants": "default-stage2"}),
+    (["auroc", "m/best.json"], {}, ["auroc"], {"mae_weights": "m/best.json"}),
+    (["auroc", "m/best.json", "out/a"], {}, ["auroc"],
+     {"mae_weights": "m/best.json", "auroc_out": "out/a"}),
+    (["bundle"], {}, ["bundle"], {}),
+    (["bundle"], {"SEG": "default-stage2", "CMP": "unet-stage2"}, ["bundle"], {}),
+    (["bundle"], {"SEG": "default-stage2", "CMP": "unet-stage2", "OUT": "scratch"},
+     ["bundle-aside"], {"seg": "default-stage2", "cmp": "unet-stage2", "bundle_out": "scratch"}),
+]  # fmt: skip
+# the run folders a started run would have: the shell and the JSON must both resume them
+STARTED = ["default", "unet-stage2", "mae"]
+
+
+def _shell(tmp_path: Path, args: list[str], env: dict[str, str]) -> tuple[str, list[str]]:
+    stubs = tmp_path / "bin"
+    stubs.mkdir(exist_ok=True)
+    for name in ("nstseg", "python"):
+        (stubs / name).write_text(STUB)
+        (stubs / name).chmod(0o755)
+    out = tmp_path / "argv.txt"
+    run = subprocess.run(
+        ["bash", str(SHELL), *args], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={"PATH": f"{stubs}:/usr/bin:/bin", "STUB_OUT": str(out), **env},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    threads, program, *argv = out.read_text().splitlines()
+    return threads, [Path(program).name, *argv]
+
+
+def _json(args_env: dict[str, str], steps: list[str], sets: dict[str, str]):
+    recipe = load_recipe(RECIPE)
+    values = Values(recipe, sets, args_env)
+    env = values.environment()
+    threads = f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']} MKL_NUM_THREADS={env['MKL_NUM_THREADS']}"
+    (planned,) = [p for s in steps for i, _ in enumerate(recipe.steps[s].commands)
+                  for p in plan_command(recipe, s, i, values)]  # fmt: skip
+    return threads, [planned.program, *planned.args]
+
+
+@pytest.mark.parametrize("started", [False, True], ids=["fresh", "resumed"])
+@pytest.mark.parametrize(("shell_args", "env", "steps", "sets"), CASES)
+def test_the_json_recipe_runs_what_the_shell_recipe_ran(
+    tmp_path, shell_args, env, steps, sets, started
+):
+    work = tmp_path / "runs"
+    for run in STARTED if started else []:
+        (work / run).mkdir(parents=True)
+        (work / run / "train_config.json").write_text("{}")
+    env = {**env, "WORK": str(work)}
+    shell_threads, shell = _shell(tmp_path, shell_args, env)
+    json_threads, planned = _json(env, steps, sets)
+    if shell[0] == "python":  # python scripts/x.py ... == python -m napari_nstseg.recipes.x ...
+        shell = ["python", *SCRIPT_TO_MODULE[shell[1]], *shell[2:]]
+    if "--resume" in shell and "--init" in shell:
+        # the shell passed both when INIT was set; a resumed run ignores --init (its saved
+        # starting weights stand), so the JSON gives --resume alone
+        i = shell.index("--init")
+        shell = shell[:i] + shell[i + 2 :]
+    assert planned == shell
+    assert json_threads == shell_threads
+
+
+def test_every_step_of_the_shell_recipe_is_checked():
+    steps = re.findall(r"^  ([a-z0-9]+)\)$", SHELL.read_text(), re.M)
+    assert steps and set(steps) == {c[0][0] for c in CASES}
+    # and the JSON has no step the cases leave unchecked
+    assert set(load_recipe(RECIPE).steps) == {s for c in CASES for s in c[2]}
+
+
+def test_the_environment_the_shell_honoured_is_honoured():
+    recipe = load_recipe(RECIPE)
+    shell = SHELL.read_text()
+    honoured = set(re.findall(r"\$\{([A-Z_]+):[-?+]", shell)) - {"CKPT", "OUT"}
+    # CKPT=final is the step tune-final, OUT=DIR the step bundle-aside with --set bundle_out=DIR
+    assert honoured == {v.env for v in recipe.variables.values() if v.env}
