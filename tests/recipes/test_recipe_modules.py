@@ -219,3 +219,35 @@ def test_the_rows_of_a_variant_through_both_phases_are_named_as_the_registry_tit
     (tmp_path / "evals/no-sfm_d4/evaluation.json").unlink()
     with pytest.raises(SystemExit, match="no-sfm has no evaluation at the bundled point"):
         bundle_weights.ablation_rows(str(tmp_path))
+
+
+def test_the_default_recipe_runs_both_phases_as_the_ablation_script_did(
+    tmp_path, capfd, monkeypatch
+):
+    # phase1 and phase2 of configs/default/recipe.json for one ablation, train_bundled itself
+    # run (told --dry-run through the phases' extra arguments): phase 1 trains only, phase 2
+    # continues each variant from phase 1 with the second schedule, on phase 1's folders
+    from napari_nstseg.cli import main
+
+    monkeypatch.chdir(ROOT)
+    work = tmp_path / "abl"
+    sets = [f"work={work}", "variants=no-sfm", "phase1_args=--dry-run", "phase2_args=--dry-run",
+            "train_options=--online-lesions"]  # fmt: skip
+    argv = ["reproduce", "configs/default/recipe.json", "phase1", "phase2"]
+    argv += [a for item in sets for a in ("--set", item)]
+    assert main(argv) == 0
+    out = capfd.readouterr().out.splitlines()
+    trains = [line for line in out if "cli train " in line]
+    assert len(trains) == 2 and all("--online-lesions" in t for t in trains)
+    assert f"--out {work}/p1/runs/no-sfm " in trains[0] and "--variant no-sfm" in trains[0]
+    assert "--mae src/napari_nstseg/weights/mae.json" in trains[0].replace(f"{ROOT}/", "")
+    second = trains[1]
+    assert f"--data {work}/p1/train --out {work}/p2/runs/no-sfm" in second
+    assert f"--init {work}/p1/runs/no-sfm/final.json" in second
+    for flag in ("--epochs 40", "--lr 0.001", "--positive-fraction 0.5", "--region-loss batch",
+                 "--context-mm 3.0"):  # fmt: skip
+        assert flag in second, flag
+    phase2 = next(i for i, line in enumerate(out) if line.startswith("# phase2"))
+    assert not any("tune-postprocess" in line for line in out[:phase2])  # phase 1 trains only
+    tune = f"tune-postprocess {work}/p2/runs/no-sfm/final.json --data {work}/p1/tuneval"
+    assert any(tune in line for line in out[phase2:])
