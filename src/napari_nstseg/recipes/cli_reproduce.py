@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -63,8 +64,6 @@ def _reproduce(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     overrides = dict(args.set)
     if args.list or not args.steps:
-        import os
-
         print(listing(recipe, Values(recipe, overrides, os.environ)))
         if not args.list:
             print(f"\nnstseg reproduce: name the steps to run, e.g. {next(iter(recipe.steps))}")
