@@ -339,3 +339,14 @@ def test_every_reproduce_command_the_docs_give_runs(capsys, monkeypatch, tmp_pat
             argv += ["--set", f"work={tmp_path}/w"]
         assert main(argv) == 0, f"{page}: `{command}`: {capsys.readouterr().err}"
         assert "+ " in capsys.readouterr().out or "--list" in argv
+
+
+@pytest.mark.parametrize(
+    "recipe", sorted(ROOT.glob("configs/*/recipe.json")), ids=lambda p: p.parent.name
+)
+def test_every_checked_in_recipe_loads_and_dry_runs_every_step(recipe, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    steps = list(load_recipe(recipe).steps)
+    assert main(["reproduce", str(recipe.relative_to(ROOT)), *steps, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"# {step}: " in out for step in steps)
