@@ -44,7 +44,7 @@ def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
 def _content_sha256(meta: dict[str, Any]) -> str:
     content = {key: meta.get(key) for key in _CONTENT_KEYS}
     # Optional entries are hashed only when present, so files written before them still verify.
-    for key in ("mae", "postprocess"):
+    for key in ("mae", "postprocess", "organ_search"):
         if key in meta:
             content[key] = meta[key]
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
@@ -68,6 +68,7 @@ def save_checkpoint(
     mae: str | None = None,
     postprocess: dict[str, Any] | None = None,
     description: str | None = None,
+    organ_search: dict[str, Any] | None = None,
 ) -> tuple[Path, Path]:
     """Write ``<stem>.safetensors`` and ``<stem>.json``; returns both paths.
 
@@ -78,7 +79,10 @@ def save_checkpoint(
     ({"threshold": t, "min_lesion_mm": m, "min_depth_mm": d}) is the operating point the engine
     uses by default (chosen on validation data with `nstseg tune-postprocess`); it is hashed
     with the rest of the JSON. ``description``: the one line that lists the weights by name
-    (bundled checkpoints). Both files are written atomically.
+    (bundled checkpoints). ``organ_search`` ({"field_mm", "min_zoom", "max_zoom",
+    "margin_mm"}): the organ-mode zoom the weights were trained for (organ crops,
+    training/organ_crops.py), which ``OrganSearch.for_weights`` reads; hashed too. Both files
+    are written atomically.
     """
     kind = kind or _infer_kind(model)
     if kind not in KINDS:
@@ -99,6 +103,8 @@ def save_checkpoint(
         meta["mae"] = mae
     if description:
         meta["description"] = description
+    if organ_search is not None:
+        meta["organ_search"] = dict(organ_search)
     if postprocess is not None:
         from napari_nstseg.postprocess import PostprocessConfig
 

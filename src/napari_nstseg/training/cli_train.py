@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_nstseg.models.variants import changed_fields, variant_config, variant_names
+from napari_nstseg.training.cli_organ_crops import add_organ_crop_args, apply_organ_crop_args
 from napari_nstseg.training.loop import CONFIG_NAME
 
 
@@ -143,6 +144,7 @@ def add_parser(subparsers) -> None:
         "new lesion per crop with lesion, inserted on the fly at a new site, instead of on its "
         "stored cases (validation stays on its validation cases)",
     )
+    add_organ_crop_args(p)
     p.add_argument("--val-max-slices", type=int, help="cap on validation slices per epoch")
     p.add_argument("--mae", help="pretrained MAE checkpoint (SSL guidance, residual maps)")
     p.add_argument(
@@ -188,6 +190,12 @@ def add_parser(subparsers) -> None:
     )
     _checkpoint_on_split_args(p, split="test", out="eval")
     _operating_point_args(p)
+    p.add_argument(
+        "--operating-point",
+        metavar="TUNE_JSON",
+        help="take the threshold, minimum lesion size and depth from a tune-postprocess "
+        "tune.json (its chosen point; --threshold etc. given here win)",
+    )
     p.add_argument("--no-structure", action="store_true", help="skip S- and E-measure (faster)")
     p.set_defaults(func=_evaluate)
 
@@ -396,6 +404,7 @@ def build_train_config(args: argparse.Namespace):
     if args.noise_hu is not None:
         sampling["augment"] = {**(sampling.get("augment") or {}), "noise_std_hu": args.noise_hu}
     d["sampling"] = sampling
+    apply_organ_crop_args(d, args)
     if args.dice_weight is not None:
         d["loss"] = {**(d.get("loss") or {}), "dice_weight": args.dice_weight}
     if args.hard_pixel_fraction is not None:
@@ -480,12 +489,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     from napari_nstseg.training.evaluate import EvalConfig, evaluate, results_folder
     from napari_nstseg.training.organ_eval import organ_eval_from_args
 
+    point = _tuned_point(args.operating_point)
+    for key in ("threshold", "min_lesion_mm", "min_depth_mm"):
+        if getattr(args, key) is not None:  # given on the command line: it wins
+            point[key] = getattr(args, key)
     cfg = EvalConfig(
         device=args.device,
         batch_size=args.batch_size,
-        threshold=args.threshold,
-        min_lesion_mm=args.min_lesion_mm,
-        min_depth_mm=args.min_depth_mm,
+        threshold=point.get("threshold"),
+        min_lesion_mm=point.get("min_lesion_mm"),
+        min_depth_mm=point.get("min_depth_mm"),
         structure=not args.no_structure,
         min_dice=args.min_dice,
         mirror=args.mirror,
@@ -498,6 +511,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     result = evaluate(weights, args.data, args.split, args.out, cfg)
     print(f"wrote {result['files']['evaluation.json']} and evaluation.csv")
     return 0
+
+
+def _tuned_point(path: str | None) -> dict[str, float]:
+    """The operating point a tune.json chose ({} without one); one line when it has none."""
+    if path is None:
+        return {}
+    try:
+        point = json.loads(Path(path).read_text())["postprocess"]
+        return {k: float(point[k]) for k in ("threshold", "min_lesion_mm", "min_depth_mm")}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f"--operating-point {path}: not a tune.json of tune-postprocess ({exc})"
+        ) from None
 
 
 def _tune(args: argparse.Namespace) -> int:

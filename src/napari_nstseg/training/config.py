@@ -8,13 +8,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from napari_nstseg._config import nested_from_dict, nested_to_dict
+from napari_nstseg._config import known_keys_only, nested_from_dict, nested_to_dict
 from napari_nstseg.models.config import ModelConfig
 from napari_nstseg.models.losses import LossConfig
 from napari_nstseg.models.mae import MAEConfig
 from napari_nstseg.models.variants import get_variant
 from napari_nstseg.preprocessing import PreprocessConfig
 from napari_nstseg.training.data import AugmentConfig, SamplingConfig
+from napari_nstseg.training.organ_crops import OrganCropConfig
 
 OPTIMIZERS = ("adamw", "sgd")
 MIN_BATCH = 4
@@ -56,6 +57,13 @@ def _sampling_from_dict(d: dict[str, Any]) -> SamplingConfig:
     return SamplingConfig(**d)
 
 
+def _organ_search_from_dict(d: dict[str, Any]) -> OrganCropConfig:
+    d = known_keys_only(OrganCropConfig, d)
+    if d.get("labels") is not None:
+        d["labels"] = tuple(d["labels"])
+    return OrganCropConfig(**d)
+
+
 def _loss_from_dict(d: dict[str, Any]) -> LossConfig:
     d = dict(d)
     if d.get("stage_weights") is not None:
@@ -87,7 +95,10 @@ class TrainConfig:
     run continued with a new schedule); its architecture and preprocessing must be this run's.
     ``split_file``: a JSON split by case (``cases.read_split_file``) over the folder's own.
     ``mae_weights``: a pretrained MAE checkpoint, used for SSL guidance and named in the
-    checkpoints so the plugin can show residual maps.
+    checkpoints so the plugin can show residual maps. ``organ_search``: the organ-mode search
+    the run's organ crops (``sampling.organ_crops``) are cut for, the same settings
+    ``inference.organs.OrganSearch`` runs with; a run with organ crops writes its zoom limits
+    into the checkpoints (``organ_search``), so `nstseg predict --organ-mask` uses them.
     """
 
     data: str = ""
@@ -97,6 +108,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    organ_search: OrganCropConfig = field(default_factory=OrganCropConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optimizer: str = "adamw"
     lr: float = 1e-3
@@ -174,6 +186,7 @@ class TrainConfig:
             "model": ModelConfig.from_dict,
             "preprocess": PreprocessConfig.from_dict,
             "sampling": _sampling_from_dict,
+            "organ_search": _organ_search_from_dict,
             "loss": _loss_from_dict,
         }
         return nested_from_dict(cls, d, parsers)

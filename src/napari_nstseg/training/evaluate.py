@@ -360,7 +360,10 @@ def evaluate(
             hu, labels, spacing = load_case(case)
             pred = engine.predict(hu, spacing)
         else:
-            hu, labels, spacing, pred, zone = organs.predict_case(engine, case)
+            scored = organs.predict_case(engine, case)
+            if scored is None:  # holds none of the organs: organ mode has nothing to score
+                continue
+            hu, labels, spacing, pred, zone = scored
         gt = foreground(labels, label_values)
         row, det = score_case(
             pred.probability("final"), pred.mask, gt, spacing, cfg, slices, case.slices

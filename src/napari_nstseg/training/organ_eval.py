@@ -83,26 +83,50 @@ class OrganScoring:
         self.data_folder = data_folder
         self.search = OrganSearch.for_weights(cfg.labels, cfg.margin_mm, meta)
         self.rows: list[dict[str, Any]] = []
+        self.present: dict[str, tuple[int, ...]] = {}
+        self.without_organs: list[str] = []
 
     def check(self, cases) -> None:
-        """Every case has an organ label map where --organ-masks says (before any model run,
-        so a missing one costs a second, not the cases before it)."""
+        """Every case has an organ label map where --organ-masks says, and some case holds a
+        searched organ (before any model run, so a missing one costs seconds, not the cases
+        before it). Each case is searched in the organs it holds: a z-block of a scan, or a
+        scan without organ labels (make-lesions writes an empty map), holds only some."""
+        from napari_nstseg.inference.organs import check_label_map
+        from napari_nstseg.io import read_mask
+
+        first = None
         for case in cases:
-            organ_mask_path(self.cfg.masks, case, self.data_folder)
+            path = organ_mask_path(self.cfg.masks, case, self.data_folder)
+            values = set(np.unique(read_mask(path)).tolist())
+            self.present[case.case_id] = tuple(v for v in self.search.labels if v in values)
+            if first is None:
+                first = (path, read_mask(path))
+        if cases and not any(self.present.values()):
+            path, data = first
+            check_label_map(data, data.shape, self.search.labels, str(path))
 
     def predict_case(self, engine, case):
-        """(HU, label map, spacing, Prediction, zone) of one case in organ mode; its organ map
-        must lie on its CT's grid and hold every searched label (one line naming the file)."""
+        """(HU, label map, spacing, Prediction, zone) of one case in organ mode, searched in the
+        organs it holds; None for a case that holds none (listed in ``scans_without_organs``,
+        left out of every figure). Its organ map must lie on its CT's grid (one line naming
+        the file)."""
+        from dataclasses import replace
+
         from napari_nstseg.inference.cli_organs import read_organ_mask
         from napari_nstseg.inference.organs import predict_in_organs, search_zone
         from napari_nstseg.io import read_ct, read_mask
 
+        wanted = self.present.get(case.case_id, self.search.labels)
+        if not wanted:
+            self.without_organs.append(case.case_id)
+            return None
+        search = replace(self.search, labels=wanted)
         ct = read_ct(case.image)
         labels = read_mask(case.label, like=ct.geometry)
         path = organ_mask_path(self.cfg.masks, case, self.data_folder)
-        organs = read_organ_mask(path, ct.geometry, self.search.labels)
-        pred = predict_in_organs(engine, ct.hu, ct.spacing, organs, self.search)
-        return ct.hu, labels, ct.spacing, pred, search_zone(organs, ct.spacing, self.search)
+        organs = read_organ_mask(path, ct.geometry, search.labels)
+        pred = predict_in_organs(engine, ct.hu, ct.spacing, organs, search)
+        return ct.hu, labels, ct.spacing, pred, search_zone(organs, ct.spacing, search)
 
     def add(self, case_id: str, det, zone: np.ndarray, table_rows=None) -> None:
         """One scored scan: ``det`` its DetectionResult in organ mode, ``table_rows`` its
@@ -136,6 +160,7 @@ class OrganScoring:
             "detected": sum(r["detected"] for r in rows),
             "lesions_outside_zone": sum(r["outside_zone"] for r in rows),
             "fp_per_scan": float(np.mean([r["false_positives"] for r in rows])) if rows else None,
+            "scans_without_organs": list(self.without_organs),
             "by_case": rows,
             "note": "in-organ figures: lesions whose centre lies in the organs grown by "
             "margin_mm; lesions outside are left out of them and counted in "

@@ -42,6 +42,7 @@ from napari_nstseg.training.loop import (
     run_epochs,
 )
 from napari_nstseg.training.optimizer import make_optimizer, poly_lr
+from napari_nstseg.training.organ_crops import OrganCropConfig
 from napari_nstseg.training.run_log import dataset_info, git_commit
 
 
@@ -50,14 +51,15 @@ def training_set(
     train_cases: Sequence[Case],
     preprocess: PreprocessConfig,
     sampling: SamplingConfig,
+    organs: OrganCropConfig | None = None,
 ) -> SliceDataset:
     """The set `train` samples its crops from: the training split's stored cases, or with
     ``sampling.online_lesions`` the folder's training blocks without their stored lesions and a
-    new lesion in every crop with lesion."""
+    new lesion in every crop with lesion; ``organs``: how organ crops are cut."""
     if sampling.online_lesions:
         blocks, lesion_config = read_source_blocks(data, "train")
-        return OnlineLesionDataset(blocks, lesion_config, preprocess, sampling)
-    return SliceDataset(train_cases, preprocess, sampling)
+        return OnlineLesionDataset(blocks, lesion_config, preprocess, sampling, organs)
+    return SliceDataset(train_cases, preprocess, sampling, organs)
 
 
 def load_mae(path: str, preprocess: PreprocessConfig) -> tuple[MaskedAutoencoder, dict]:
@@ -202,7 +204,7 @@ def _run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
     device = ctx.device
 
     sampling = replace(cfg.sampling, seed=cfg.seed, sequential=False)
-    train_set = training_set(cfg.data, splits["train"], cfg.preprocess, sampling)
+    train_set = training_set(cfg.data, splits["train"], cfg.preprocess, sampling, cfg.organ_search)
     per_step = cfg.batch_size * ctx.world
     steps = cfg.steps_per_epoch or max(1, len(train_set.index) // per_step)
     train_set.sampling = replace(train_set.sampling, samples_per_epoch=steps * per_step)
@@ -326,10 +328,14 @@ def _run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
             "train_config": cfg.to_dict(),
         }
 
+    # The zoom limits organ crops were cut at go with the weights, so organ mode uses them.
+    organ_search = cfg.organ_search.metadata() if cfg.sampling.organ_crops > 0 else None
+
     def save_model(stem: Path, prov: dict[str, Any]) -> None:
         save_checkpoint(
-            stem, model, cfg.model.to_dict(), cfg.preprocess.to_dict(), prov, mae=mae_name
-        )
+            stem, model, cfg.model.to_dict(), cfg.preprocess.to_dict(), prov, mae=mae_name,
+            organ_search=organ_search,
+        )  # fmt: skip
 
     lr_total = cfg.epochs * steps
     job = Job(

@@ -320,7 +320,10 @@ def tune_postprocess(
             # Only the stored probability is swept; the engine's own mask is not needed.
             final = engine.predict(hu, spacing).final
         else:
-            hu, labels, spacing, pred, zone = organs.predict_case(engine, case)
+            scored = organs.predict_case(engine, case)
+            if scored is None:  # holds none of the organs: organ mode has nothing to score
+                continue
+            hu, labels, spacing, pred, zone = scored
             final = pred.final
         gt = foreground(labels, label_values)
         if case.slices is not None:
@@ -381,7 +384,8 @@ def tune_postprocess(
         # The grid's figures are in-organ; the lesions it leaves out are counted here.
         result["organs"] = {
             **{k: v for k, v in organs.results().items() if k in ORGAN_KEYS},
-            "scans": len(cases),
+            "scans": len(per_case),
+            "scans_without_organs": list(organs.without_organs),
             "lesions_outside_zone": outside,
         }
     out_dir = results_folder(weights, out, "tune", split)

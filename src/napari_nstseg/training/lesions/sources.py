@@ -50,7 +50,7 @@ def parse_organ_spec(text: str) -> tuple[Path, OrganSource]:
     form = "SCAN=LABELS[:ID=TSID,...]"
     scan, path, tail = _split(text, "--organ-labels", form)
     if tail and not _RENAME.match(tail):
-        if _IDS.match(tail) or "=" in tail:
+        if Path(path).exists() or "=" in tail:  # the file is there: the suffix is wrong
             raise ValueError(
                 f"--organ-labels {text!r}: after ':' give the map's ids as ID=TSID pairs "
                 "(e.g. 5=6,1=18: its 5 is TotalSegmentator's stomach, 6)"
@@ -68,7 +68,7 @@ def parse_exclude_spec(text: str) -> tuple[Path, ExcludeSource]:
     """``SCAN=MASK`` (every voxel above 0) or ``SCAN=MASK:4`` / ``SCAN=MASK:4,6``."""
     scan, path, tail = _split(text, "--exclude", "SCAN=MASK[:LABELS]")
     if tail and not _IDS.match(tail):
-        if re.fullmatch(r"[\d, ]+", tail):
+        if Path(path).exists():  # the file is there: the suffix is wrong
             raise ValueError(
                 f"--exclude {text!r}: after ':' give label ids separated by commas (e.g. 4,6)"
             )
