@@ -2,8 +2,8 @@
 minimum depth) on
 validation data: lesion sensitivity (or, for one delineated tumour per patient, mean per-patient
 Dice) against false positives per scan over a grid, the way nnU-Net picks its postprocessing on
-validation folds. The weights are not modified; the choice
-goes into tune.json, which `scripts/bundle_weights.py --postprocess` writes into the bundle.
+validation folds. The weights are not modified; the choice goes into tune.json, which
+`python -m napari_nstseg.recipes.bundle_weights --postprocess` writes into the bundle.
 """
 
 from __future__ import annotations
