@@ -202,12 +202,23 @@ def test_bundle_sarcoma_writes_named_weights_card_and_comparison(
         "--batch-size", "4", "--crop-size", "32", "--positive-jitter", "0.5", "--no-progress",
     ])  # fmt: skip
     assert code == 0
-    code = bundle.main([
+    # an ablation's run beside the bundled one's, tuned on its own (its tune_val/tune.json)
+    from napari_nstseg.training.segmentation import copy_checkpoint
+
+    (tmp_path / "single-scale" / "tune_val").mkdir(parents=True)
+    copy_checkpoint(tiny_run / "final.json", tmp_path / "single-scale" / "best")
+    (tmp_path / "single-scale" / "tune_val" / "tune.json").write_text(tune.read_text())
+    reading = tmp_path / "reading.md"
+    reading.write_text("### Reading the figures\n\nhand-written\n")
+    args = [
         "--seg", str(stage2 / "final.json"), "--tune", str(tune),
         "--compare", f"U-Net={tiny_run / 'final.json'}:{tune}", "--data", str(cases_root),
         "--split-file", str(split_file), "--work", str(tmp_path / "work"),
         "--weights-dir", str(weights), "--docs", str(docs), "--hardware", "test CPU",
-    ])  # fmt: skip
+    ]  # fmt: skip
+    with pytest.raises(SystemExit, match="train and tune the no-glm ablation first"):
+        bundle.main([*args, "--ablations", "no-glm"])
+    code = bundle.main([*args, "--ablations", "single-scale", "--reading", str(reading)])
     assert code == 0
     named = bundled_weights(weights)["sarcoma"]
     assert named.description.startswith("CDI-NSTSEG for soft-tissue sarcoma")
@@ -219,6 +230,8 @@ def test_bundle_sarcoma_writes_named_weights_card_and_comparison(
     # the budget adds up over the stages: 1 x 2 x 4 crops, then 1 x 3 x 4 more
     assert "| CDI-NSTSEG (bundled `sarcoma`) | 1 x 2 x 4 + 1 x 3 x 4 = 20 crops |" in table
     assert "| U-Net | 1 x 2 x 4 = 8 crops |" in table
+    assert table.count("| CDI-NSTSEG single scale (1.0x only), same data, budget and seed |") == 3
+    assert table.rstrip().endswith("### Reading the figures\n\nhand-written")  # kept, last
 
 
 def test_results_never_go_into_the_data_set_or_over_an_input(

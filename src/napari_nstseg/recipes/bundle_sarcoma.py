@@ -149,6 +149,28 @@ def per_patient(res: dict) -> list[str]:
     return lines
 
 
+def ablation_models(runs: Path, variants: list[str]) -> dict[str, tuple[str, dict]]:
+    """Title -> (checkpoint, operating point) of each ablation's run in ``runs``, at the
+    point tune-postprocess chose for it on the validation patients."""
+    from napari_nstseg.models.variants import get_variant
+
+    out = {}
+    for v in variants:
+        title = get_variant(v).title  # an unknown name is a readable error
+        ckpt, tune = runs / v / "best.json", runs / v / "tune_val" / "tune.json"
+        for path in (ckpt, tune):
+            if not path.is_file():
+                raise SystemExit(
+                    f"{path}: missing; train and tune the {v} ablation first (nstseg reproduce "
+                    f"configs/sarcoma/recipe.json train tune --set variants={v})"
+                )
+        out[f"{title}, same data, budget and seed"] = (
+            str(ckpt),
+            json.loads(tune.read_text())["postprocess"],
+        )
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seg", required=True, help="the CDI-NSTSEG checkpoint to bundle")
@@ -159,6 +181,21 @@ def main(argv=None) -> int:
         default=[],
         metavar="NAME=CKPT:TUNE",
         help="a model scored beside it at its own operating point",
+    )
+    ap.add_argument(
+        "--ablations",
+        nargs="*",
+        default=[],
+        metavar="VARIANT",
+        help="ablation runs scored beside it, each RUNS/VARIANT/best.json at its "
+        "RUNS/VARIANT/tune_val/tune.json (RUNS: the folder of --seg's run), titled as the "
+        "variant registry titles them",
+    )
+    ap.add_argument(
+        "--reading",
+        type=Path,
+        help="a hand-written markdown section appended to sarcoma.md (what the figures say), "
+        "kept in its own file so that a new bundle does not drop it",
     )
     ap.add_argument("--data", required=True)
     ap.add_argument("--split-file", required=True)
@@ -190,6 +227,7 @@ def main(argv=None) -> int:
         name, spec = item.split("=", 1)
         ckpt, tune = spec.split(":", 1)
         models[name] = (ckpt, json.loads(Path(tune).read_text())["postprocess"])
+    models.update(ablation_models(Path(args.seg).resolve().parent.parent, args.ablations))
     results = {
         name: {part: score(ckpt, point_, args, part, work / f"{name}_{part}") for part in SPLITS}
         for name, (ckpt, point_) in models.items()
@@ -280,6 +318,8 @@ def main(argv=None) -> int:
         f"{CREDIT}",
         "",
     ]
+    if args.reading is not None:
+        doc += [args.reading.read_text().rstrip(), ""]
     (args.docs / "sarcoma.md").write_text("\n".join(doc))
     print("\n".join(card))
     return 0
