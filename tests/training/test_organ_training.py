@@ -6,6 +6,7 @@ its zoom limits in the checkpoint, which `nstseg predict --organ-mask` then uses
 from __future__ import annotations
 
 import json
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -17,7 +18,12 @@ from lesion_helpers import SOFT, phantom, save_int16
 from napari_nstseg.io.readers import read_ct, read_mask
 from napari_nstseg.models import SegOutput
 from napari_nstseg.preprocessing import PreprocessConfig, window_normalize
-from napari_nstseg.training.lesions import LesionConfig, SplitConfig, make_lesion_dataset
+from napari_nstseg.training.lesions import (
+    LesionConfig,
+    SplitConfig,
+    make_lesion_dataset,
+    save_on_source_grid,
+)
 from napari_nstseg.training.lesions.online import read_source_blocks
 from napari_nstseg.training.lesions.sources import ExcludeSource, OrganSource
 
@@ -39,7 +45,7 @@ def scan(tmp_path):
     organs[:, 10:30, 6:26] = 9
     organs[(classes == SOFT) & (organs == 0)] = 3
     structures = np.zeros(hu.shape, np.uint8)
-    structures[4:50, 30:40, 10:20] = 4
+    structures[4:50, 12:20, 20:30] = 4  # overlaps the 'liver', as CB_001's region its bowel
     structures[:, 2:4, 2:4] = 2
     paths = {name: tmp_path / f"{name}.nii.gz" for name in ("ct", "organs", "structures")}
     save_int16(paths["ct"], to_file(hu), AFFINE)
@@ -148,6 +154,27 @@ def test_evaluate_finds_the_organ_maps_of_a_make_lesions_folder(scan, tmp_path, 
     organs = json.loads((tmp_path / "e" / "evaluation.json").read_text())["organs"]
     assert organs["labels"] == [5] and organs["scans"] == len(test_cases)
     assert organs["scans_without_organs"] == []
+    assert organs["scans_with_excluded_region"] == test_cases
+
+    # the excluded region (a real, unlabelled tumour) is not searched: made bright here, it
+    # gives no false positive, and it does once excludeTr is gone
+    for case in test_cases:
+        image = out / "imagesTr" / f"{case}_0000.nii.gz"
+        ct = read_ct(image)
+        region = read_mask(out / "excludeTr" / f"{case}.nii.gz", like=ct.geometry) > 0
+        region &= read_mask(out / "organsTr" / f"{case}.nii.gz", like=ct.geometry) == 5
+        assert region.any()
+        save_on_source_grid(image, np.where(region, 300, ct.hu), ct.geometry, np.int16)
+    argv[-1] = str(tmp_path / "e2")
+    assert main(argv) == 0
+    kept = json.loads((tmp_path / "e2" / "evaluation.json").read_text())["organs"]
+    assert kept["fp_per_scan"] == organs["fp_per_scan"]
+    shutil.rmtree(out / "excludeTr")
+    argv[-1] = str(tmp_path / "e3")
+    assert main(argv) == 0
+    searched = json.loads((tmp_path / "e3" / "evaluation.json").read_text())["organs"]
+    assert searched["fp_per_scan"] > kept["fp_per_scan"]
+    assert searched["scans_with_excluded_region"] == []
 
 
 def test_a_run_with_organ_crops_stores_its_zoom_and_predict_uses_it(scan, tmp_path, capsys):

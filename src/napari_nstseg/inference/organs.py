@@ -154,7 +154,7 @@ def search_zone(labels: np.ndarray, spacing: Sequence[float], search: OrganSearc
     return zone
 
 
-def _clip_to_zone(pred: Prediction, zone: np.ndarray) -> None:
+def clip_to_zone(pred: Prediction, zone: np.ndarray) -> None:
     """Every map and the mask 0 outside the searched zone."""
     outside = ~zone
     for arr in (pred.final, pred.mask, pred.coarse, pred.residual, *pred.stages):
@@ -225,7 +225,7 @@ def iter_predict_in_organs(
             done += last
     finally:
         # Also on cancel: what was kept is clipped to the zone like a finished run.
-        _clip_to_zone(pred, search_zone(labels, sp, search))
+        clip_to_zone(pred, search_zone(labels, sp, search))
         pp = engine.postprocess
         pred.finish_mask(pp.threshold, pp.min_lesion_mm, min_depth_mm=pp.min_depth_mm)
         pred.info["organs"] = {

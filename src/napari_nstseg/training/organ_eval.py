@@ -85,6 +85,7 @@ class OrganScoring:
         self.rows: list[dict[str, Any]] = []
         self.present: dict[str, tuple[int, ...]] = {}
         self.without_organs: list[str] = []
+        self.excluded_cases: list[str] = []
 
     def check(self, cases) -> None:
         """Every case has an organ label map where --organ-masks says, and some case holds a
@@ -113,7 +114,7 @@ class OrganScoring:
         from dataclasses import replace
 
         from napari_nstseg.inference.cli_organs import read_organ_mask
-        from napari_nstseg.inference.organs import predict_in_organs, search_zone
+        from napari_nstseg.inference.organs import clip_to_zone, predict_in_organs, search_zone
         from napari_nstseg.io import read_ct, read_mask
 
         wanted = self.present.get(case.case_id, self.search.labels)
@@ -126,7 +127,28 @@ class OrganScoring:
         path = organ_mask_path(self.cfg.masks, case, self.data_folder)
         organs = read_organ_mask(path, ct.geometry, search.labels)
         pred = predict_in_organs(engine, ct.hu, ct.spacing, organs, search)
-        return ct.hu, labels, ct.spacing, pred, search_zone(organs, ct.spacing, search)
+        zone = search_zone(organs, ct.spacing, search)
+        excluded = self._excluded(case, ct.geometry)
+        if excluded is not None:
+            # A region never tumour-free (make-lesions --exclude: a real, unlabelled tumour) is
+            # not searched: a detection there is neither a hit nor a false positive.
+            zone &= ~excluded
+            clip_to_zone(pred, zone)
+            pp = engine.postprocess
+            pred.finish_mask(pp.threshold, pp.min_lesion_mm, min_depth_mm=pp.min_depth_mm)
+        return ct.hu, labels, ct.spacing, pred, zone
+
+    def _excluded(self, case, geometry) -> np.ndarray | None:
+        """The case's excluded region (make-lesions' excludeTr beside its image), if any."""
+        from napari_nstseg.io import read_mask
+        from napari_nstseg.training.lesions.dataset import EXCLUDE_DIR
+        from napari_nstseg.training.organ_crops import side_map_path
+
+        path = side_map_path(case, EXCLUDE_DIR)
+        if not path.is_file():
+            return None
+        self.excluded_cases.append(case.case_id)
+        return read_mask(path, like=geometry) > 0
 
     def add(self, case_id: str, det, zone: np.ndarray, table_rows=None) -> None:
         """One scored scan: ``det`` its DetectionResult in organ mode, ``table_rows`` its
@@ -161,10 +183,12 @@ class OrganScoring:
             "lesions_outside_zone": sum(r["outside_zone"] for r in rows),
             "fp_per_scan": float(np.mean([r["false_positives"] for r in rows])) if rows else None,
             "scans_without_organs": list(self.without_organs),
+            "scans_with_excluded_region": list(self.excluded_cases),
             "by_case": rows,
             "note": "in-organ figures: lesions whose centre lies in the organs grown by "
             "margin_mm; lesions outside are left out of them and counted in "
-            "lesions_outside_zone (the whole-scan sections count them as missed)",
+            "lesions_outside_zone (the whole-scan sections count them as missed); a case's "
+            "excluded region (excludeTr) is not searched",
         }
         out["sensitivity"] = _ratio(out["detected"], out["lesions"])
         if any("target_lesions" in r for r in rows):
