@@ -18,6 +18,8 @@ from lesion_helpers import SOFT, phantom, save_int16
 from napari_nstseg.io.readers import read_ct, read_mask
 from napari_nstseg.models import SegOutput
 from napari_nstseg.preprocessing import PreprocessConfig, window_normalize
+from napari_nstseg.training.cases import data_splits
+from napari_nstseg.training.data import SamplingConfig, SliceDataset
 from napari_nstseg.training.lesions import (
     LesionConfig,
     SplitConfig,
@@ -91,6 +93,13 @@ def test_each_case_carries_its_organ_map_and_excluded_region(scan, tmp_path):
         assert ex_file.is_file() == bool(excluded[z0:z1].any())
         if ex_file.is_file():
             np.testing.assert_array_equal(read_mask(ex_file, like=ct.geometry) > 0, excluded[z0:z1])
+    # training on stored cases finds them beside each case: organ boxes and the region
+    cases = data_splits(out)["val"] + data_splits(out)["test"]
+    sampling = SamplingConfig(crop_size=(16, 16), organ_crops=1.0, samples_per_epoch=8)
+    stored = SliceDataset(cases, PreprocessConfig(working_spacing_mm=1.5), sampling)
+    assert all(c.boxes and c.boxes[0].label == 5 for c in stored.cases)
+    assert all(c.exclude is not None for c in stored.cases)
+    assert all(stored[i]["image"].shape[-2:] == (16, 16) for i in range(len(stored)))
     # training on the fly reads the same maps beside its blocks
     (block,) = read_source_blocks(out, "train")[0]
     z0, z1 = next(r["z_range_display"] for r in meta["regions"] if r["split"] == "train")
