@@ -155,6 +155,13 @@ def test_bundled_weights_carry_the_tuned_operating_point_and_still_verify(tmp_pa
     again = read_metadata(tmp_path / "again.json")
     assert again["postprocess"] == point
     assert again["provenance"]["packaged_from"] == "trained.json"  # the origin, not the copy
+    assert "organ_search" not in again  # weights not trained on organ crops store no zoom
+    # Weights trained on organ crops keep the zoom organ mode runs them at.
+    zoom = {"field_mm": 160.0, "min_zoom": 1.0, "max_zoom": 2.0, "margin_mm": 10.0}
+    save_checkpoint(tmp_path / "organ", build_model(config), config.to_dict(), {}, {"seed": 0},
+                    organ_search=zoom)  # fmt: skip
+    bundle.package(str(tmp_path / "organ.json"), tmp_path / "organ_bundled")
+    assert read_metadata(tmp_path / "organ_bundled.json")["organ_search"] == zoom
 
 
 def test_the_model_card_lists_every_training_phase_of_a_continued_run():

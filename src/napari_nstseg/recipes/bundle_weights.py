@@ -47,12 +47,15 @@ MAX_BYTES = 15_000_000
 
 def package(src: str, stem: Path, postprocess: dict | None = None, **extra) -> dict:
     """Store ``src`` as float16 at ``stem``; ``postprocess`` (else the source's own entry) is
-    the operating point written into the JSON, and hashed with it."""
+    the operating point written into the JSON, and hashed with it; the source's organ-mode
+    zoom (``organ_search``) goes with it."""
     model, meta = load_checkpoint(src)
     # Packaging a packaged file again (the MAE, unchanged between bundles) keeps its origin.
     origin = meta["provenance"].get("packaged_from") or Path(src).name
     prov = {**meta["provenance"], "packaged_from": str(origin), "stored_as": "float16"}
     postprocess = postprocess if postprocess is not None else meta.get("postprocess")
+    # Weights trained on organ crops carry the zoom organ mode must run them at.
+    extra.setdefault("organ_search", meta.get("organ_search"))
     tensors, _ = save_checkpoint(
         stem, model, meta["model_config"], meta["preprocessing"], prov, dtype=torch.float16,
         kind=meta["kind"], postprocess=postprocess, **extra,

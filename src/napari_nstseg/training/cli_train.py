@@ -209,7 +209,7 @@ def add_parser(subparsers) -> None:
             "lesions.csv) and false positives per scan at each point. Chooses the most "
             "sensitive point within --max-fp-per-scan and writes tune.csv and tune.json; the "
             "weights are not changed (package the choice "
-            "with scripts/bundle_weights.py --postprocess tune.json)."
+            "with python -m napari_nstseg.recipes.bundle_weights --postprocess tune.json)."
         ),
     )
     _checkpoint_on_split_args(p, split="val", out="tune")
