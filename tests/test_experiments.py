@@ -228,3 +228,69 @@ def test_sarcoma_extent_splits_the_excess_by_where_it_lies():
     assert row["precision"] == pytest.approx(8 / 14) and row["recall"] == 1.0
     assert row["dice"] == pytest.approx(16 / 22)
     assert (row["contour_slices"], row["predicted_slices"]) == (2, 3)
+
+
+def test_lidc_organ_labels_puts_the_liver_label_on_the_right_sided_blob(tmp_path, capsys):
+    """A body (fat inside a muscle wall of 40 HU) with air lungs in its upper slices, a 55 HU
+    'liver' on the patient's right (low x in LPS display order) below them and a decoy of the
+    same HU on the left: the script's label map (on the CT's grid) marks the liver, as 5, and
+    nothing else."""
+    import numpy as np
+    from scipy import ndimage
+
+    from lesion_helpers import save_int16
+    from napari_nstseg.io import read_ct, read_mask
+
+    rng = np.random.default_rng(0)
+    z, y, x = np.ogrid[:32, :56, :72]  # display order; 2 mm voxels
+    hu = np.full((32, 56, 72), -1000.0)
+    for grow, value in ((0, 40.0), (-3, -100.0)):  # a 6 mm muscle wall (40 HU) around fat
+        inside = ((y - 28) / (25 + grow)) ** 2 + ((x - 36) / (33 + grow)) ** 2 <= 1
+        hu[np.broadcast_to(inside, hu.shape)] = value
+    for cx in (22, 50):
+        hu[(z >= 23) & (z <= 30) & (((y - 28) / 14) ** 2 + ((x - cx) / 10) ** 2 <= 1)] = -800.0
+    liver = ((z - 11) / 9) ** 2 + ((y - 28) / 13) ** 2 + ((x - 21) / 13) ** 2 <= 1
+    decoy = ((z - 11) / 5) ** 2 + ((y - 28) / 6) ** 2 + ((x - 54) / 6) ** 2 <= 1
+    hu[liver | decoy] = 55.0
+    hu += rng.normal(0, 8, hu.shape)
+    scan, out = tmp_path / "ct.nii.gz", tmp_path / "organs.nii.gz"
+    # NIfTI (i, j, k) with RAS axes -x, -y: index i runs to the patient's left, as display x.
+    save_int16(scan, np.transpose(hu, (2, 1, 0)), np.diag([-2.0, -2.0, 2.0, 1.0]))
+
+    script = load_script("lidc_organ_labels", "experiments")
+    assert script.main([str(scan), str(out), "--png-dir", str(tmp_path / "png")]) == 0
+    ct = read_ct(scan)
+    assert np.allclose(ct.hu, np.round(hu))  # display order is the array's order
+    labels = np.asarray(read_mask(out, like=ct.geometry))
+    assert labels.shape == ct.hu.shape and set(np.unique(labels)) == {0, 5}
+    on = labels == 5
+    assert not (on & decoy).any()
+    core = ndimage.binary_erosion(liver)  # the blob bar its 2 mm rim, which smoothing blurs
+    assert (on & core).sum() / core.sum() > 0.95
+    assert (on & ~liver).sum() / on.sum() < 0.1  # and little beside it
+    assert "patient's right" in capsys.readouterr().out
+    assert len(list((tmp_path / "png").glob("*.png"))) == 8
+
+
+def test_lidc_organ_labels_splits_a_spleen_touching_the_liver_at_the_neck():
+    """Two 55 HU blobs joined by a narrow bridge, the spleen seed in the left one: the
+    watershed cuts at the bridge, liver (5) on the right blob, spleen (1) on the left."""
+    import numpy as np
+    from scipy import ndimage
+
+    script = load_script("lidc_organ_labels", "experiments")
+    z, y, x = np.ogrid[:24, :48, :64]  # 2 mm voxels
+    hu = np.full((24, 48, 64), -1000.0)
+    hu[np.broadcast_to(((y - 24) / 22) ** 2 + ((x - 32) / 30) ** 2 <= 1, hu.shape)] = -100.0
+    liver = ((z - 12) / 8) ** 2 + ((y - 24) / 11) ** 2 + ((x - 18) / 11) ** 2 <= 1
+    spleen = ((z - 12) / 6) ** 2 + ((y - 24) / 8) ** 2 + ((x - 44) / 8) ** 2 <= 1
+    bridge = (abs(z - 12) <= 3) & (abs(y - 24) <= 3) & (x > 18) & (x < 44)
+    hu[liver | spleen | bridge] = 55.0
+    hu += np.random.default_rng(1).normal(0, 8, hu.shape)
+    notes = []
+    labels = script.segment(hu, (2.0, 2.0, 2.0), True, spleen_seed=(12, 24, 44), log=notes.append)
+    assert any("watershed" in n for n in notes)  # one component after opening: split
+    for value, blob in ((5, liver), (1, spleen)):
+        core = ndimage.binary_erosion(blob)
+        assert (labels[core] == value).mean() > 0.95
+    assert not ((labels == 5) & spleen).any() and not ((labels == 1) & liver).any()
