@@ -116,3 +116,9 @@ def test_the_environment_the_shell_honoured_is_honoured():
     honoured = set(re.findall(r"\$\{([A-Z_]+):[-?+]", shell)) - {"CKPT", "OUT"}
     # CKPT=final is the step tune-final, OUT=DIR the step bundle-aside with --set bundle_out=DIR
     assert honoured == {v.env for v in recipe.variables.values() if v.env}
+
+
+def test_the_sarcoma_results_page_ends_with_its_hand_written_reading():
+    # bundle_sarcoma --reading appends docs/sarcoma-reading.md: an edit there must reach the page
+    reading = (ROOT / "docs/sarcoma-reading.md").read_text().strip()
+    assert (ROOT / "docs/sarcoma.md").read_text().strip().endswith(reading)
