@@ -13,7 +13,7 @@ from typing import Any
 
 from napari_nstseg.models.variants import changed_fields, variant_config, variant_names
 from napari_nstseg.training.cli_organ_crops import add_organ_crop_args, apply_organ_crop_args
-from napari_nstseg.training.loop import CONFIG_NAME
+from napari_nstseg.training.run_log import CONFIG_NAME
 
 
 def _saved_config(out: str, kind: str) -> dict[str, Any] | None:

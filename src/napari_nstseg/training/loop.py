@@ -32,10 +32,9 @@ from napari_nstseg.training.optimizer import (
     optimizer_state_to_files,
     set_lr,
 )
-from napari_nstseg.training.run_log import LOG_NAME, CsvLog
+from napari_nstseg.training.run_log import CONFIG_NAME, LOG_NAME, CsvLog
 
 STATE_SUFFIX = ".state"
-CONFIG_NAME = "train_config.json"
 _EPOCH_RE = re.compile(r"^epoch_(\d+)\.json$")
 
 

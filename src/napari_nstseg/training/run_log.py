@@ -12,6 +12,10 @@ from typing import Any
 
 from napari_nstseg.io.atomic import atomic_write
 
+# A run folder's settings, read by --resume (and by `nstseg train --help`'s parser, which
+# must not import torch).
+CONFIG_NAME = "train_config.json"
+
 LOG_NAME = "log.csv"
 
 

@@ -8,48 +8,44 @@ split), online.py (a new lesion in every training crop), regions.py (results per
 region), cli_make_lesions.py (the command). The names below are the public API.
 """
 
-from napari_nstseg.training.lesions.config import (
-    CSV_COLUMNS,
-    SOFT_TISSUE,
-    TOTALSEG_TARGET_ORGANS,
-    LesionConfig,
-    LesionRecord,
-    lesion_config_from_dict,
-)
-from napari_nstseg.training.lesions.dataset import (
-    SPLITS,
-    SplitConfig,
-    case_image_path,
-    make_lesion_dataset,
-    save_on_source_grid,
-)
-from napari_nstseg.training.lesions.insertion import insert_lesions
-from napari_nstseg.training.lesions.sites import LesionSites, lesion_sites, single_component
-from napari_nstseg.training.lesions.tissue import (
-    axial_max_diameter_mm,
-    body_mask,
-    dense_mask,
-    equivalent_diameter_mm,
-)
+from __future__ import annotations
 
-__all__ = [
-    "CSV_COLUMNS",
-    "SOFT_TISSUE",
-    "SPLITS",
-    "TOTALSEG_TARGET_ORGANS",
-    "LesionConfig",
-    "LesionRecord",
-    "LesionSites",
-    "SplitConfig",
-    "axial_max_diameter_mm",
-    "body_mask",
-    "case_image_path",
-    "dense_mask",
-    "equivalent_diameter_mm",
-    "insert_lesions",
-    "lesion_config_from_dict",
-    "lesion_sites",
-    "make_lesion_dataset",
-    "save_on_source_grid",
-    "single_component",
-]
+import importlib
+from typing import Any
+
+# The public API, name -> its module. Loaded on first use (PEP 562), so that `nstseg --help`
+# and `nstseg make-lesions --help`, which read only config.py, do not import scipy and nibabel.
+_API = {
+    "CSV_COLUMNS": "config",
+    "SOFT_TISSUE": "config",
+    "SPLITS": "config",
+    "TOTALSEG_TARGET_ORGANS": "config",
+    "LesionConfig": "config",
+    "LesionRecord": "config",
+    "SplitConfig": "config",
+    "lesion_config_from_dict": "config",
+    "case_image_path": "dataset",
+    "make_lesion_dataset": "dataset",
+    "save_on_source_grid": "dataset",
+    "insert_lesions": "insertion",
+    "LesionSites": "sites",
+    "lesion_sites": "sites",
+    "single_component": "sites",
+    "axial_max_diameter_mm": "tissue",
+    "body_mask": "tissue",
+    "dense_mask": "tissue",
+    "equivalent_diameter_mm": "tissue",
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _API:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_API[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API])

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from napari_nstseg.training.lesions.config import LesionConfig
-from napari_nstseg.training.lesions.dataset import SPLITS, SplitConfig, make_lesion_dataset
+from napari_nstseg.training.lesions.config import SPLITS, LesionConfig, SplitConfig
 from napari_nstseg.training.lesions.sources import parse_exclude_spec, parse_organ_spec
 
 
@@ -95,6 +94,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Build the dataset described by parsed `make-lesions` arguments; 0 on success."""
+    # Lesion insertion (scipy, nibabel) only when a data set is made: `nstseg --help` stays fast.
+    from napari_nstseg.training.lesions.dataset import make_lesion_dataset
+
     try:
         labels = dict(parse_organ_spec(item) for item in args.organ_labels)
         exclude = dict(parse_exclude_spec(item) for item in args.exclude)

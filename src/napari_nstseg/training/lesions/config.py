@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+import numpy as np
+
 # TotalSegmentator "total" class ids of organs where small tumors are sought (bowel wall via the
 # bowel classes: their air and contents fail the soft-tissue test, the wall passes).
 TOTALSEG_TARGET_ORGANS: dict[int, str] = {
@@ -161,3 +163,26 @@ class LesionRecord:
             row[f"centre_{axis}"] = round(c, 3)
             row[f"centre_{axis}_mm"] = round(mm, 3)
         return row
+
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class SplitConfig:
+    """How cases are divided into train / val / test (see the module docstring)."""
+
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    by: str = "zblock"  # "zblock": z-blocks of each scan; "scan": whole scans
+    guard_mm: float = 15.0  # discarded slices between blocks of one scan
+    min_block_mm: float = 30.0  # thinnest block worth keeping (holds a 15 mm lesion + shell)
+
+    def __post_init__(self) -> None:
+        if self.by not in ("zblock", "scan"):
+            raise ValueError(f"split 'by' must be 'zblock' or 'scan', got {self.by!r}")
+        f = np.asarray(self.fractions, dtype=float)
+        if f.shape != (3,) or np.any(f < 0) or not np.isclose(f.sum(), 1.0):
+            raise ValueError(
+                f"split fractions (train, val, test) must be three non-negative numbers summing "
+                f"to 1, got {self.fractions}"
+            )

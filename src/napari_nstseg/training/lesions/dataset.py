@@ -34,7 +34,13 @@ import nibabel as nib
 import numpy as np
 
 from napari_nstseg.io.volume import CTVolume, Geometry
-from napari_nstseg.training.lesions.config import CSV_COLUMNS, LesionConfig, LesionRecord
+from napari_nstseg.training.lesions.config import (
+    CSV_COLUMNS,
+    SPLITS,
+    LesionConfig,
+    LesionRecord,
+    SplitConfig,
+)
 from napari_nstseg.training.lesions.insertion import insert_lesions
 from napari_nstseg.training.lesions.sources import (
     OrganSource,
@@ -48,28 +54,6 @@ from napari_nstseg.training.lesions.sources import (
 # organsTr, and its excluded region where it has one (training/organ_crops.py reads both).
 ORGANS_DIR = "organsTr"
 EXCLUDE_DIR = "excludeTr"
-
-SPLITS = ("train", "val", "test")
-
-
-@dataclass
-class SplitConfig:
-    """How cases are divided into train / val / test (see the module docstring)."""
-
-    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    by: str = "zblock"  # "zblock": z-blocks of each scan; "scan": whole scans
-    guard_mm: float = 15.0  # discarded slices between blocks of one scan
-    min_block_mm: float = 30.0  # thinnest block worth keeping (holds a 15 mm lesion + shell)
-
-    def __post_init__(self) -> None:
-        if self.by not in ("zblock", "scan"):
-            raise ValueError(f"split 'by' must be 'zblock' or 'scan', got {self.by!r}")
-        f = np.asarray(self.fractions, dtype=float)
-        if f.shape != (3,) or np.any(f < 0) or not np.isclose(f.sum(), 1.0):
-            raise ValueError(
-                f"split fractions (train, val, test) must be three non-negative numbers summing "
-                f"to 1, got {self.fractions}"
-            )
 
 
 @dataclass
