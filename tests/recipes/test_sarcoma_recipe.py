@@ -47,8 +47,8 @@ CASES = [
 ]  # fmt: skip
 # options the JSON's steps gained after the shell recipe was retired, at the end of the line
 ADDED_SINCE = {
-    "bundle": ["--ablations", "single-scale", "--reading", "docs/sarcoma-reading.md"],
-    "bundle-aside": ["--ablations", "single-scale", "--reading", "docs/sarcoma-reading.md"],
+    "bundle": ["--ablations", "single-scale", "no-sfm", "--reading", "docs/sarcoma-reading.md"],
+    "bundle-aside": ["--ablations", "single-scale", "no-sfm", "--reading", "docs/sarcoma-reading.md"],
 }
 # the run folders a started run would have: the shell and the JSON must both resume them
 STARTED = ["default", "unet-stage2", "mae"]
