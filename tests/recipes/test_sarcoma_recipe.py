@@ -46,10 +46,8 @@ CASES = [
      ["bundle-aside"], {"seg": "default-stage2", "cmp": "unet-stage2", "bundle_out": "scratch"}),
 ]  # fmt: skip
 # options the JSON's steps gained after the shell recipe was retired, at the end of the line
-ADDED_SINCE = {
-    "bundle": ["--ablations", "single-scale", "no-sfm", "--reading", "docs/sarcoma-reading.md"],
-    "bundle-aside": ["--ablations", "single-scale", "no-sfm", "--reading", "docs/sarcoma-reading.md"],
-}
+_BUNDLE_ADDED = ["--ablations", "single-scale", "no-sfm", "--reading", "docs/sarcoma-reading.md"]
+ADDED_SINCE = {"bundle": _BUNDLE_ADDED, "bundle-aside": _BUNDLE_ADDED}
 # the run folders a started run would have: the shell and the JSON must both resume them
 STARTED = ["default", "unet-stage2", "mae"]
 
