@@ -30,3 +30,26 @@ def tiny_mae_config(**overrides) -> MAEConfig:
     )
     base.update(overrides)
     return MAEConfig(**base)
+
+
+def bright_stand_in(hu: float = 100.0):
+    """A stand-in network that calls tumour every voxel brighter than ``hu`` (default window and
+    normalisation), so a test knows the mask it must get."""
+    import numpy as np
+    import torch
+
+    from napari_nstseg.models import SegOutput
+    from napari_nstseg.preprocessing import PreprocessConfig, window_normalize
+
+    edge = float(window_normalize(np.array([hu], np.float32), PreprocessConfig())[0])
+
+    class Bright(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.edge = torch.nn.Parameter(torch.tensor(edge), requires_grad=False)
+
+        def forward(self, x, residual=None, return_scale_weights=False) -> SegOutput:
+            logits = 8.0 * (x - self.edge)
+            return SegOutput(coarse=logits, stages=[logits], final=logits, scale_weights=None)
+
+    return Bright()

@@ -11,11 +11,9 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
-from napari_nstseg.models import SegOutput
-from napari_nstseg.preprocessing import PreprocessConfig, window_normalize
+from model_helpers import bright_stand_in
+from napari_nstseg.preprocessing import PreprocessConfig
 
 SHAPE = (6, 40, 44)  # display (z, y, x)
 AFFINE = np.diag([2.0, 2.0, 3.0, 1.0])  # 2 mm pixels: a 6-pixel lesion is 12 mm across
@@ -25,19 +23,6 @@ BOXES = {
     "fp_far": (slice(2, 4), slice(32, 36), slice(4, 8)),  # bright, not a lesion, no organ near
     "fp_liver": (slice(2, 4), slice(16, 19), slice(16, 19)),  # bright in the liver, case P0 only
 }
-
-
-class Bright(nn.Module):
-    """Stand-in network: tumour where the voxel is brighter than 100 HU."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        edge = float(window_normalize(np.array([100.0], np.float32), PreprocessConfig())[0])
-        self.edge = nn.Parameter(torch.tensor(edge), requires_grad=False)
-
-    def forward(self, x, residual=None, return_scale_weights=False) -> SegOutput:
-        logits = 8.0 * (x - self.edge)
-        return SegOutput(coarse=logits, stages=[logits], final=logits, scale_weights=None)
 
 
 def save(display, path) -> None:
@@ -84,7 +69,7 @@ def dataset(tmp_path, monkeypatch):
     from napari_nstseg.inference.engine import Segmenter
 
     def load(cls, path, device, config):
-        return cls(Bright(), PreprocessConfig(working_spacing_mm=None), "cpu", config)
+        return cls(bright_stand_in(), PreprocessConfig(working_spacing_mm=None), "cpu", config)
 
     monkeypatch.setattr(Segmenter, "from_checkpoint", classmethod(load))
     return write_set(tmp_path / "set")

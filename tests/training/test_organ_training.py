@@ -11,13 +11,11 @@ import shutil
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
 from lesion_helpers import SOFT, phantom, save_int16
+from model_helpers import bright_stand_in
 from napari_nstseg.io.readers import read_ct, read_mask
-from napari_nstseg.models import SegOutput
-from napari_nstseg.preprocessing import PreprocessConfig, window_normalize
+from napari_nstseg.preprocessing import PreprocessConfig
 from napari_nstseg.training.cases import data_splits
 from napari_nstseg.training.data import SamplingConfig, SliceDataset
 from napari_nstseg.training.lesions import (
@@ -132,25 +130,12 @@ def test_a_bad_exclude_is_one_readable_line(scan, tmp_path):
     assert not (tmp_path / "x" / "dataset.json").exists()
 
 
-class Bright(nn.Module):
-    """Stand-in network: tumour where the voxel is brighter than 100 HU."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        edge = float(window_normalize(np.array([100.0], np.float32), PreprocessConfig())[0])
-        self.edge = nn.Parameter(torch.tensor(edge), requires_grad=False)
-
-    def forward(self, x, residual=None, return_scale_weights=False) -> SegOutput:
-        logits = 8.0 * (x - self.edge)
-        return SegOutput(coarse=logits, stages=[logits], final=logits, scale_weights=None)
-
-
 def test_evaluate_finds_the_organ_maps_of_a_make_lesions_folder(scan, tmp_path, monkeypatch):
     from napari_nstseg.cli import main
     from napari_nstseg.inference.engine import Segmenter
 
     def load(cls, path, device, config):
-        return cls(Bright(), PreprocessConfig(working_spacing_mm=None), "cpu", config)
+        return cls(bright_stand_in(), PreprocessConfig(working_spacing_mm=None), "cpu", config)
 
     monkeypatch.setattr(Segmenter, "from_checkpoint", classmethod(load))
     paths, _, _ = scan
