@@ -294,3 +294,30 @@ def test_lidc_organ_labels_splits_a_spleen_touching_the_liver_at_the_neck():
         core = ndimage.binary_erosion(blob)
         assert (labels[core] == value).mean() > 0.95
     assert not ((labels == 5) & spleen).any() and not ((labels == 1) & liver).any()
+
+
+def test_sarcoma_ensemble_scores_the_mean_of_the_checkpoints_probabilities():
+    """Two 'checkpoints' that each half-see a tumour: one over-calls it (0.9 on the tumour and
+    0.6 on a spill beside it), one under-calls it (0.6 on the tumour, 0.1 elsewhere). Their mean
+    is 0.75 on the tumour and 0.35 on the spill, so a threshold of 0.4 to 0.75 gives the tumour
+    exactly (Dice 1, no false positive); a threshold at or below 0.35 adds the spill to it
+    (still no separate false positive, lower Dice)."""
+    import numpy as np
+
+    ens = load_script("sarcoma_ensemble", folder="experiments")
+    gt = np.zeros((4, 8, 8), bool)
+    gt[1:3, 2:5, 2:5] = True
+    spill = np.zeros_like(gt)
+    spill[1:3, 2:5, 5:7] = True
+    over = np.where(gt, 0.9, np.where(spill, 0.6, 0.0))
+    under = np.where(gt, 0.6, 0.1)
+    rows = ens.sweep([([over, under], gt, (3.0, 1.0, 1.0))], max_fp_per_scan=0)
+    best = rows[0]
+    assert best["mean_dice"] == pytest.approx(1.0) and best["fp_per_scan"] == 0
+    assert 0.4 <= best["threshold"] <= 0.75
+    at_030 = [r for r in rows if r["threshold"] == 0.3 and r["min_depth_mm"] == 0]
+    assert at_030 and at_030[0]["mean_dice"] == pytest.approx(2 * 18 / (30 + 18))
+    # exactly the thresholds between the mean's spill (0.35) and tumour (0.75) values, and the
+    # depth limits the 6 mm deep tumour passes (0 and 4 mm; 7 and 10 mm remove it)
+    perfect = {(r["threshold"], r["min_depth_mm"]) for r in rows if r["mean_dice"] > 0.999}
+    assert perfect == {(t, d) for t in ens.THRESHOLDS if 0.35 < t <= 0.75 for d in (0.0, 4.0)}
