@@ -70,7 +70,7 @@ class Job:
     model: nn.Module  # possibly DDP-wrapped
     optimizer: torch.optim.Optimizer
     train_set: Any
-    loader_kwargs: dict[str, Any]
+    num_workers: int  # data-loader workers (batch size from cfg, pinning from the device)
     steps_per_epoch: int
     lr_at: Callable[[int], float]
     step: Callable[[dict[str, Any], int], dict[str, torch.Tensor]]
@@ -116,13 +116,19 @@ def run_epochs(job: Job) -> TrainResult:
     sampler = DistributedSampler(
         job.train_set, num_replicas=ctx.world, rank=ctx.rank, shuffle=False, drop_last=True
     )
-    batch_size = job.loader_kwargs["batch_size"]
+    batch_size = cfg.batch_size
+    loader_kwargs = {
+        "batch_size": batch_size,
+        "num_workers": job.num_workers,
+        "drop_last": True,
+        "pin_memory": ctx.device.type == "cuda",
+    }
     best_path = out / "best.json" if (out / "best.json").is_file() else None
     for epoch in range(start_epoch, cfg.epochs + 1):
         torch.manual_seed(epoch_seed(cfg.seed, epoch, ctx.rank))
         job.train_set.set_epoch(epoch)
         sampler.set_epoch(epoch)
-        loader = DataLoader(job.train_set, sampler=sampler, **job.loader_kwargs)
+        loader = DataLoader(job.train_set, sampler=sampler, **loader_kwargs)
         job.model.train()
         sums: dict[str, torch.Tensor] = {}
         t0 = time.perf_counter()

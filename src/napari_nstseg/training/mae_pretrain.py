@@ -142,12 +142,7 @@ def _run_mae(cfg: MAEPretrainConfig, ctx: DistContext) -> TrainResult:
         model=net,
         optimizer=optimizer,
         train_set=train_set,
-        loader_kwargs={
-            "batch_size": cfg.batch_size,
-            "num_workers": num_workers(cfg.num_workers, device),
-            "drop_last": True,
-            "pin_memory": device.type == "cuda",
-        },
+        num_workers=num_workers(cfg.num_workers, device),
         steps_per_epoch=steps,
         lr_at=lambda t: warmup_cosine_lr(cfg.lr, t, total, warmup),
         step=step,

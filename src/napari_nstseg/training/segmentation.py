@@ -346,12 +346,7 @@ def _run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
         model=net,
         optimizer=optimizer,
         train_set=train_set,
-        loader_kwargs={
-            "batch_size": cfg.batch_size,
-            "num_workers": workers,
-            "drop_last": True,
-            "pin_memory": device.type == "cuda",
-        },
+        num_workers=workers,
         steps_per_epoch=steps,
         lr_at=lambda t: poly_lr(cfg.lr, t, lr_total, cfg.poly_power),
         step=step,
