@@ -22,21 +22,15 @@ LOG_NAME = "log.csv"
 def git_commit() -> dict[str, Any] | None:
     """The source checkout's commit (and whether it had local changes), if it is a git checkout."""
     root = Path(__file__).resolve().parents[3]
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
     try:
-        head = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
+        head = git("rev-parse", "HEAD")
+        status = git("status", "--porcelain")
     except (OSError, subprocess.SubprocessError):
         return None
     return {"commit": head, "dirty": bool(status)} if head else None
