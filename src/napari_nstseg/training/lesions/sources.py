@@ -86,12 +86,7 @@ def read_organs(source: OrganSource, geometry) -> np.ndarray:
     data = read_mask(source.path, like=geometry)
     if source.ids is None:
         return data
-    missing = [v for v in source.ids if not np.any(data == v)]
-    if missing:
-        raise ValueError(
-            f"{source.path}: no voxel has organ label {', '.join(map(str, missing))} "
-            f"(labels present: {_present(data)})"
-        )
+    _require_labels(source.path, data, source.ids, "organ label {}")
     out = np.zeros(data.shape, np.uint8)
     for own, ts in source.ids.items():
         out[data == own] = ts
@@ -109,13 +104,19 @@ def read_exclusion(source: ExcludeSource, geometry) -> np.ndarray:
         if not region.any():
             raise ValueError(f"{source.path}: the exclusion mask is empty")
         return region
-    missing = [v for v in source.labels if not np.any(data == v)]
+    _require_labels(source.path, data, source.labels, "label {} to exclude")
+    return np.isin(data, source.labels)
+
+
+def _require_labels(path: Path, data: np.ndarray, wanted, what: str) -> None:
+    """A one-line error naming the file when a wanted label has no voxel in ``data``; ``what``
+    words the missing ids ("organ label {}")."""
+    missing = [v for v in wanted if not np.any(data == v)]
     if missing:
         raise ValueError(
-            f"{source.path}: no voxel has label {', '.join(map(str, missing))} to exclude "
+            f"{path}: no voxel has {what.format(', '.join(map(str, missing)))} "
             f"(labels present: {_present(data)})"
         )
-    return np.isin(data, source.labels)
 
 
 def _present(data: np.ndarray) -> str:
