@@ -24,16 +24,14 @@ DEPTHS_MM = (0.0, 4.0, 7.0, 10.0)
 
 def score(prob, gt, spacing, threshold, depth_mm) -> tuple[float, int]:
     """(Dice, false-positive components) of one patient's mean probability at one point."""
-    from scipy import ndimage
-
+    from napari_nstseg.metrics import dice, label_lesions
     from napari_nstseg.postprocess import remove_small_lesions
 
     mask = (prob >= threshold).astype(np.uint8)
     mask = remove_small_lesions(mask, spacing, 0.0, min_depth_mm=depth_mm) > 0
-    dice = 2 * int((mask & gt).sum()) / max(int(mask.sum()) + int(gt.sum()), 1)
-    labels, n = ndimage.label(mask, np.ones((3, 3, 3)))
+    labels, n = label_lesions(mask)
     hit = set(np.unique(labels[gt & mask]).tolist()) - {0}
-    return dice, n - len(hit)
+    return dice(mask, gt), n - len(hit)
 
 
 def sweep(patients, max_fp_per_scan: float) -> list[dict]:
