@@ -109,6 +109,8 @@ RUN_BY = {
     ],
     "nstseg residual-auroc src/napari_nstseg/weights/mae.json --data sts/ --split-file "
     "split.json --split val --out runs/auroc": ["test_residual_auroc_through_the_cli"],
+    "nstseg average-weights runs/sts/best.json runs/sts-stage2/best.json --out "
+    "runs/sts-avg/best.json": ["test_average_weights_command"],
     "nstseg reproduce configs/sarcoma/recipe.json --list": [
         "test_every_reproduce_command_the_docs_give_runs",
         "test_list_names_every_step_and_the_variables_as_they_are_now",

@@ -1,5 +1,5 @@
 """The `nstseg` command: info, variants, demo, predict, make-lesions, train, pretrain-mae,
-evaluate, tune-postprocess, residual-auroc, reproduce."""
+evaluate, tune-postprocess, residual-auroc, average-weights, reproduce."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ _SUBCOMMAND_MODULES = {
         "tune-postprocess",
         "residual-auroc",
     ),
+    "napari_nstseg.training.cli_average": ("average-weights",),
     "napari_nstseg.recipes.cli_reproduce": ("reproduce",),
 }
 # Commands this module defines itself: light ones that load no subcommand module.
