@@ -198,6 +198,11 @@ def test_the_model_card_lists_every_training_phase_of_a_continued_run():
     assert lines[2].startswith("- In all 124 training crops")
     # A run trained in one go is one phase, without the total.
     assert bundle.training_phases({**prov, "initialised_from": None}, 5.0).count("\n") == 0
+    # Averaged weights say so, with every source and its weight, and add no training.
+    sources = [{"checkpoint": "s2/best.json", "weight": 0.5}, {"checkpoint": "s1/best.json",
+               "weight": 0.5}]  # fmt: skip
+    last = bundle.training_phases({**prov, "averaged_from": sources}, 12.0).splitlines()[-1]
+    assert "mean of 2 checkpoints" in last and "s2/best.json (0.5), s1/best.json (0.5)" in last
 
 
 def test_the_comparison_gives_each_source_region_its_row():

@@ -48,6 +48,8 @@ CASES = [
 # options the JSON's steps gained after the shell recipe was retired, at the end of the line
 _BUNDLE_ADDED = ["--ablations", "single-scale", "no-sfm", "--reading", "docs/sarcoma-reading.md"]
 ADDED_SINCE = {"bundle": _BUNDLE_ADDED, "bundle-aside": _BUNDLE_ADDED}
+# steps the JSON gained after the shell recipe was retired (each has its own test)
+STEPS_ADDED_SINCE = {"average"}
 # the run folders a started run would have: the shell and the JSON must both resume them
 STARTED = ["default", "unet-stage2", "mae"]
 
@@ -104,8 +106,20 @@ def test_the_json_recipe_runs_what_the_shell_recipe_ran(
 def test_every_step_of_the_shell_recipe_is_checked():
     steps = re.findall(r"^  ([a-z0-9]+)\)$", SHELL.read_text(), re.M)
     assert steps and set(steps) == {c[0][0] for c in CASES}
-    # and the JSON has no step the cases leave unchecked
-    assert set(load_recipe(RECIPE).steps) == {s for c in CASES for s in c[2]}
+    # and the JSON has no step the cases leave unchecked, but those added since (tested below)
+    assert set(load_recipe(RECIPE).steps) == {s for c in CASES for s in c[2]} | STEPS_ADDED_SINCE
+
+
+def test_the_average_step_averages_stage_2_and_stage_1_per_variant(tmp_path):
+    recipe = load_recipe(RECIPE)
+    values = Values(recipe, {"work": "W"}, {})
+    planned = [list(p.args) for i, _ in enumerate(recipe.steps["average"].commands)
+               for p in plan_command(recipe, "average", i, values)]  # fmt: skip
+    assert planned == [
+        ["average-weights", f"W/{v}-stage2/best.json", f"W/{v}/best.json", "--out",
+         f"W/{v}-avg/best.json"]
+        for v in ("default", "unet")
+    ]  # fmt: skip
 
 
 def test_the_environment_the_shell_honoured_is_honoured():

@@ -36,8 +36,9 @@ def average_checkpoints(
     """Write the (weighted) mean of ``paths``' tensors as a new checkpoint at ``out``.
 
     The checkpoints must describe the same network and preprocessing; the result keeps the
-    first one's organ search and MAE reference but no operating point (tune it again: averaged
-    weights move the probabilities). Its provenance names every source and its weight.
+    first one's provenance, organ search and MAE reference (name the checkpoint trained last
+    first: its `--init` chain then covers every stage) but no operating point (tune it again:
+    averaged weights move the probabilities). Its provenance adds every source and its weight.
     """
     if len(paths) < 2:
         raise CheckpointError("Averaging needs at least two checkpoints.")

@@ -62,10 +62,17 @@ def training_minutes(ckpt: Path) -> float | None:
         return sum(float(r["epoch_time_s"]) for r in csv.DictReader(f)) / 60
 
 
+def trained_in(ckpt: Path, prov: dict) -> Path:
+    """The checkpoint whose run folder holds the last stage's log: ``ckpt`` itself, or for
+    averaged weights the first checkpoint averaged (whose provenance they carry)."""
+    averaged = prov.get("averaged_from")
+    return Path(averaged[0]["checkpoint"]) if averaged else ckpt
+
+
 def stage_budgets(ckpt: Path, prov: dict) -> list[tuple[dict, float | None]]:
     """(budget, training minutes) of every stage behind a checkpoint, the first first: the
     `--init` chain in its provenance, minutes from each run's log.csv where it is still there."""
-    stages = [(prov.get("budget") or {}, training_minutes(ckpt))]
+    stages = [(prov.get("budget") or {}, training_minutes(trained_in(ckpt, prov)))]
     origin = prov.get("initialised_from")
     while origin:
         weights = origin.get("weights")
@@ -243,7 +250,9 @@ def main(argv=None) -> int:
         else {}
     )
     prov = meta["provenance"]
-    minutes = training_minutes(Path(args.seg)) or _minutes(prov.get("started"), prov.get("date"))
+    minutes = training_minutes(trained_in(Path(args.seg), prov)) or _minutes(
+        prov.get("started"), prov.get("date")
+    )
     split = json.loads(Path(args.split_file).read_text())
     tables = []
     for part, title in (("val", "Validation patients (operating points chosen here)"),

@@ -312,6 +312,13 @@ def training_phases(prov: dict, last_minutes: float) -> str:
             f"- In all {total} training crops; each phase started from the weights the one "
             "before ended with (`nstseg train --init`), with a new learning-rate schedule."
         )
+    if prov.get("averaged_from"):
+        sources = ", ".join(f"{s['checkpoint']} ({s['weight']:g})" for s in prov["averaged_from"])
+        lines.append(
+            f"- The weights are the mean of {len(prov['averaged_from'])} checkpoints of these "
+            f"phases (`nstseg average-weights`; source and weight): {sources}. No training "
+            "beyond the phases above."
+        )
     return "\n".join(lines)
 
 
