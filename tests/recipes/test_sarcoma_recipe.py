@@ -40,7 +40,7 @@ CASES = [
     (["auroc", "m/best.json"], {}, ["auroc"], {"mae_weights": "m/best.json"}),
     (["auroc", "m/best.json", "out/a"], {}, ["auroc"],
      {"mae_weights": "m/best.json", "auroc_out": "out/a"}),
-    (["bundle"], {}, ["bundle"], {}),
+    (["bundle"], {}, ["bundle"], {"seg": "default", "cmp": "unet"}),
     (["bundle"], {"SEG": "default-stage2", "CMP": "unet-stage2"}, ["bundle"], {}),
     (["bundle"], {"SEG": "default-stage2", "CMP": "unet-stage2", "OUT": "scratch"},
      ["bundle-aside"], {"seg": "default-stage2", "cmp": "unet-stage2", "bundle_out": "scratch"}),
@@ -48,6 +48,8 @@ CASES = [
 # options the JSON's steps gained after the shell recipe was retired, at the end of the line
 _BUNDLE_ADDED = ["--ablations", "single-scale", "no-sfm", "--reading", "docs/sarcoma-reading.md"]
 ADDED_SINCE = {"bundle": _BUNDLE_ADDED, "bundle-aside": _BUNDLE_ADDED}
+# and inside it: the stage-1 row the ablations compare with, after the U-Net's --compare
+_STAGE1 = "CDI-NSTSEG, stage 1 only={w}/default/best.json:{w}/default/tune_val/tune.json"
 # steps the JSON gained after the shell recipe was retired (each has its own test)
 STEPS_ADDED_SINCE = {"average"}
 # the run folders a started run would have: the shell and the JSON must both resume them
@@ -99,6 +101,10 @@ def test_the_json_recipe_runs_what_the_shell_recipe_ran(
         # starting weights stand), so the JSON gives --resume alone
         i = shell.index("--init")
         shell = shell[:i] + shell[i + 2 :]
+    if steps[0].startswith("bundle"):
+        i = planned.index("--compare", planned.index("--compare") + 1)
+        assert planned[i : i + 2] == ["--compare", _STAGE1.format(w=work)]
+        planned = planned[:i] + planned[i + 2 :]
     assert planned == shell + ADDED_SINCE.get(steps[0], [])
     assert json_threads == shell_threads
 
