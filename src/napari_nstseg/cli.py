@@ -88,6 +88,7 @@ def _weights_summary(path) -> dict[str, object]:
     try:
         meta = read_metadata(path)
         point = read_operating_point(meta, path) or PostprocessConfig()
+        organs = read_operating_point(meta, path, organs=True) or PostprocessConfig()
     except Exception as exc:  # info must still print the rest
         return {"default_model": f"unreadable ({exc})"}
     model, pre = meta["model_config"], meta["preprocessing"]
@@ -99,6 +100,7 @@ def _weights_summary(path) -> dict[str, object]:
         "default_model": f"{arch}, base width {model.get('base_width')}, {planes}, "
         f"{pre.get('working_spacing_mm')} mm working spacing",
         "default_operating_point": point.to_dict(),
+        "default_organ_mode_point": organs.to_dict() if organs != point else "the same",
     }
 
 

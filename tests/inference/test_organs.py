@@ -135,3 +135,30 @@ def test_bad_organ_masks_and_names_are_one_readable_line():
     assert parse_organs("5,pancreas, Liver") == (5, 7)
     with pytest.raises(ValueError, match="unknown organ 'heartx'"):
         parse_organs("heartx")
+
+
+def test_organ_mode_runs_at_the_weights_organ_mode_point_and_the_rest_at_theirs():
+    hu, labels, inside, beside, _ = scene()
+    search = OrganSearch((5,), margin_mm=4.0, field_mm=1e6)
+    # The weights recommend a point that drops every lesion over the whole scan and, for organ
+    # mode, one that keeps the lesions of 3 mm and more.
+    meta = {
+        "postprocess": {"threshold": 0.5, "min_lesion_mm": 50.0, "min_depth_mm": 0.0},
+        "organ_postprocess": {"threshold": 0.5, "min_lesion_mm": 3.5, "min_depth_mm": 0.0},
+    }
+    pre = PreprocessConfig(working_spacing_mm=0.8, pad_multiple=8)
+    seg = Segmenter(BrightModel(), pre, "cpu", EngineConfig(batch_size=4), meta=meta)
+    assert not (seg.predict(hu, SPACING).mask > 0).any()
+    pred = predict_in_organs(seg, hu, SPACING, labels, search)
+    # the inside lesion is 8 x 0.9 = 7.2 mm across, the one beside 5 x 0.9 = 4.5 mm
+    np.testing.assert_array_equal(pred.mask > 0, inside | beside)
+    assert pred.point.min_lesion_mm == 3.5 and seg.postprocess.min_lesion_mm == 50.0
+    # a value given explicitly wins in both modes
+    strict = seg.with_config(min_lesion_mm=6.0)
+    np.testing.assert_array_equal(
+        predict_in_organs(strict, hu, SPACING, labels, search).mask > 0, inside
+    )
+    # weights without an organ-mode point use their one point in organ mode too
+    plain = Segmenter(BrightModel(), pre, "cpu", EngineConfig(batch_size=4),
+                      meta={"postprocess": meta["postprocess"]})  # fmt: skip
+    assert not (predict_in_organs(plain, hu, SPACING, labels, search).mask > 0).any()

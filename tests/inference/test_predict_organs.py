@@ -110,6 +110,34 @@ def test_organ_mode_finds_lesions_only_in_the_organs(scene, tmp_path, checkpoint
     assert json.loads(report.read_text())["run"]["slices"] == [2]
 
 
+def test_the_report_names_the_organ_mode_point_of_the_weights(scene, tmp_path, monkeypatch,
+                                                               bright, capsys):  # fmt: skip
+    from napari_nstseg.inference.engine import Segmenter
+    from napari_nstseg.preprocessing import PreprocessConfig
+
+    meta = {
+        "postprocess": {"threshold": 0.5, "min_lesion_mm": 0.0, "min_depth_mm": 0.0},
+        "organ_postprocess": {"threshold": 0.9, "min_lesion_mm": 2.0, "min_depth_mm": 0.0},
+    }
+
+    def load(cls, path, device, config):
+        pre = PreprocessConfig(working_spacing_mm=None)
+        return cls(bright(), pre, "cpu", config, meta=meta)  # fmt: skip
+
+    monkeypatch.setattr(Segmenter, "from_checkpoint", classmethod(load))
+    ct, seg, *_ = scene
+    report = tmp_path / "report.json"
+    argv = ["predict", ct, tmp_path / "mask.nii.gz", "--device", "cpu", "--report", report]
+    assert nstseg([*argv, "--organ-mask", seg, "--organs", "liver"]) == 0
+    run = json.loads(report.read_text())["run"]
+    assert (run["threshold"], run["min_lesion_mm"]) == (0.9, 2.0)
+    assert run["operating_point_source"]["threshold"] == "weights, organ mode"
+    assert "threshold 0.9 (weights, organ mode)" in capsys.readouterr().err
+    assert nstseg(argv) == 0  # the whole scan at the whole-scan point
+    run = json.loads(report.read_text())["run"]
+    assert (run["threshold"], run["operating_point_source"]["threshold"]) == (0.5, "weights")
+
+
 def test_the_margin_keeps_a_lesion_beside_the_organ(scene, tmp_path, checkpoint_dir,
                                                     bright_weights):  # fmt: skip
     ct, seg, organs, _ = scene

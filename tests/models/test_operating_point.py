@@ -67,3 +67,20 @@ def test_a_missing_or_broken_description_is_one_checkpoint_error(tmp_path):
     (tmp_path / "list.json").write_text("[1, 2]")
     with pytest.raises(CheckpointError, match="not a JSON object"):
         read_operating_point(tmp_path / "list")
+
+
+def test_the_organ_mode_point_is_its_own_entry_and_falls_back_to_the_whole_scan_one(tmp_path):
+    organ = {"threshold": 0.8, "min_lesion_mm": 5.0, "min_depth_mm": 4.0}
+    stem = save(tmp_path, "both", postprocess=TUNED, organ_postprocess=organ)
+    assert read_operating_point(stem) == PostprocessConfig(**TUNED)
+    assert read_operating_point(stem, organs=True) == PostprocessConfig(**organ)
+    plain = save(tmp_path, "one", postprocess=TUNED)
+    assert read_operating_point(plain, organs=True) == PostprocessConfig(**TUNED)
+    assert read_operating_point(save(tmp_path, "none"), organs=True) is None
+    json_path = checkpoint_paths(stem)[1]
+    meta = json.loads(json_path.read_text())
+    meta["organ_postprocess"]["threshold"] = 2.0
+    with pytest.raises(CheckpointError, match="'organ_postprocess' entry"):
+        read_operating_point(meta, stem, organs=True)
+    with pytest.raises(CheckpointError, match="Unusable operating point"):
+        save(tmp_path, "bad", organ_postprocess={"threshold": -1})

@@ -633,6 +633,30 @@ def test_controls_start_at_the_weights_recommendation_until_the_user_moves_them(
     assert errors == []
 
 
+def test_organ_mode_shows_the_weights_organ_mode_point(
+    qtbot, viewer_with_ct, tiny_weights, tmp_path, errors
+):
+    from napari_nstseg.models.checkpoint import load_checkpoint, save_checkpoint
+    from napari_nstseg.widgets.organ_mode import ORGAN_MODE
+
+    model, meta = load_checkpoint(tiny_weights)
+    save_checkpoint(
+        tmp_path / "both", model, meta["model_config"], meta["preprocessing"],
+        meta["provenance"],
+        postprocess={"threshold": 0.3, "min_lesion_mm": 4.0, "min_depth_mm": 6.0},
+        organ_postprocess={"threshold": 0.7, "min_lesion_mm": 2.0, "min_depth_mm": 6.0},
+    )  # fmt: skip
+    viewer, _ = viewer_with_ct
+    widget = make_widget(viewer, str(tmp_path / "both.json"))
+    assert (widget.threshold.value, widget.min_lesion.value) == (pytest.approx(0.3), 4.0)
+    widget.mode.value = ORGAN_MODE
+    assert (widget.threshold.value, widget.min_lesion.value) == (pytest.approx(0.7), 2.0)
+    widget.min_lesion.value = 3.0  # the user's choice holds in every mode
+    widget.mode.value = "whole volume"
+    assert (widget.threshold.value, widget.min_lesion.value) == (pytest.approx(0.3), 3.0)
+    assert errors == []
+
+
 def test_the_mirror_box_also_runs_each_slice_mirrored_and_keeps_the_mask_in_place(
     qtbot, make_napari_viewer, tiny_weights, errors, monkeypatch
 ):

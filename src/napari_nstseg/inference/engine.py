@@ -122,8 +122,10 @@ class Segmenter(CostEstimator):
         self._stages_seen: int | None = None
         from napari_nstseg.models.checkpoint import read_operating_point
 
-        # What the checkpoint recommends (its "postprocess" entry), if anything.
+        # What the checkpoint recommends (its "postprocess" entry), if anything, and for organ
+        # mode (its "organ_postprocess" entry, else the same).
         self.recommended = read_operating_point(self.meta, weights_path)
+        self.recommended_organs = read_operating_point(self.meta, weights_path, organs=True)
         self._resolve_postprocess()
         if self.ssl_guidance and self._mae is None and self._mae_path is None:
             raise ValueError(
@@ -173,20 +175,33 @@ class Segmenter(CostEstimator):
         return segmenter
 
     def _resolve_postprocess(self) -> None:
-        """Concrete operating point: the config's values, else the weights', else 0.5 / 0 / 0."""
+        """Concrete operating points, whole scan and organ mode: the config's values, else the
+        weights', else 0.5 / 0 / 0."""
+        self.postprocess, self.postprocess_sources = self._resolve(self.recommended)
+        self.organ_postprocess, self.organ_postprocess_sources = self._resolve(
+            self.recommended_organs
+        )
+
+    def _resolve(self, recommended) -> tuple[PostprocessConfig, dict[str, str]]:
         values: dict[str, float] = {}
+        # Per field: "explicit" (the EngineConfig), "weights" (the checkpoint) or "default".
         sources: dict[str, str] = {}
         for name, default in PostprocessConfig().to_dict().items():
             explicit = getattr(self.config, name)
             if explicit is not None:
                 values[name], sources[name] = explicit, "explicit"
-            elif self.recommended is not None:
-                values[name], sources[name] = getattr(self.recommended, name), "weights"
+            elif recommended is not None:
+                values[name], sources[name] = getattr(recommended, name), "weights"
             else:
                 values[name], sources[name] = default, "default"
-        self.postprocess = PostprocessConfig(**values)
-        # Per field: "explicit" (the EngineConfig), "weights" (the checkpoint) or "default".
-        self.postprocess_sources = sources
+        return PostprocessConfig(**values), sources
+
+    def for_organs(self) -> Segmenter:
+        """The same loaded model at its organ-mode operating point (as ``postprocess``)."""
+        other = copy.copy(self)
+        other.postprocess = self.organ_postprocess
+        other.postprocess_sources = self.organ_postprocess_sources
+        return other
 
     @property
     def has_mae(self) -> bool:

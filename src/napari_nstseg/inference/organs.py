@@ -205,6 +205,7 @@ def iter_predict_in_organs(
     Yields the engine's progress events, numbered over all organs."""
     from napari_nstseg.inference.engine import ProgressEvent
 
+    engine = engine.for_organs()  # every box and the final cut at the organ-mode point
     vol = np.asarray(volume_hu)
     check_label_map(labels, vol.shape, search.labels, "organ mask")
     sp = tuple(float(s) for s in spacing)

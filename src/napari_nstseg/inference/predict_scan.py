@@ -53,10 +53,18 @@ def parse_slices(text: str | None, n_slices: int) -> list[int] | None:
     return zs
 
 
-def operating_point(seg) -> dict[str, Any]:
-    """The threshold, minimum lesion size and depth a run uses, and where each came from
-    ("command line", "weights": the checkpoint's recommendation, or "default")."""
-    words = {"explicit": "command line", "weights": "weights", "default": "default"}
+def operating_point(seg, organs: bool = False) -> dict[str, Any]:
+    """The threshold, minimum lesion size and depth a run uses (``organs``: in organ mode), and
+    where each came from ("command line", "weights": the checkpoint's recommendation, "weights,
+    organ mode": its organ-mode one, or "default")."""
+    if organs:
+        seg = seg.for_organs()
+    own = organs and seg.recommended_organs != seg.recommended
+    words = {
+        "explicit": "command line",
+        "weights": "weights, organ mode" if own else "weights",
+        "default": "default",
+    }
     return {
         **seg.postprocess.to_dict(),
         "source": {k: words[v] for k, v in seg.postprocess_sources.items()},
@@ -195,7 +203,7 @@ def _run_predict(args: argparse.Namespace, segmenter=None) -> int:
 
         seg = ablated_segmenter(seg, args.variant)
         print(f"variant: {args.variant}, rebuilt from the full model's weights", file=sys.stderr)
-    point = operating_point(seg)
+    point = operating_point(seg, organs=search is not None)
     print(
         f"operating point: threshold {point['threshold']:g} ({point['source']['threshold']}), "
         f"min lesion {point['min_lesion_mm']:g} mm ({point['source']['min_lesion_mm']}), "

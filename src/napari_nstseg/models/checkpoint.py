@@ -27,6 +27,8 @@ from napari_nstseg.io.atomic import atomic_write, file_sha256
 FORMAT_VERSION = 1
 KINDS = ("segmentation", "mae")
 _CONTENT_KEYS = ("format_version", "kind", "model_config", "preprocessing", "provenance")
+# The organ-mode operating point's key, beside the whole-scan "postprocess".
+ORGAN_POINT = "organ_postprocess"
 
 
 class CheckpointError(ValueError):
@@ -69,6 +71,7 @@ def save_checkpoint(
     postprocess: dict[str, Any] | None = None,
     description: str | None = None,
     organ_search: dict[str, Any] | None = None,
+    organ_postprocess: dict[str, Any] | None = None,
 ) -> tuple[Path, Path]:
     """Write ``<stem>.safetensors`` and ``<stem>.json``; returns both paths.
 
@@ -81,8 +84,9 @@ def save_checkpoint(
     with the rest of the JSON. ``description``: the one line that lists the weights by name
     (bundled checkpoints). ``organ_search`` ({"field_mm", "min_zoom", "max_zoom",
     "margin_mm"}): the organ-mode zoom the weights were trained for (organ crops,
-    training/organ_crops.py), which ``OrganSearch.for_weights`` reads; hashed too. Both files
-    are written atomically.
+    training/organ_crops.py), which ``OrganSearch.for_weights`` reads; hashed too.
+    ``organ_postprocess``: the operating point for organ mode (chosen on validation inside the
+    organs), where it differs from the whole-scan one. Both files are written atomically.
     """
     kind = kind or _infer_kind(model)
     if kind not in KINDS:
@@ -105,13 +109,14 @@ def save_checkpoint(
         meta["description"] = description
     if organ_search is not None:
         meta["organ_search"] = dict(organ_search)
-    if postprocess is not None:
-        from napari_nstseg.postprocess import PostprocessConfig
+    for key, point in (("postprocess", postprocess), (ORGAN_POINT, organ_postprocess)):
+        if point is not None:
+            from napari_nstseg.postprocess import PostprocessConfig
 
-        try:
-            meta["postprocess"] = PostprocessConfig.from_dict(postprocess).to_dict()
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"Unusable operating point {postprocess!r}: {exc}") from None
+            try:
+                meta[key] = PostprocessConfig.from_dict(point).to_dict()
+            except (TypeError, ValueError) as exc:
+                raise CheckpointError(f"Unusable operating point {point!r}: {exc}") from None
     try:
         # Round-trip through JSON now so the hash below is of exactly what will be read back.
         meta = json.loads(json.dumps(meta))
@@ -191,10 +196,13 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def read_operating_point(
-    checkpoint: str | os.PathLike | Mapping[str, Any], path: str | os.PathLike | None = None
+    checkpoint: str | os.PathLike | Mapping[str, Any],
+    path: str | os.PathLike | None = None,
+    organs: bool = False,
 ) -> Any:
     """The operating point (a PostprocessConfig) a checkpoint recommends, its "postprocess"
-    entry written by `nstseg tune-postprocess`; None when it names none.
+    entry written by `nstseg tune-postprocess`; None when it names none. ``organs``: the one
+    for organ mode, its "organ_postprocess" entry where it has one, else the same.
 
     ``checkpoint`` is the checkpoint's JSON as read (:func:`read_metadata`; ``path``, where it
     was read from, is named in errors) or a path naming the checkpoint, whose JSON alone is then
@@ -205,7 +213,8 @@ def read_operating_point(
 
     if not isinstance(checkpoint, Mapping):
         path, checkpoint = checkpoint, _read_json(checkpoint)
-    entry = checkpoint.get("postprocess")
+    key = ORGAN_POINT if organs and checkpoint.get(ORGAN_POINT) is not None else "postprocess"
+    entry = checkpoint.get(key)
     if entry is None:
         return None
     try:
@@ -213,8 +222,7 @@ def read_operating_point(
     except (TypeError, ValueError, AttributeError) as exc:
         where = "" if path is None else f" {checkpoint_paths(path)[1]}"
         raise CheckpointError(
-            f"The checkpoint{where} recommends an unusable operating point ('postprocess' "
-            f"entry): {exc}"
+            f"The checkpoint{where} recommends an unusable operating point ('{key}' entry): {exc}"
         ) from None
 
 

@@ -54,8 +54,10 @@ def package(src: str, stem: Path, postprocess: dict | None = None, **extra) -> d
     origin = meta["provenance"].get("packaged_from") or Path(src).name
     prov = {**meta["provenance"], "packaged_from": str(origin), "stored_as": "float16"}
     postprocess = postprocess if postprocess is not None else meta.get("postprocess")
-    # Weights trained on organ crops carry the zoom organ mode must run them at.
+    # Weights trained on organ crops carry the zoom organ mode must run them at, and weights
+    # tuned for organ mode that operating point.
     extra.setdefault("organ_search", meta.get("organ_search"))
+    extra.setdefault("organ_postprocess", meta.get("organ_postprocess"))
     tensors, _ = save_checkpoint(
         stem, model, meta["model_config"], meta["preprocessing"], prov, dtype=torch.float16,
         kind=meta["kind"], postprocess=postprocess, **extra,

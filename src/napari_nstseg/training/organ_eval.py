@@ -134,7 +134,7 @@ class OrganScoring:
             # not searched: a detection there is neither a hit nor a false positive.
             zone &= ~excluded
             clip_to_zone(pred, zone)
-            pp = engine.postprocess
+            pp = engine.organ_postprocess
             pred.finish_mask(pp.threshold, pp.min_lesion_mm, min_depth_mm=pp.min_depth_mm)
         return ct.hu, labels, ct.spacing, pred, zone
 

@@ -33,6 +33,7 @@ from .ground_truth import pick_ground_truth
 from .layers import MapsToShow, ct_geometry, is_image, is_labels, is_shapes, layer_id
 from .measurements import Scores, lesion_rows, write_lesions_csv
 from .operating_point import OperatingPoint, Recommendation
+from .organ_mode import ORGAN_MODE
 from .panel_layout import PanelLayout
 from .requests import Choices, WidgetError, build_request, check_ct_layer, current_z
 from .results import NO_LAYER
@@ -92,6 +93,7 @@ class NSTSegWidget(PanelLayout):
     def _connect_controls(self) -> None:
         self.weights_source.changed.connect(self._on_weights_source)
         self.mode.changed.connect(self._show_roi_controls)
+        self.mode.changed.connect(self.apply_recommendation)  # organ mode may have its own point
         self.organ.layer.changed.connect(self._on_organ_layer)
         self.weights_file.changed.connect(self.apply_recommendation)
         self.window.changed.connect(self.apply_window)
@@ -166,14 +168,17 @@ class NSTSegWidget(PanelLayout):
 
     def apply_recommendation(self, *_: Any) -> None:
         """Set the threshold, min-lesion and min-depth controls the user has not moved to the
-        operating point the chosen weights recommend (0.5, 0 and 0 mm when they carry none).
+        operating point the chosen weights recommend for the mode (in organ mode their organ-
+        mode point where they carry one; 0.5, 0 and 0 mm when they carry none).
 
         Setting them re-cuts nothing: the mask shown came from the run that made it, and the
         values are for the next run (moving a control afterwards re-cuts as usual).
         """
         self._recommending = True
         try:
-            for name, value in self.recommendation.values(self._chosen_weights_path()).items():
+            organs = self.mode.value == ORGAN_MODE
+            chosen = self._chosen_weights_path()
+            for name, value in self.recommendation.values(chosen, organs).items():
                 control = getattr(self, name)
                 control.value = float(np.clip(value, control.min, control.max))
         finally:

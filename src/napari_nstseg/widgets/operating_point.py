@@ -23,15 +23,16 @@ class OperatingPoint:
         )
 
 
-def recommended_point(path: Path | None) -> OperatingPoint | None:
-    """The operating point a checkpoint recommends (0.5, 0 and 0 mm when it names none), or
-    None when the file cannot be read: the run that loads it will say what is wrong."""
+def recommended_point(path: Path | None, organs: bool = False) -> OperatingPoint | None:
+    """The operating point a checkpoint recommends (``organs``: for organ mode; 0.5, 0 and 0 mm
+    when it names none), or None when the file cannot be read: the run that loads it will say
+    what is wrong."""
     from napari_nstseg.models.checkpoint import CheckpointError, read_operating_point
 
     if path is None:
         return None
     try:
-        point = read_operating_point(path)
+        point = read_operating_point(path, organs=organs)
     except CheckpointError:
         return None
     if point is None:
@@ -48,10 +49,10 @@ class Recommendation:
     def move(self, control: str) -> None:
         self.moved.add(control)
 
-    def values(self, path: Path | None) -> dict[str, float]:
-        """{control: value} the weights at ``path`` recommend for the controls not moved; empty
-        when the weights cannot be read."""
-        point = recommended_point(path)
+    def values(self, path: Path | None, organs: bool = False) -> dict[str, float]:
+        """{control: value} the weights at ``path`` recommend (``organs``: for organ mode) for
+        the controls not moved; empty when the weights cannot be read."""
+        point = recommended_point(path, organs)
         if point is None:
             return {}
         values = {
