@@ -99,15 +99,24 @@ def operating_point(
         raise SystemExit(f"unusable operating point {values}: {exc}") from None
 
 
-def sample_check(weights: Path) -> dict:
-    """Run the bundled model on the sample CT and say whether it finds the inserted lesion."""
+def sample_check(weights: Path, organs: str | None = None) -> dict:
+    """Run the bundled model on the sample CT and say whether it finds the inserted lesion;
+    ``organs`` (e.g. "liver"): in organ mode on those of the sample's labels, as the demo runs."""
     from napari_nstseg.inference.engine import Segmenter
 
     ct = read_ct(SAMPLE / "sample_ct.nii.gz")
     truth = read_mask(SAMPLE / "sample_ct_lesion.nii.gz", like=ct.geometry) > 0
     seg = Segmenter.from_checkpoint(weights, device="cpu")
     t0 = time.perf_counter()
-    pred = seg.predict(ct.hu, ct.spacing)
+    if organs is None:
+        pred = seg.predict(ct.hu, ct.spacing)
+    else:
+        from napari_nstseg.inference.organs import OrganSearch, predict_in_organs
+        from napari_nstseg.organ_labels import parse_organs
+
+        labels = read_mask(SAMPLE / "sample_ct_organs.nii.gz", like=ct.geometry)
+        search = OrganSearch.for_weights(parse_organs(organs), 10.0, seg.meta)
+        pred = predict_in_organs(seg, ct.hu, ct.spacing, labels, search)
     seconds = time.perf_counter() - t0
     from napari_nstseg.metrics import label_lesions
 
