@@ -22,6 +22,15 @@ def has_display() -> bool:
 # Organ mode on the liver, where the sample's lesion lies (cascade 001): a first-time user sees
 # the lesion found, not the whole-scan false positives on anatomy the weights have not seen.
 DEMO_ORGANS = "liver"
+# The weights trained on organ crops for organ mode, where they are bundled (else the default).
+DEMO_WEIGHTS = "organs"
+
+
+def demo_weights() -> str | None:
+    """The bundled weights the demo runs: ``DEMO_WEIGHTS`` where shipped, else None (default)."""
+    from napari_nstseg.bundled import bundled_weights
+
+    return DEMO_WEIGHTS if DEMO_WEIGHTS in bundled_weights() else None
 
 
 def open_viewer(viewer=None):
@@ -46,6 +55,9 @@ def start_in_organ_mode(viewer, widget, organs: str = DEMO_ORGANS) -> None:
     from napari_nstseg.organ_labels import parse_organs
     from napari_nstseg.widgets.organ_mode import ORGAN_MODE
 
+    weights = demo_weights()
+    if weights in widget.weights_choices:
+        widget.weights_source.value = weights
     widget.mode.value = ORGAN_MODE
     widget.organ.layer.value = SAMPLE_ORGANS_NAME
     widget.organ.tick(parse_organs(organs))
@@ -60,12 +72,15 @@ def start_in_organ_mode(viewer, widget, organs: str = DEMO_ORGANS) -> None:
 
 def headless_argv(out_dir: Path, organs: str | None = DEMO_ORGANS) -> list[str]:
     """The `nstseg predict` command line the headless demo runs on the sample CT (organ mode
-    on ``organs`` of the sample's TotalSegmentator labels; None: the whole scan)."""
+    on ``organs`` of the sample's TotalSegmentator labels with the weights trained for it; None:
+    the whole scan with the default weights)."""
     search = ["--organ-mask", str(SAMPLE_ORGANS), "--organs", organs] if organs else []
+    weights = demo_weights()
     return [
         "predict",
         str(SAMPLE_CT),
         str(out_dir / "sample_ct_tumor_mask.nii.gz"),
+        *(["--weights", weights] if weights and organs else []),
         *search,
         "--maps",
         str(out_dir / "maps"),
