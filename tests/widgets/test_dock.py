@@ -602,18 +602,22 @@ def test_min_depth_recuts_the_last_run_without_lesions_seen_on_one_slice(
     assert errors == []
 
 
+def tuned_copy(weights: str, stem, **points) -> str:
+    """``weights`` saved again at ``stem`` with the operating points given (postprocess=...,
+    organ_postprocess=...); its JSON path."""
+    from napari_nstseg.models.checkpoint import load_checkpoint, save_checkpoint
+
+    model, meta = load_checkpoint(weights)
+    save_checkpoint(stem, model, meta["model_config"], meta["preprocessing"], meta["provenance"],
+                    **points)  # fmt: skip
+    return f"{stem}.json"
+
+
 def test_controls_start_at_the_weights_recommendation_until_the_user_moves_them(
     qtbot, viewer_with_ct, tiny_weights, tmp_path, errors
 ):
-    from napari_nstseg.models.checkpoint import load_checkpoint, save_checkpoint
-
-    model, meta = load_checkpoint(tiny_weights)
-    save_checkpoint(
-        tmp_path / "tuned", model, meta["model_config"], meta["preprocessing"],
-        meta["provenance"],
-        postprocess={"threshold": 0.3, "min_lesion_mm": 4.0, "min_depth_mm": 6.0},
-    )  # fmt: skip
-    tuned = str(tmp_path / "tuned.json")
+    point = {"threshold": 0.3, "min_lesion_mm": 4.0, "min_depth_mm": 6.0}
+    tuned = tuned_copy(tiny_weights, tmp_path / "tuned", postprocess=point)
     viewer, _ = viewer_with_ct
     widget = make_widget(viewer, tuned)
     assert widget.threshold.value == pytest.approx(0.3)
@@ -636,18 +640,15 @@ def test_controls_start_at_the_weights_recommendation_until_the_user_moves_them(
 def test_organ_mode_shows_the_weights_organ_mode_point(
     qtbot, viewer_with_ct, tiny_weights, tmp_path, errors
 ):
-    from napari_nstseg.models.checkpoint import load_checkpoint, save_checkpoint
     from napari_nstseg.widgets.organ_mode import ORGAN_MODE
 
-    model, meta = load_checkpoint(tiny_weights)
-    save_checkpoint(
-        tmp_path / "both", model, meta["model_config"], meta["preprocessing"],
-        meta["provenance"],
+    both = tuned_copy(
+        tiny_weights, tmp_path / "both",
         postprocess={"threshold": 0.3, "min_lesion_mm": 4.0, "min_depth_mm": 6.0},
         organ_postprocess={"threshold": 0.7, "min_lesion_mm": 2.0, "min_depth_mm": 6.0},
     )  # fmt: skip
     viewer, _ = viewer_with_ct
-    widget = make_widget(viewer, str(tmp_path / "both.json"))
+    widget = make_widget(viewer, both)
     assert (widget.threshold.value, widget.min_lesion.value) == (pytest.approx(0.3), 4.0)
     widget.mode.value = ORGAN_MODE
     assert (widget.threshold.value, widget.min_lesion.value) == (pytest.approx(0.7), 2.0)
