@@ -80,8 +80,13 @@ def test_a_point_that_keeps_to_the_budget_by_finding_nothing_is_not_chosen():
     best, _, note = choose_operating_point(rows, max_fp_per_scan=2.0)
     assert (best["threshold"], best["min_depth_mm"]) == (0.7, 7.0)
     assert note.startswith("every grid point with at most 2 false positives per scan misses")
-    # Where nothing finds a target lesion at all, the fewest false positives still win.
-    best, _, note = choose_operating_point([rows[2], rows[3]], max_fp_per_scan=2.0)
+    # Where nothing finds a target lesion at all, the other lesions decide...
+    best, criterion, note = choose_operating_point([rows[2], rows[3]], max_fp_per_scan=2.0)
+    assert best["threshold"] == 0.9
+    assert "no grid point finds any of the 4 lesions >=10 mm and >=20 HU" in criterion
+    # ...and where nothing finds any lesion, the fewest false positives win.
+    nothing = [point(0.9, 0, 0.0, 0.0, 1.5), point(0.95, 0, 0.0, 0.0, 0.2)]
+    best, _, note = choose_operating_point(nothing, max_fp_per_scan=2.0)
     assert best["threshold"] == 0.95
     assert note.startswith("NO grid point finds any of them")
 

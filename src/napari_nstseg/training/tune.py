@@ -221,9 +221,10 @@ def choose_operating_point(
     sensitivity for lesions >= 10 mm and >= 20 HU (all lesions when the data has none of
     those); ties go to fewer false positives, then to the higher all-lesion sensitivity, then to
     the smaller minimum size and depth and the lower threshold (the point that hides the
-    least). When no point keeps to the budget, or those that do find none of the lesions, the
-    point with the fewest false positives among those that find some (ties: the most
-    sensitive), and the note says so. With ``objective="dice"`` the mean per-patient volume
+    least); where no grid point finds any of those, the all-lesion sensitivity decides. When no
+    point keeps to the budget, or those that do find none of the lesions, the point with the
+    fewest false positives among those that find some (ties: the most sensitive), and the note
+    says so. With ``objective="dice"`` the mean per-patient volume
     Dice takes the place of the target sensitivity.
     """
     if not rows:
@@ -240,6 +241,13 @@ def choose_operating_point(
         if use_target
         else f"sensitivity over all lesions (no lesion {TARGET_NAME} in lesions.csv)"
     )
+    if use_target and not any(r["target_detected"] > 0 for r in rows):
+        # A few target lesions that no point finds cannot rank the grid; the rest can.
+        key = "sensitivity"
+        criterion = (
+            f"sensitivity over all lesions (no grid point finds any of the "
+            f"{rows[0]['target_lesions']} lesions {TARGET_NAME})"
+        )
     if objective == "dice":
         key, criterion = "mean_dice", "mean per-patient Dice"
 
