@@ -107,6 +107,35 @@ def test_evaluate_in_organs_counts_lesions_outside_the_zone_apart(dataset, tmp_p
     assert "0.50 false positives per scan" in text
 
 
+def test_evaluate_in_organs_scores_and_reports_the_organ_mode_point(tmp_path, monkeypatch):
+    from napari_nstseg.inference.engine import Segmenter
+    from napari_nstseg.training.evaluate import EvalConfig, evaluate
+    from napari_nstseg.training.organ_eval import OrganEval
+
+    # Weights whose whole-scan point drops every lesion (min 20 mm) and whose organ-mode
+    # point keeps them (min 5 mm): the in-organ figures and the report follow the latter.
+    meta = {
+        "postprocess": {"threshold": 0.5, "min_lesion_mm": 20.0, "min_depth_mm": 0.0},
+        "organ_postprocess": {"threshold": 0.5, "min_lesion_mm": 5.0, "min_depth_mm": 0.0},
+    }
+
+    def load(cls, path, device, config):
+        pre = PreprocessConfig(working_spacing_mm=None)
+        return cls(bright_stand_in(), pre, "cpu", config, meta=meta)
+
+    monkeypatch.setattr(Segmenter, "from_checkpoint", classmethod(load))
+    root, split = write_set(tmp_path / "set")
+    cfg = EvalConfig(device="cpu", structure=False, split_file=str(split),
+                     organs=OrganEval("organs.nii.gz", (5, 1), 10.0))  # fmt: skip
+    res = evaluate(tmp_path / "w.json", root, "test", tmp_path / "organ", cfg, False)
+    assert res["organs"]["detected"] == 2
+    assert res["postprocess"]["min_lesion_mm"] == 5.0
+    assert res["postprocess"]["source"]["min_lesion_mm"] == "weights"
+    plain = EvalConfig(device="cpu", structure=False, split_file=str(split))
+    whole = evaluate(tmp_path / "w.json", root, "test", tmp_path / "whole", plain, False)
+    assert whole["detection"]["detected"] == 0 and whole["postprocess"]["min_lesion_mm"] == 20.0
+
+
 def test_tune_in_organs_sweeps_in_organ_figures(dataset, tmp_path):
     from napari_nstseg.training.organ_eval import OrganEval
     from napari_nstseg.training.tune import TuneConfig, tune_postprocess

@@ -343,6 +343,8 @@ def evaluate(
         cfg.mirror,
         cfg.split_file,
     )
+    if cfg.organs is not None:
+        engine = engine.for_organs()  # scored, cut and reported at the organ-mode point
     point = engine.postprocess
     table = read_lesion_table(data_folder)
     slices = SliceEvaluator(
