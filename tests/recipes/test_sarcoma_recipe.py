@@ -40,16 +40,22 @@ CASES = [
     (["auroc", "m/best.json"], {}, ["auroc"], {"mae_weights": "m/best.json"}),
     (["auroc", "m/best.json", "out/a"], {}, ["auroc"],
      {"mae_weights": "m/best.json", "auroc_out": "out/a"}),
-    (["bundle"], {}, ["bundle"], {"seg": "default", "cmp": "unet"}),
+    (["bundle"], {}, ["bundle"], {}),
     (["bundle"], {"SEG": "default-stage2", "CMP": "unet-stage2"}, ["bundle"], {}),
     (["bundle"], {"SEG": "default-stage2", "CMP": "unet-stage2", "OUT": "scratch"},
      ["bundle-aside"], {"seg": "default-stage2", "cmp": "unet-stage2", "bundle_out": "scratch"}),
 ]  # fmt: skip
 # options the JSON's steps gained after the shell recipe was retired, at the end of the line
-_BUNDLE_ADDED = ["--ablations", "single-scale", "no-sfm", "--reading", "docs/sarcoma-reading.md"]
+_BUNDLE_ADDED = ["--ablations", "single-scale", "no-sfm", "no-glm", "--reading",
+                 "docs/sarcoma-reading.md"]  # fmt: skip
 ADDED_SINCE = {"bundle": _BUNDLE_ADDED, "bundle-aside": _BUNDLE_ADDED}
-# and inside it: the stage-1 row the ablations compare with, after the U-Net's --compare
-_STAGE1 = "CDI-NSTSEG, stage 1 only={w}/default/best.json:{w}/default/tune_val/tune.json"
+# and inside it, after the U-Net's --compare: the averaged runs' rows
+_AVERAGED = [
+    "--compare", "CDI-NSTSEG, stages 1 and 2 averaged={w}/default-avg/best.json:"
+    "{w}/default-avg/tune_val/tune.json",
+    "--compare", "U-Net, stages 1 and 2 averaged={w}/unet-avg/best.json:"
+    "{w}/unet-avg/tune_val/tune.json",
+]  # fmt: skip
 # steps the JSON gained after the shell recipe was retired (each has its own test)
 STEPS_ADDED_SINCE = {"average"}
 # the run folders a started run would have: the shell and the JSON must both resume them
@@ -102,9 +108,9 @@ def test_the_json_recipe_runs_what_the_shell_recipe_ran(
         i = shell.index("--init")
         shell = shell[:i] + shell[i + 2 :]
     if steps[0].startswith("bundle"):
-        i = planned.index("--compare", planned.index("--compare") + 1)
-        assert planned[i : i + 2] == ["--compare", _STAGE1.format(w=work)]
-        planned = planned[:i] + planned[i + 2 :]
+        i = planned.index("--compare") + 2
+        assert planned[i : i + 4] == [a.format(w=work) for a in _AVERAGED]
+        planned = planned[:i] + planned[i + 4 :]
     assert planned == shell + ADDED_SINCE.get(steps[0], [])
     assert json_threads == shell_threads
 
