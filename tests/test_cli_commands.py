@@ -89,6 +89,11 @@ def test_headless_demo_end_to_end_on_the_sample(tmp_path):
     from napari_nstseg._sample_data import SAMPLE_MASK, SAMPLE_ORGANS
 
     assert report["organs"]["labels"] == [5] and report["organs"]["names"] == ["liver"]
+    from napari_nstseg.demo import demo_weights
+
+    if demo_weights() is not None:  # the weights trained for organ mode, at their organ point
+        assert report["weights"]["path"].endswith(f"{demo_weights()}.json")
+        assert set(report["run"]["operating_point_source"].values()) == {"weights, organ mode"}
     organs = np.asarray(nib.load(SAMPLE_ORGANS).dataobj)
     far = ndimage.distance_transform_edt(organs != 5, sampling=(3.0, 3.0, 3.0)) > 10.0
     assert not (ids[far] > 0).any()

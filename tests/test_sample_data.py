@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from scipy import ndimage
 
 from napari_nstseg._sample_data import SAMPLE_DIR
@@ -81,6 +82,15 @@ def test_demo_viewer_docks_the_widget(make_napari_viewer):
     widget = next(w for name, w in viewer.window.dock_widgets.items() if WIDGET in name)
     assert widget.mode.value == "inside organs" and widget.organ.ticked() == [5]
     assert widget.organ.names()[5] == "liver"
+    # with the weights trained for organ mode, the controls at their organ-mode point
+    from napari_nstseg.demo import demo_weights
+    from napari_nstseg.models.checkpoint import read_operating_point
+
+    if demo_weights() is not None:
+        assert widget.weights_source.value == demo_weights()
+        point = read_operating_point(widget.weights_choices[demo_weights()].path, organs=True)
+        assert widget.threshold.value == pytest.approx(point.threshold)
+        assert widget.min_lesion.value == pytest.approx(point.min_lesion_mm)
     truth = np.asarray(viewer.layers["sample CT ground truth"].data) > 0
     z = widget.make_request().z_indices
     assert truth[int(np.argmax(truth.sum(axis=(1, 2))))].any() and truth[z].any()

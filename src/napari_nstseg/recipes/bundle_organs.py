@@ -166,6 +166,8 @@ def main(argv=None) -> int:
         f"{meta['megabytes']} MB as float16.",
         "- Training (every stage; the budget adds up over `--init` continuations):",
         training_phases(prov, minutes or 0.0),
+        "- The earlier phases' minutes come from their checkpoints' start and end stamps, which "
+        "a resumed run resets: the default weights' card (MODEL_CARD.md) gives their full times.",
         f"- Hardware of the measurements: {args.hardware}, CPU only.",
         "",
         "## Results on the test split",
