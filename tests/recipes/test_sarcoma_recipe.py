@@ -46,7 +46,7 @@ CASES = [
      ["bundle-aside"], {"seg": "default-stage2", "cmp": "unet-stage2", "bundle_out": "scratch"}),
 ]  # fmt: skip
 # options the JSON's steps gained after the shell recipe was retired, at the end of the line
-_BUNDLE_ADDED = ["--ablations", "single-scale", "no-sfm", "no-glm", "--reading",
+_BUNDLE_ADDED = ["--ablations", "single-scale", "no-sfm", "no-glm", "no-lfm", "--reading",
                  "docs/sarcoma-reading.md"]  # fmt: skip
 ADDED_SINCE = {"bundle": _BUNDLE_ADDED, "bundle-aside": _BUNDLE_ADDED}
 # and inside it, after the U-Net's --compare: the averaged runs' rows
