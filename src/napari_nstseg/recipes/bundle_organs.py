@@ -18,10 +18,9 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from napari_nstseg.recipes.bundle_sarcoma import hardware, trained_in, training_minutes
+from napari_nstseg.recipes.bundle_sarcoma import hardware, last_stage_minutes
 from napari_nstseg.recipes.bundle_weights import (
     WEIGHTS,
-    _minutes,
     operating_point,
     package,
     sample_check,
@@ -145,10 +144,7 @@ def main(argv=None) -> int:
     (work / "sample_check.json").write_text(json.dumps(demo, indent=2, default=float))
 
     prov = meta["provenance"]
-    seg = Path(args.seg)
-    minutes = training_minutes(trained_in(seg, prov)) or _minutes(
-        prov.get("started"), prov.get("date")
-    )
+    minutes = last_stage_minutes(Path(args.seg), prov)
     names = ", ".join(results[BUNDLED_NAME][0]["organs"]["names"])
     card = [
         "# Model card: `organs` (CDI-NSTSEG for organ mode)",

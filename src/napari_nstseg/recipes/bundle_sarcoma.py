@@ -69,6 +69,13 @@ def trained_in(ckpt: Path, prov: dict) -> Path:
     return Path(averaged[0]["checkpoint"]) if averaged else ckpt
 
 
+def last_stage_minutes(ckpt: Path, prov: dict) -> float | None:
+    """Minutes of the last stage behind ``ckpt``: its run's log.csv, else the start and end
+    stamps in its provenance (which a resumed run resets)."""
+    logged = training_minutes(trained_in(ckpt, prov))
+    return logged or _minutes(prov.get("started"), prov.get("date"))
+
+
 def stage_budgets(ckpt: Path, prov: dict) -> list[tuple[dict, float | None]]:
     """(budget, training minutes) of every stage behind a checkpoint, the first first: the
     `--init` chain in its provenance, minutes from each run's log.csv where it is still there."""
@@ -250,9 +257,7 @@ def main(argv=None) -> int:
         else {}
     )
     prov = meta["provenance"]
-    minutes = training_minutes(trained_in(Path(args.seg), prov)) or _minutes(
-        prov.get("started"), prov.get("date")
-    )
+    minutes = last_stage_minutes(Path(args.seg), prov)
     split = json.loads(Path(args.split_file).read_text())
     tables = []
     for part, title in (("val", "Validation patients (operating points chosen here)"),
