@@ -18,6 +18,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from napari_nstseg.inference.cli_organs import DEFAULT_MARGIN_MM
 from napari_nstseg.recipes.bundle_sarcoma import hardware, last_stage_minutes
 from napari_nstseg.recipes.bundle_weights import (
     WEIGHTS,
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
     ap.add_argument("--whole-tune", help="tune.json chosen over whole scans (default: the same)")
     ap.add_argument("--data", required=True, help="the make-lesions set with organsTr/")
     ap.add_argument("--organs", required=True, help="organ ids searched, e.g. 1,2,3,5,6,7,18")
-    ap.add_argument("--margin-mm", type=float, default=10.0)
+    ap.add_argument("--margin-mm", type=float, default=DEFAULT_MARGIN_MM)
     ap.add_argument(
         "--compare", action="append", default=[], metavar="NAME=CKPT:ORGAN_TUNE",
         help="a model scored beside it: inside the organs at ORGAN_TUNE's point, over the whole "

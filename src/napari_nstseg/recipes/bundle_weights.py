@@ -111,11 +111,13 @@ def sample_check(weights: Path, organs: str | None = None) -> dict:
     if organs is None:
         pred = seg.predict(ct.hu, ct.spacing)
     else:
+        from napari_nstseg.inference.cli_organs import DEFAULT_MARGIN_MM
         from napari_nstseg.inference.organs import OrganSearch, predict_in_organs
         from napari_nstseg.organ_labels import parse_organs
 
         labels = read_mask(SAMPLE / "sample_ct_organs.nii.gz", like=ct.geometry)
-        search = OrganSearch.for_weights(parse_organs(organs), 10.0, seg.meta)
+        # the margin `nstseg predict` (and so the demo) uses when none is given
+        search = OrganSearch.for_weights(parse_organs(organs), DEFAULT_MARGIN_MM, seg.meta)
         pred = predict_in_organs(seg, ct.hu, ct.spacing, labels, search)
     seconds = time.perf_counter() - t0
     from napari_nstseg.metrics import label_lesions
