@@ -153,6 +153,8 @@ def test_organ_mode_runs_at_the_weights_organ_mode_point_and_the_rest_at_theirs(
     # the inside lesion is 8 x 0.9 = 7.2 mm across, the one beside 5 x 0.9 = 4.5 mm
     np.testing.assert_array_equal(pred.mask > 0, inside | beside)
     assert pred.point.min_lesion_mm == 3.5 and seg.postprocess.min_lesion_mm == 50.0
+    # an organ-mode engine keeps its point through a change of configuration
+    assert seg.for_organs().with_config(batch_size=2).postprocess.min_lesion_mm == 3.5
     # a value given explicitly wins in both modes
     strict = seg.with_config(min_lesion_mm=6.0)
     np.testing.assert_array_equal(

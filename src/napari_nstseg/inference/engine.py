@@ -86,6 +86,8 @@ def _require_default_weights() -> Path:
 class Segmenter(CostEstimator):
     """A loaded CDI-NSTSEG (or U-Net baseline) checkpoint on one device, ready to predict."""
 
+    organ_mode = False  # True for the copy :meth:`for_organs` makes
+
     def __init__(
         self,
         model: nn.Module,
@@ -177,10 +179,11 @@ class Segmenter(CostEstimator):
     def _resolve_postprocess(self) -> None:
         """Concrete operating points, whole scan and organ mode: the config's values, else the
         weights', else 0.5 / 0 / 0."""
-        self.postprocess, self.postprocess_sources = self._resolve(self.recommended)
-        self.organ_postprocess, self.organ_postprocess_sources = self._resolve(
-            self.recommended_organs
-        )
+        whole = self._resolve(self.recommended)
+        organs = self._resolve(self.recommended_organs)
+        self.organ_postprocess, self.organ_postprocess_sources = organs
+        # An organ-mode engine (for_organs) runs at the organ point, also after with_config.
+        self.postprocess, self.postprocess_sources = organs if self.organ_mode else whole
 
     def _resolve(self, recommended) -> tuple[PostprocessConfig, dict[str, str]]:
         values: dict[str, float] = {}
@@ -199,8 +202,8 @@ class Segmenter(CostEstimator):
     def for_organs(self) -> Segmenter:
         """The same loaded model at its organ-mode operating point (as ``postprocess``)."""
         other = copy.copy(self)
-        other.postprocess = self.organ_postprocess
-        other.postprocess_sources = self.organ_postprocess_sources
+        other.organ_mode = True
+        other._resolve_postprocess()
         return other
 
     @property
