@@ -296,6 +296,46 @@ def test_lidc_organ_labels_splits_a_spleen_touching_the_liver_at_the_neck():
     assert not ((labels == 5) & spleen).any() and not ((labels == 1) & liver).any()
 
 
+def test_hcc_organ_labels_cuts_a_leak_grows_a_kidney_and_marks_a_suspect_ball():
+    """A contrast-phase 'liver' (110 HU) joined by a bridge to a neighbour of the same HU, a
+    200 HU 'kidney' and a nodule beside the liver: with a cut seed in the neighbour the liver
+    label (5) keeps the liver and drops the neighbour, the kidney seed gives label 2 on the
+    kidney, and the suspect ball (255) fills only voxels no organ holds."""
+    import numpy as np
+    from scipy import ndimage
+
+    script = load_script("hcc_organ_labels", "experiments")
+    z, y, x = np.ogrid[:24, :56, :72]  # 2 mm voxels
+    hu = np.full((24, 56, 72), -1000.0)
+    hu[np.broadcast_to(((y - 28) / 26) ** 2 + ((x - 36) / 34) ** 2 <= 1, hu.shape)] = -100.0
+    liver = ((z - 12) / 8) ** 2 + ((y - 22) / 11) ** 2 + ((x - 18) / 12) ** 2 <= 1
+    neighbour = ((z - 12) / 5) ** 2 + ((y - 22) / 6) ** 2 + ((x - 46) / 7) ** 2 <= 1
+    bridge = (abs(z - 12) <= 3) & (abs(y - 22) <= 3) & (x > 18) & (x < 46)
+    kidney = ((z - 12) / 8) ** 2 + ((y - 44) / 6) ** 2 + ((x - 40) / 5) ** 2 <= 1
+    hu[liver | neighbour | bridge] = 110.0
+    hu[kidney] = 200.0
+    hu += np.random.default_rng(2).normal(0, 8, hu.shape)
+    notes = []
+    labels = script.label(
+        hu, (2.0, 2.0, 2.0), True, liver_seed=(12, 22, 18), cut_seeds=[(12, 22, 46)],
+        organs=[(2, (12, 44, 40), 2.0)], opening_mm=4.0, liver_close_mm=2.0,
+        suspects=[((12, 22, 5), 8.0)], log=notes.append,
+    )  # fmt: skip
+    assert any(n.startswith("cut at (12, 22, 46)") for n in notes)
+    core = ndimage.binary_erosion(liver, iterations=2)
+    assert (labels[core] == 5).mean() > 0.95
+    assert not (labels[ndimage.binary_erosion(neighbour)] == 5).any()
+    assert (labels[ndimage.binary_erosion(kidney)] == 2).mean() > 0.9
+    # the ball reaches into the liver, and takes only what no organ holds
+    ball = script._near((12, 22, 5), hu.shape, (2.0,) * 3, 8.0)
+    assert (ball & (labels == 5)).any()
+    assert ((labels == 255) == (ball & ~np.isin(labels, (2, 5)))).all()
+    # a cut seed that lies in no organ's label is refused, not ignored
+    with pytest.raises(SystemExit, match="lie in no organ"):
+        script.label(hu, (2.0, 2.0, 2.0), True, liver_seed=(12, 22, 18),
+                     cut_seeds=[(2, 2, 2)], opening_mm=4.0, log=notes.append)  # fmt: skip
+
+
 def test_sarcoma_ensemble_scores_the_mean_of_the_checkpoints_probabilities():
     """Two 'checkpoints' that each half-see a tumour: one over-calls it (0.9 on the tumour and
     0.6 on a spill beside it), one under-calls it (0.6 on the tumour, 0.1 elsewhere). Their mean
