@@ -39,15 +39,40 @@ def test_the_row_puts_organ_mode_beside_the_whole_scan():
 
 
 def test_regions_add_up_their_copies():
-    rows = bundle_organs.region_rows("CDI", inside(CASES))
+    patients = {"ct_z000-017": "HCC_048", "liver_z000-030": "example_ct_sm"}
+    rows = bundle_organs.region_rows("CDI", inside(CASES), patients)
     assert rows == [
-        "| CDI | ct_z000-017 | 1 | 0.00 (0/3) | 0.00 (0/2) | 0.00 |",
-        "| CDI | liver_z000-030 | 2 | 0.67 (2/3) | 1.00 (1/1) | 2.00 |",
+        "| CDI | HCC_048 | ct_z000-017 | 1 | 0.00 (0/3) | 0.00 (0/2) | 0.00 |",
+        "| CDI | example_ct_sm | liver_z000-030 | 2 | 0.67 (2/3) | 1.00 (1/1) | 2.00 |",
     ]
+    assert all(r.count("|") == bundle_organs.REGION_HEADER.count("|") // 2 for r in rows)
     no_target = [case("a_c00", 0, 0, 2)]
     assert bundle_organs.region_rows("U", inside(no_target)) == [
-        "| U | a | 1 | - (0/0) | - (0/0) | 2.00 |"
+        "| U | - | a | 1 | - (0/0) | - (0/0) | 2.00 |"
     ]
+
+
+def test_the_card_names_every_patient_of_the_data_set_and_credits_each(tmp_path):
+    """Patients come from make-lesions' dataset.json, training-only scans included: a case
+    folder's ct.nii.gz is named by its folder; two scans from one collection share a credit."""
+    import json
+
+    regions = [
+        {"source": "/d/tcia/HCC_048/ct.nii.gz", "split": "test", "z_range_display": [0, 19]},
+        {"source": "/d/tcia/HCC_048/ct.nii.gz", "split": "train", "z_range_display": [50, 89]},
+        {"source": "/d/ts/ct_cropped.nii.gz", "split": "train", "z_range_display": [0, 19]},
+        {"source": "/d/ts/example_ct_sm.nii.gz", "split": "test", "z_range_display": [0, 30]},
+    ]
+    cases = {"ct-b_z000-019_c00": {"source": "/d/tcia/HCC_048/ct.nii.gz"},
+             "example-ct-sm_z000-030_c00": {"source": "/d/ts/example_ct_sm.nii.gz"}}  # fmt: skip
+    (tmp_path / "dataset.json").write_text(json.dumps({"cases": cases, "regions": regions}))
+    patients = bundle_organs.sources(tmp_path)
+    assert patients["ct-b_z000-019"] == "HCC_048"
+    assert patients["example-ct-sm_z000-030"] == "example_ct_sm"
+    assert set(patients.values()) == {"HCC_048", "ct_cropped", "example_ct_sm"}
+    text = bundle_organs.credit(patients.values())
+    assert text.count("TotalSegmentator") == 1 and "HCC-TACE-Seg" in text
+    assert "of 3 scans" in bundle_organs.description(len(set(patients.values())))
 
 
 def test_the_demo_line_says_found_and_how_many_others():

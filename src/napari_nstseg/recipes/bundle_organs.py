@@ -30,24 +30,57 @@ from napari_nstseg.recipes.bundle_weights import (
 from napari_nstseg.training.evaluate import EvalConfig, evaluate
 from napari_nstseg.training.organ_eval import OrganEval
 
-DESCRIPTION = (
-    "CDI-NSTSEG continued on organ crops for organ mode (lesions inserted into liver, spleen, "
-    "kidneys, stomach and bowel of four scans; research use only)"
-)
 BUNDLED_NAME = "CDI-NSTSEG (bundled `organs`)"
-CREDIT = (
-    "Scans: TotalSegmentator test files (Wasserthal et al., Radiology: AI 2023, Apache-2.0); "
-    "LIDC-IDRI-0314 (Armato SG III et al., Med Phys 2011; TCIA, CC BY 3.0); Pancreas-CT-CB_001 "
-    "(TCIA Pancreatic-CT-CBCT-SEG, CC BY 4.0). The lesions are synthetic."
-)
+# each source scan's credit, by the patient name patient_name() gives it
+CREDITS = {
+    "example_ct_sm": "TotalSegmentator test files (Wasserthal et al., Radiology: AI 2023, "
+    "Apache-2.0)",
+    "LIDC-IDRI-0314": "LIDC-IDRI-0314 (Armato SG III et al., Med Phys 2011; TCIA, CC BY 3.0)",
+    "Pancreas-CT-CB_001": "Pancreas-CT-CB_001 (TCIA Pancreatic-CT-CBCT-SEG, CC BY 4.0)",
+    "HCC_048": "HCC_048 (TCIA HCC-TACE-Seg: Moawad AW et al., doi 10.7937/TCIA.5FNA-0924; "
+    "Morshid A et al., Radiol Artif Intell 2019; CC BY 4.0)",
+}
+CREDITS["ct_cropped"] = CREDITS["example_ct_sm"]
+
+
+def patient_name(source: str) -> str:
+    """A scan's name in the card: its folder for a case folder's ct.nii.gz, else its stem."""
+    path = Path(source)
+    stem = path.name.split(".")[0]
+    return path.parent.name if stem == "ct" else stem
+
+
+def sources(data: str | Path) -> dict[str, str]:
+    """Region (a case name without its copy suffix) -> patient, from make-lesions' dataset.json;
+    the training regions, which have no stored cases, too."""
+    meta = json.loads((Path(data) / "dataset.json").read_text())
+    out = {case.rsplit("_c", 1)[0]: patient_name(c["source"]) for case, c in meta["cases"].items()}
+    for region in meta.get("regions", []):
+        key = f"{region['split']}:{region['source']}:{region['z_range_display']}"
+        out.setdefault(key, patient_name(region["source"]))
+    return out
+
+
+def description(n_scans: int) -> str:
+    return (
+        "CDI-NSTSEG continued on organ crops for organ mode (lesions inserted into liver, "
+        f"spleen, kidneys, stomach and bowel of {n_scans} scans; research use only)"
+    )
+
+
+def credit(patients) -> str:
+    seen = dict.fromkeys(CREDITS.get(p, p) for p in sorted(patients))
+    return f"Scans: {'; '.join(seen)}. The lesions are synthetic."
+
+
 ORGAN_HEADER = (
     "| model | lesions in organs found | >= 10 mm and >= 20 HU found | FP / scan in organs | "
     "whole scan: lesions found | >= 10 mm and >= 20 HU | FP / scan | points (organs; whole) |\n"
     "|---|---|---|---|---|---|---|---|"
 )
 REGION_HEADER = (
-    "| model | source region | scans | lesions in organs found | >= 10 mm and >= 20 HU found "
-    "| FP / scan in organs |\n|---|---|---|---|---|---|"
+    "| model | patient | source region | scans | lesions in organs found | >= 10 mm and >= 20 HU "
+    "found | FP / scan in organs |\n|---|---|---|---|---|---|---|"
 )
 
 
@@ -73,8 +106,9 @@ def organ_row(name: str, inside: dict, whole: dict) -> str:
     )
 
 
-def region_rows(name: str, inside: dict) -> list[str]:
-    """Inside the organs, by source region (the copies of one z-block share its anatomy)."""
+def region_rows(name: str, inside: dict, patients: dict[str, str] | None = None) -> list[str]:
+    """Inside the organs, by source region (the copies of one z-block share its anatomy), with
+    the patient each region is cut from (``patients``: region -> name; '-' where unknown)."""
     regions: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for case in inside["organs"]["by_case"]:
         region = regions[case["case"].rsplit("_c", 1)[0]]
@@ -83,7 +117,8 @@ def region_rows(name: str, inside: dict) -> list[str]:
             region[key] += case[key]
         region["fp"] += case["false_positives"]
     return [
-        f"| {name} | {r} | {v['scans']} | {_frac(v['detected'], v['lesions'])} | "
+        f"| {name} | {(patients or {}).get(r, '-')} | {r} | {v['scans']} | "
+        f"{_frac(v['detected'], v['lesions'])} | "
         f"{_frac(v['target_detected'], v['target_lesions'])} | {v['fp'] / v['scans']:.2f} |"
         for r, v in sorted(regions.items())
     ]
@@ -117,30 +152,34 @@ def main(argv=None) -> int:
     labels = tuple(int(v) for v in args.organs.split(","))
     organ_pt = operating_point(args.organ_tune, None, None)
     whole_pt = operating_point(args.whole_tune, None, None) if args.whole_tune else organ_pt
+    patients = sources(args.data)
+    work, search = Path(args.work), OrganEval("organsTr", labels, args.margin_mm)
+
+    def score(name: str, ckpt: str, point: dict) -> tuple[dict, dict]:
+        """Inside the organs at ``point`` ({}: the weights' own) and over the whole scan."""
+        inside = EvalConfig(device="cpu", structure=False, organs=search, **point)
+        whole = EvalConfig(device="cpu", structure=False)
+        return (
+            evaluate(ckpt, args.data, "test", work / f"{name}_organs", inside, verbose=False),
+            evaluate(ckpt, args.data, "test", work / f"{name}_whole", whole, verbose=False),
+        )
+
+    # The models compared are scored first: one of them may be the bundled file this replaces.
+    compared = {}
+    for item in args.compare:
+        name, spec = item.split("=", 1)
+        ckpt, tune = spec.split(":", 1)
+        compared[name] = score(name, ckpt, json.loads(Path(tune).read_text())["postprocess"])
     meta = package(
         args.seg,
         args.weights_dir / "organs",
         postprocess=whole_pt,
         organ_postprocess=organ_pt,
-        description=DESCRIPTION,
+        description=description(len(set(patients.values()))),
         mae="mae.json",
     )
     bundled = args.weights_dir / "organs.json"
-    # name -> (checkpoint, organ-mode point: {} for the weights' own)
-    models = {BUNDLED_NAME: (str(bundled), {})}
-    for item in args.compare:
-        name, spec = item.split("=", 1)
-        ckpt, tune = spec.split(":", 1)
-        models[name] = (ckpt, json.loads(Path(tune).read_text())["postprocess"])
-    work, search = Path(args.work), OrganEval("organsTr", labels, args.margin_mm)
-    results = {}
-    for name, (ckpt, point) in models.items():
-        inside = EvalConfig(device="cpu", structure=False, organs=search, **point)
-        whole = EvalConfig(device="cpu", structure=False)
-        results[name] = (
-            evaluate(ckpt, args.data, "test", work / f"{name}_organs", inside, verbose=False),
-            evaluate(ckpt, args.data, "test", work / f"{name}_whole", whole, verbose=False),
-        )
+    results = {BUNDLED_NAME: score(BUNDLED_NAME, str(bundled), {}), **compared}
     demo = sample_check(bundled, organs="liver")
     (work / "sample_check.json").write_text(json.dumps(demo, indent=2, default=float))
 
@@ -151,11 +190,13 @@ def main(argv=None) -> int:
         "# Model card: `organs` (CDI-NSTSEG for organ mode)",
         "",
         "**Research software, not for diagnosis.** Trained and measured on synthetic lesions",
-        "inserted into four real scans; it has never seen a real tumour in an organ.",
+        f"inserted into {len(set(patients.values()))} real scans "
+        f"({', '.join(sorted(set(patients.values())))}); it has never seen a real tumour in an "
+        "organ.",
         "",
         "- Use: organ mode, `nstseg predict CT OUT --weights organs --organ-mask SEG --organs "
         "liver`, or choose `organs` in the panel with the mode 'inside organs' (the demo does).",
-        f"- {CREDIT}",
+        f"- {credit(patients.values())}",
         f"- Operating points (chosen on the validation split: recipe configs/organ/recipe.json): "
         f"organ mode {organ_pt}; whole scan {whole_pt}.",
         f"- Organ search: {meta.get('organ_search')} (the zoom it was trained at).",
@@ -179,7 +220,7 @@ def main(argv=None) -> int:
         "### Inside the organs, by source region",
         "",
         REGION_HEADER,
-        *(line for n, r in results.items() for line in region_rows(n, r[0])),
+        *(line for n, r in results.items() for line in region_rows(n, r[0], patients)),
         "",
         f"The demo (organ mode on the sample CT's liver, `nstseg demo`): {demo_line(demo)}.",
         "",
