@@ -46,7 +46,7 @@ CASES = [
      ["bundle-aside"], {"seg": "default-stage2", "cmp": "unet-stage2", "bundle_out": "scratch"}),
 ]  # fmt: skip
 # options the JSON's steps gained after the shell recipe was retired, at the end of the line
-_BUNDLE_ADDED = ["--ablations", "single-scale", "no-sfm", "no-glm", "no-lfm", "--reading",
+_BUNDLE_ADDED = ["--ablations", "single-scale", "no-sfm", "no-glm", "no-lfm", "ssl", "--reading",
                  "docs/sarcoma-reading.md"]  # fmt: skip
 ADDED_SINCE = {"bundle": _BUNDLE_ADDED, "bundle-aside": _BUNDLE_ADDED}
 # and inside it, after the U-Net's --compare: the averaged runs' rows
@@ -57,7 +57,7 @@ _AVERAGED = [
     "{w}/unet-avg/tune_val/tune.json",
 ]  # fmt: skip
 # steps the JSON gained after the shell recipe was retired (each has its own test)
-STEPS_ADDED_SINCE = {"average"}
+STEPS_ADDED_SINCE = {"average", "train-ssl"}
 # the run folders a started run would have: the shell and the JSON must both resume them
 STARTED = ["default", "unet-stage2", "mae"]
 
@@ -132,6 +132,22 @@ def test_the_average_step_averages_stage_2_and_stage_1_per_variant(tmp_path):
          f"W/{v}-avg/best.json"]
         for v in ("default", "unet")
     ]  # fmt: skip
+
+
+def test_the_ssl_step_trains_stage_1_with_the_residual_of_the_bundled_mae(tmp_path):
+    """train-ssl is stage 1 (the same data, budget and seed as train) with variant ssl and the
+    MAE whose residual it feeds the network, into its own run folder."""
+    recipe = load_recipe(RECIPE)
+    values = Values(recipe, {"work": "W"}, {})
+    stage1_values = Values(recipe, {"work": "W", "variants": "default"}, {})
+    stage1 = list(plan_command(recipe, "train", 0, stage1_values)[0].args)
+    (ssl,) = [p.args for p in plan_command(recipe, "train-ssl", 0, values)]
+    ssl = list(ssl)
+    assert ssl[ssl.index("--variant") + 1] == "ssl"
+    assert ssl[ssl.index("--mae") + 1] == "src/napari_nstseg/weights/mae.json"
+    assert ssl[ssl.index("--out") + 1] == "W/ssl"
+    shared = stage1[: stage1.index("--variant")]
+    assert ssl[: len(shared)] == shared  # every option of stage 1's data and budget
 
 
 def test_the_environment_the_shell_honoured_is_honoured():

@@ -201,7 +201,7 @@ def main(argv=None) -> int:
         nargs="*",
         default=[],
         metavar="VARIANT",
-        help="ablation runs scored beside it, each RUNS/VARIANT/best.json at its "
+        help="variant runs (ablations, ssl) scored beside it, each RUNS/VARIANT/best.json at its "
         "RUNS/VARIANT/tune_val/tune.json (RUNS: the folder of --seg's run), titled as the "
         "variant registry titles them",
     )
