@@ -214,3 +214,23 @@ def test_train_command_with_online_lesions(tmp_path, capsys):
     assert saved["sampling"]["online_lesions"] is True
     log = (tmp_path / "run" / "log.csv").read_text().splitlines()
     assert len(log) == 3 and "val_dice" in log[0]  # validated on the stored val cases
+
+
+def test_real_tumours_and_online_lesions_train_together(tmp_path, capsys):
+    """`--also-data MAKE_LESIONS --also-online-lesions` beside case folders: crops from both,
+    lesions inserted on the fly in the second; without the flag its lack of stored training
+    cases is named."""
+    from case_helpers import write_case_folders
+    from napari_nstseg.cli import main
+
+    data, _ = _evaluation_only_folder(tmp_path, 2)
+    cases = write_case_folders(tmp_path / "sts", n=3)
+    args = ["train", "--data", str(cases), "--also-data", str(data), "--epochs", "1",
+            "--steps-per-epoch", "2", "--batch-size", "4", "--crop-size", "32", "--base-width",
+            "8", "--set", "fused_channels=8", "--no-progress"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "stored")]) == 2
+    assert f"{data.resolve()}: no case is in the training split" in capsys.readouterr().err
+    assert main([*args, "--also-online-lesions", "--out", str(tmp_path / "run")]) == 0
+    meta = json.loads((tmp_path / "run" / "final.json").read_text())
+    (extra,) = meta["provenance"]["training_data"]["extra"]
+    assert extra["online_lesions"] is True and extra["share"] == 0.5

@@ -144,6 +144,21 @@ def add_parser(subparsers) -> None:
         "new lesion per crop with lesion, inserted on the fly at a new site, instead of on its "
         "stored cases (validation stays on its validation cases)",
     )
+    also = p.add_argument_group("a second data set trained on in the same run")
+    also.add_argument(
+        "--also-data", metavar="DIR",
+        help="another dataset folder (any layout --data takes), e.g. a make-lesions folder "
+        "beside real tumours: a share of the crops comes from it, its validation cases join",
+    )  # fmt: skip
+    also.add_argument("--also-split-file", metavar="JSON", help="its fixed split by case")
+    also.add_argument(
+        "--also-online-lesions", action="store_true",
+        help="it is a make-lesions folder: new lesions on the fly, as --online-lesions",
+    )  # fmt: skip
+    also.add_argument(
+        "--also-share", type=float, default=0.5, metavar="F",
+        help="share of the training crops drawn from it (0.5)",
+    )  # fmt: skip
     add_organ_crop_args(p)
     p.add_argument("--val-max-slices", type=int, help="cap on validation slices per epoch")
     p.add_argument("--mae", help="pretrained MAE checkpoint (SSL guidance, residual maps)")
@@ -401,6 +416,12 @@ def build_train_config(args: argparse.Namespace):
         sampling["z_edge_slices"] = args.z_edge_slices
     if args.online_lesions is not None:
         sampling["online_lesions"] = args.online_lesions
+    if getattr(args, "also_data", None):
+        split = args.also_split_file and str(Path(args.also_split_file).resolve())
+        d["extra_data"] = [
+            {"data": str(Path(args.also_data).resolve()), "split_file": split,
+             "online_lesions": bool(args.also_online_lesions), "share": args.also_share}
+        ]  # fmt: skip
     if args.noise_hu is not None:
         sampling["augment"] = {**(sampling.get("augment") or {}), "noise_std_hu": args.noise_hu}
     d["sampling"] = sampling

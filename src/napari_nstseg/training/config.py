@@ -78,6 +78,27 @@ def _check_positive(owner: str, name: str, value: Any, minimum: float = 1) -> No
         raise ValueError(f"{owner}.{name} must be a number >= {minimum:g}, got {value!r}.")
 
 
+@dataclass(frozen=True)
+class ExtraData:
+    """A second data set a run trains on beside ``TrainConfig.data``: its folder, its split
+    file, whether it is a `make-lesions` folder whose training blocks get lesions on the fly,
+    and the share of training crops drawn from it (the main data set gets the rest). Its
+    validation cases join the main set's."""
+
+    data: str
+    split_file: str | None = None
+    online_lesions: bool = False
+    share: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise ValueError("ExtraData.data: give the folder of the second data set")
+        if isinstance(self.share, bool) or not (
+            isinstance(self.share, (int, float)) and 0.0 < self.share < 1.0
+        ):
+            raise ValueError(f"ExtraData.share must be between 0 and 1, got {self.share!r}.")
+
+
 @dataclass
 class TrainConfig:
     """One segmentation training run (identical budget and seed across variants).
@@ -99,10 +120,13 @@ class TrainConfig:
     the run's organ crops (``sampling.organ_crops``) are cut for, the same settings
     ``inference.organs.OrganSearch`` runs with; a run with organ crops writes its zoom limits
     into the checkpoints (``organ_search``), so `nstseg predict --organ-mask` uses them.
+    ``extra_data``: more data sets trained on in the same run (``ExtraData``), e.g. real
+    tumours beside inserted lesions.
     """
 
     data: str = ""
     split_file: str | None = None
+    extra_data: tuple[ExtraData, ...] = ()
     out: str = "runs/nstseg"
     variant: str = "default"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -141,6 +165,12 @@ class TrainConfig:
                 f"got {self.optimizer!r}."
             )
         get_variant(self.variant)  # an unknown name fails here, listing the known ones
+        self.extra_data = tuple(
+            e if isinstance(e, ExtraData) else ExtraData(**known_keys_only(ExtraData, e))
+            for e in self.extra_data
+        )
+        if sum(e.share for e in self.extra_data) >= 1.0:
+            raise ValueError("TrainConfig.extra_data: the shares leave none for the main data set.")
         _check_positive("TrainConfig", "epochs", self.epochs)
         _check_positive("TrainConfig", "steps_per_epoch", self.steps_per_epoch)
         _check_positive("TrainConfig", "batch_size", self.batch_size)

@@ -41,6 +41,7 @@ from napari_nstseg.training.loop import (
     prepare_out,
     run_epochs,
 )
+from napari_nstseg.training.mixed_data import MixedDataset
 from napari_nstseg.training.optimizer import make_optimizer, poly_lr
 from napari_nstseg.training.organ_crops import OrganCropConfig
 from napari_nstseg.training.run_log import dataset_info, git_commit
@@ -205,6 +206,20 @@ def _run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
 
     sampling = replace(cfg.sampling, seed=cfg.seed, sequential=False)
     train_set = training_set(cfg.data, splits["train"], cfg.preprocess, sampling, cfg.organ_search)
+    extra_splits = [data_splits(e.data, e.split_file) for e in cfg.extra_data]
+    if cfg.extra_data:
+        sets = [train_set]
+        for extra, its in zip(cfg.extra_data, extra_splits, strict=True):
+            if not its["train"] and not extra.online_lesions:
+                raise ValueError(f"{extra.data}: no case is in the training split.")
+            its_sampling = replace(sampling, online_lesions=extra.online_lesions)
+            sets.append(
+                training_set(
+                    extra.data, its["train"], cfg.preprocess, its_sampling, cfg.organ_search
+                )  # fmt: skip
+            )
+        shares = [e.share for e in cfg.extra_data]
+        train_set = MixedDataset(sets, [1.0 - sum(shares), *shares])
     per_step = cfg.batch_size * ctx.world
     steps = cfg.steps_per_epoch or max(1, len(train_set.index) // per_step)
     train_set.sampling = replace(train_set.sampling, samples_per_epoch=steps * per_step)
@@ -266,7 +281,14 @@ def _run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
 
     optimizer = make_optimizer(cfg, model)
     workers = num_workers(cfg.num_workers, device)
-    val_cases = splits["val"]
+    val_cases = [*splits["val"], *(c for its in extra_splits for c in its["val"])]
+    ids = [c.case_id for c in val_cases]
+    if len(set(ids)) < len(ids):
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        raise ValueError(
+            f"validation case(s) {', '.join(twice)} occur in two data sets; their results would "
+            "mix: rename one set's cases"
+        )
     validate: Callable[[], dict[str, float]]
     if val_cases:
         val_set = SliceDataset(
@@ -305,6 +327,22 @@ def _run_training(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
                 **dataset_info(cfg.data, counts),
                 "split_file": cfg.split_file,
                 "val_cases": [c.case_id for c in splits["val"]],
+                **(
+                    {
+                        "extra": [
+                            {
+                                **dataset_info(e.data, {k: len(v) for k, v in its.items()}),
+                                "split_file": e.split_file,
+                                "online_lesions": e.online_lesions,
+                                "share": e.share,
+                                "val_cases": [c.case_id for c in its["val"]],
+                            }
+                            for e, its in zip(cfg.extra_data, extra_splits, strict=True)
+                        ]
+                    }
+                    if cfg.extra_data
+                    else {}
+                ),
             },
             "label_values": list(train_set.label_values),
             "started": started,
