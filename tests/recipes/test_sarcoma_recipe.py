@@ -57,7 +57,7 @@ _AVERAGED = [
     "{w}/unet-avg/tune_val/tune.json",
 ]  # fmt: skip
 # steps the JSON gained after the shell recipe was retired (each has its own test)
-STEPS_ADDED_SINCE = {"average", "train-ssl"}
+STEPS_ADDED_SINCE = {"average", "train-ssl", "train-joint"}
 # the run folders a started run would have: the shell and the JSON must both resume them
 STARTED = ["default", "unet-stage2", "mae"]
 
@@ -148,6 +148,18 @@ def test_the_ssl_step_trains_stage_1_with_the_residual_of_the_bundled_mae(tmp_pa
     assert ssl[ssl.index("--out") + 1] == "W/ssl"
     shared = stage1[: stage1.index("--variant")]
     assert ssl[: len(shared)] == shared  # every option of stage 1's data and budget
+
+
+def test_the_joint_step_trains_stage_1_with_half_the_crops_from_inserted_lesions():
+    recipe = load_recipe(RECIPE)
+    values = Values(recipe, {"work": "W", "joint_lesions": "L"}, {})
+    (joint,) = [list(p.args) for p in plan_command(recipe, "train-joint", 0, values)]
+    stage1_values = Values(recipe, {"work": "W", "variants": "default"}, {})
+    stage1 = list(plan_command(recipe, "train", 0, stage1_values)[0].args)
+    assert joint[: stage1.index("--variant")] == stage1[: stage1.index("--variant")]
+    tail = joint[stage1.index("--variant") :]
+    assert tail == ["--variant", "default", "--also-data", "L", "--also-online-lesions",
+                    "--also-share", "0.5", "--out", "W/joint"]  # fmt: skip
 
 
 def test_the_environment_the_shell_honoured_is_honoured():
