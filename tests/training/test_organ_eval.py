@@ -22,6 +22,8 @@ BOXES = {
     "out": (slice(2, 4), slice(32, 38), slice(30, 36)),  # a lesion far from both organs
     "fp_far": (slice(2, 4), slice(32, 36), slice(4, 8)),  # bright, not a lesion, no organ near
     "fp_liver": (slice(2, 4), slice(16, 19), slice(16, 19)),  # bright in the liver, case P0 only
+    # bright just below the liver (rows 4-21): centred 6 mm outside it, within the 10 mm zone
+    "fp_rim": (slice(2, 4), slice(23, 26), slice(8, 11)),
 }
 
 
@@ -29,9 +31,10 @@ def save(display, path) -> None:
     nib.save(nib.Nifti1Image(display.transpose(2, 1, 0), AFFINE), path)
 
 
-def write_set(root):
+def write_set(root, rim: bool = False):
     """Two patients, P0 and P1, each with ct, tumour and TotalSegmentator-style organ labels
-    (liver 5, spleen 1), organsTr/<case> copies of the labels, a split file and lesions.csv."""
+    (liver 5, spleen 1), organsTr/<case> copies of the labels, a split file and lesions.csv;
+    ``rim``: a false lesion at the liver's rim too, in both."""
     (root / "organsTr").mkdir(parents=True)
     rows = []
     for case in ("P0", "P1"):
@@ -40,8 +43,8 @@ def write_set(root):
         organs = np.zeros(SHAPE, np.uint8)
         organs[1:5, 4:22, 4:22] = 5
         organs[1:4, 4:14, 28:40] = 1
-        for name in ("in", "out", "fp_far", "fp_liver"):
-            if name == "fp_liver" and case == "P1":
+        for name in ("in", "out", "fp_far", "fp_liver", "fp_rim"):
+            if (name == "fp_liver" and case == "P1") or (name == "fp_rim" and not rim):
                 continue
             hu[BOXES[name]] = 300
             if name in ("in", "out"):
@@ -147,7 +150,8 @@ def test_tune_in_organs_sweeps_in_organ_figures(dataset, tmp_path):
                              TuneConfig(**common), False)  # fmt: skip
     (row,) = whole["grid"]
     assert (row["lesions"], row["detected"], row["fp_per_scan"]) == (4, 4, 1.5)
-    cfg = TuneConfig(**common, organs=OrganEval(str(root / "organsTr"), (5, 1)))
+    cfg = TuneConfig(**common, centre_mm=(None,),
+                     organs=OrganEval(str(root / "organsTr"), (5, 1)))  # fmt: skip
     res = tune_postprocess(tmp_path / "w.json", root, "test", tmp_path / "b", cfg, False)
     (row,) = res["grid"]
     assert (row["lesions"], row["detected"], row["fp_per_scan"]) == (2, 2, 0.5)
@@ -210,3 +214,56 @@ def test_the_command_line_takes_organ_options_and_refuses_bad_ones(dataset, tmp_
     assert main(tune) == 0
     tuned = json.loads((tmp_path / "t" / "tune.json").read_text())
     assert tuned["organs"]["scans"] == 2 and tuned["choice"]["fp_per_scan"] == 0.5
+
+
+def test_the_centre_rule_drops_lesions_centred_beside_the_organ_and_tune_chooses_it(
+    tmp_path, monkeypatch
+):
+    """A false lesion at the liver's rim (centred 6 mm outside it, inside the 10 mm zone) is a
+    false positive in organ mode without the centre rule and gone with a 2 mm one, while the
+    lesion inside the liver is kept; tune-postprocess sweeps the rule, chooses it (as many
+    found, fewer false positives), writes it to tune.json, and `nstseg evaluate
+    --operating-point` scores with it."""
+    from napari_nstseg.cli import main
+    from napari_nstseg.inference.engine import Segmenter
+    from napari_nstseg.training.evaluate import EvalConfig, evaluate
+    from napari_nstseg.training.organ_eval import OrganEval
+    from napari_nstseg.training.tune import TuneConfig, tune_postprocess
+
+    def load(cls, path, device, config):
+        return cls(bright_stand_in(), PreprocessConfig(working_spacing_mm=None), "cpu", config)
+
+    monkeypatch.setattr(Segmenter, "from_checkpoint", classmethod(load))
+    root, split = write_set(tmp_path / "set", rim=True)
+    common = {"device": "cpu", "structure": False, "min_depth_mm": 0.0, "split_file": str(split)}
+    fp = {}
+    for centre in (None, 2.0):
+        cfg = EvalConfig(**common, organs=OrganEval("organs.nii.gz", (5, 1), 10.0, centre))
+        res = evaluate(tmp_path / "w.json", root, "test", tmp_path / f"e{centre}", cfg, False)
+        assert res["organs"]["detected"] == 2  # the liver's lesions, both cases
+        fp[centre] = res["organs"]["fp_per_scan"]
+    assert fp == {None: 1.5, 2.0: 0.5}  # the rim's lesion in both cases, then only fp_liver
+
+    grid = {"thresholds": (0.5,), "min_lesion_mm": (0.0,), "min_depth_mm": (0.0,)}
+    cfg = TuneConfig(device="cpu", split_file=str(split), centre_mm=(None, 2.0, 0.0), **grid,
+                     organs=OrganEval(str(root / "organsTr"), (5, 1)))  # fmt: skip
+    res = tune_postprocess(tmp_path / "w.json", root, "test", tmp_path / "t", cfg, False)
+    by_centre = {r["centre_mm"]: r for r in res["grid"]}
+    assert [by_centre[c]["fp_per_scan"] for c in (None, 2.0, 0.0)] == [1.5, 0.5, 0.5]
+    assert all(r["detected"] == 2 for r in res["grid"])
+    # As many found and fewer false positives; of 0 and 2 mm, the wider rule hides less.
+    assert res["choice"]["centre_mm"] == 2.0 and res["organ_search"] == {"centre_mm": 2.0}
+    tune_json = tmp_path / "t" / "tune.json"
+    assert json.loads(tune_json.read_text())["organ_search"] == {"centre_mm": 2.0}
+
+    out = tmp_path / "cli"
+    args = ["evaluate", str(tmp_path / "w.json"), "--data", str(root), "--split-file",
+            str(split), "--split", "test", "--organ-masks", "organsTr", "--organs", "5,1",
+            "--operating-point", str(tune_json), "--no-structure", "--device", "cpu",
+            "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    assert json.loads((out / "evaluation.json").read_text())["organs"]["fp_per_scan"] == 0.5
+    # --organ-centre-mm none wins over the tuned rule.
+    assert main([*args[:-1], str(tmp_path / "cli2"), "--organ-centre-mm", "none"]) == 0
+    result = json.loads((tmp_path / "cli2" / "evaluation.json").read_text())
+    assert result["organs"]["fp_per_scan"] == 1.5

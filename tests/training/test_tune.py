@@ -119,20 +119,20 @@ def test_the_sweep_counts_what_evaluate_counts_on_the_post_processed_mask():
                 cut = (final >= np.ceil(t * 255 - 1e-6)).astype(np.uint8)
                 mask = remove_small_lesions(cut, spacing, m, min_depth_mm=d)
                 det = detect_lesions(mask, gt, spacing, min_dice=0.1)
-                got = swept[(t, m, d)]
+                got = swept[(t, m, d, None)]
                 assert got["false_positives"] == det.false_positives, (t, m, d)
                 assert got["detected"] == det.n_detected, (t, m, d)
                 assert got["lesions"] == 2 and got["target_lesions"] == 2
-    assert swept[(0.5, 0.0, 0.0)]["false_positives"] == 3
-    assert swept[(0.5, 3.0, 0.0)]["false_positives"] == 1  # the specks go, the 7.9 mm one stays
-    assert swept[(0.5, 10.0, 0.0)]["false_positives"] == 0
-    assert swept[(0.5, 6.0, 0.0)]["detected"] == 1  # the small true lesion (4.7 mm) goes
-    assert swept[(0.7, 0.0, 0.0)]["target_detected"] == 2  # the large one, counted per table row
+    assert swept[(0.5, 0.0, 0.0, None)]["false_positives"] == 3
+    assert swept[(0.5, 3.0, 0.0, None)]["false_positives"] == 1  # the specks go, the 7.9 mm one stays
+    assert swept[(0.5, 10.0, 0.0, None)]["false_positives"] == 0
+    assert swept[(0.5, 6.0, 0.0, None)]["detected"] == 1  # the small true lesion (4.7 mm) goes
+    assert swept[(0.7, 0.0, 0.0, None)]["target_detected"] == 2  # the large one, counted per table row
     # Every false lesion and the small true one lie on one slice (2 mm deep here): a minimum
     # depth of 3 mm keeps only the large true lesion, over three slices (6 mm); 7 mm, nothing.
-    assert swept[(0.5, 0.0, 3.0)]["false_positives"] == 0
-    assert swept[(0.5, 0.0, 3.0)]["detected"] == 1
-    assert swept[(0.5, 0.0, 7.0)]["detected"] == 0
+    assert swept[(0.5, 0.0, 3.0, None)]["false_positives"] == 0
+    assert swept[(0.5, 0.0, 3.0, None)]["detected"] == 1
+    assert swept[(0.5, 0.0, 7.0, None)]["detected"] == 0
     rows = grid_rows([swept, swept])
     row = next(
         r for r in rows if (r["threshold"], r["min_lesion_mm"], r["min_depth_mm"]) == (0.5, 3, 0)
@@ -151,8 +151,8 @@ def test_the_sweep_and_the_engine_filter_agree_on_a_lesion_exactly_at_the_limit(
     swept = sweep_case(final, gt, spacing, (0.5,), (0.0,), targets=[0], depths_mm=(7.0, 7.1))
     for d in (7.0, 7.1):
         kept = remove_small_lesions(gt, spacing, 0, min_depth_mm=d).any()
-        assert swept[(0.5, 0.0, d)]["detected"] == int(kept), d
-    assert swept[(0.5, 0.0, 7.0)]["detected"] == 1
+        assert swept[(0.5, 0.0, d, None)]["detected"] == int(kept), d
+    assert swept[(0.5, 0.0, 7.0, None)]["detected"] == 1
 
 
 def test_evaluation_scores_the_post_processed_mask():
@@ -185,12 +185,12 @@ def test_per_patient_dice_at_each_grid_point_and_the_dice_objective():
     counts = sweep_case(prob, gt, (1.0, 1.0, 1.0), [0.5, 0.7], [0.0, 5.0])
     truth = 200
     # threshold 0.5: the whole tumour and the false positive (18 voxels).
-    assert counts[(0.5, 0.0, 0.0)]["dice_e6"] == round(2e6 * 200 / (218 + truth))
+    assert counts[(0.5, 0.0, 0.0, None)]["dice_e6"] == round(2e6 * 200 / (218 + truth))
     # a 5 mm minimum size drops the false positive (diameter 3 * sqrt 2 mm): Dice 1.
-    assert counts[(0.5, 5.0, 0.0)]["dice_e6"] == 1_000_000
-    assert counts[(0.5, 5.0, 0.0)]["false_positives"] == 0
+    assert counts[(0.5, 5.0, 0.0, None)]["dice_e6"] == 1_000_000
+    assert counts[(0.5, 5.0, 0.0, None)]["false_positives"] == 0
     # threshold 0.7: half the tumour, false positive dropped by size: 2 * 100 / 300.
-    assert counts[(0.7, 5.0, 0.0)]["dice_e6"] == round(2e6 * 100 / 300)
+    assert counts[(0.7, 5.0, 0.0, None)]["dice_e6"] == round(2e6 * 100 / 300)
     rows = grid_rows([counts, counts])
     by_point = {(r["threshold"], r["min_lesion_mm"]): r for r in rows}
     assert by_point[(0.5, 5.0)]["mean_dice"] == pytest.approx(1.0)

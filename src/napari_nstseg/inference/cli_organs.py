@@ -13,6 +13,9 @@ import numpy as np
 DEFAULT_MARGIN_MM = 10.0
 
 
+NO_CENTRE_RULE = "none"
+
+
 def add_organ_args(p: argparse.ArgumentParser, masks_help: str | None = None) -> None:
     """--organ-mask (or --organ-masks with ``masks_help``), --organs and --organ-margin-mm."""
     if masks_help is None:
@@ -40,6 +43,37 @@ def add_organ_args(p: argparse.ArgumentParser, masks_help: str | None = None) ->
         help=f"crop around each organ and zone kept around it, in mm (default "
         f"{DEFAULT_MARGIN_MM:g}: lesions at an organ's edge count)",
     )
+    p.add_argument(
+        "--organ-centre-mm",
+        metavar="MM",
+        type=centre_arg,
+        default=None,
+        help="keep a lesion only when its centre lies in the organ or within MM of it ('none': "
+        "anywhere in the zone); default: the rule the weights store, chosen on validation",
+    )
+
+
+def centre_arg(value: str) -> float | str:
+    """--organ-centre-mm's value: a distance in mm, or 'none' (no centre rule)."""
+    if value.strip().lower() == "none":
+        return NO_CENTRE_RULE
+    try:
+        mm = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"give a distance in mm or 'none', not {value!r}"
+        ) from None
+    if not (np.isfinite(mm) and mm >= 0):
+        raise argparse.ArgumentTypeError(f"the distance must be 0 mm or more, got {value}")
+    return mm
+
+
+def centre_rule(value: float | str | None, stored: float | None) -> float | None:
+    """The centre rule in force: --organ-centre-mm's ``value`` (None: not given) over the
+    weights' ``stored`` one."""
+    if value is None:
+        return stored
+    return None if value == NO_CENTRE_RULE else float(value)
 
 
 def organ_labels(mask: str | None, organs: str | None, margin_mm: float, flag: str):
@@ -89,8 +123,10 @@ def organ_report(search, pred, names: dict[int, str] | None = None) -> dict[str,
         "margin_mm": search.margin_mm,
         "field_mm": search.field_mm,
         "zoom_limits": [search.min_zoom, search.max_zoom],
+        "centre_mm": search.centre_mm,
         "boxes_zyx": info.get("boxes", []),
         "lesions_only_inside": True,
         "note": "lesions were only sought inside the organs grown by margin_mm; every map and "
-        "the mask are 0 elsewhere",
+        "the mask are 0 elsewhere; with centre_mm, the mask keeps only lesions whose centre lies "
+        "within centre_mm of the organs",
     }

@@ -306,6 +306,8 @@ class Segmenter(CostEstimator):
         else:
             pred = self._new_prediction(shape, spacing)
         earlier = pred.done.copy()
+        if not self.organ_mode:
+            pred.centre_zone = None  # organ mode's centre rule is not this run's
         pred.cover(box if roi is not None else None)
         pred.info.update(device=str(self.device), arch=self.arch)
 

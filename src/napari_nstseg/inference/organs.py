@@ -1,7 +1,8 @@
 """Organ-then-tumour search (cascade paper 001) at a size-invariant scale (CL-MSDA 003): each
 organ is cropped with a margin, zoomed so that it fills the network's working field, segmented,
 mapped back onto the scan's grid, and every map is kept only within the organ grown by a
-margin; the rest of the scan is 0."""
+margin (and, where the weights ask for it, only lesions centred in or near the organ); the
+rest of the scan is 0."""
 
 from __future__ import annotations
 
@@ -26,13 +27,16 @@ class OrganSearch:
     around each organ and the zone kept around it (lesions at an organ's edge count);
     ``field_mm``: the working field an organ's crop should fill (None: no zoom); the zoom is
     held between ``min_zoom`` and ``max_zoom`` (1 and 1: the network sees the scan's own scale,
-    right for weights not trained on zoomed organs)."""
+    right for weights not trained on zoomed organs). ``centre_mm``: a lesion is kept only when
+    its centre lies in the organ or within this distance of it (chosen on validation, stored
+    with the weights); None: every lesion in the zone."""
 
     labels: tuple[int, ...]
     margin_mm: float = 10.0
     field_mm: float | None = None
     min_zoom: float = 1.0
     max_zoom: float = 1.0
+    centre_mm: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", tuple(int(v) for v in self.labels))
@@ -47,16 +51,23 @@ class OrganSearch:
             )
         if self.field_mm is not None and not self.field_mm > 0:
             raise ValueError(f"field_mm must be a positive size in mm, got {self.field_mm!r}")
+        if self.centre_mm is not None and not (
+            math.isfinite(self.centre_mm) and self.centre_mm >= 0
+        ):
+            raise ValueError(
+                f"centre_mm (how far a lesion's centre may lie from the organ) must be 0 mm or "
+                f"more, got {self.centre_mm!r}"
+            )
 
     @classmethod
     def for_weights(
         cls, labels: Sequence[int], margin_mm: float, meta: dict[str, Any] | None
     ) -> OrganSearch:
-        """The search over ``labels`` with the zoom limits the checkpoint stores under
-        ``organ_search`` (``field_mm``, ``min_zoom``, ``max_zoom``); none stored: zoom 1, the
-        scale the weights were trained at."""
+        """The search over ``labels`` with the zoom limits and the centre rule the checkpoint
+        stores under ``organ_search`` (``field_mm``, ``min_zoom``, ``max_zoom``, ``centre_mm``);
+        none stored: zoom 1, the scale the weights were trained at, and no centre rule."""
         stored = (meta or {}).get("organ_search") or {}
-        keys = ("field_mm", "min_zoom", "max_zoom")
+        keys = ("field_mm", "min_zoom", "max_zoom", "centre_mm")
         return cls(tuple(labels), margin_mm, **{k: stored[k] for k in keys if k in stored})
 
     def names(self, names: dict[int, str] | None = None) -> list[str]:
@@ -134,24 +145,40 @@ def organ_boxes(
     return boxes
 
 
-def search_zone(labels: np.ndarray, spacing: Sequence[float], search: OrganSearch) -> np.ndarray:
-    """The organs grown by ``margin_mm`` (3-D, in mm): where lesions are kept."""
-    organ = np.isin(labels, search.labels)
-    if search.margin_mm <= 0:
-        return organ
+def grown_organs(organ: np.ndarray, spacing: Sequence[float], mm: float) -> np.ndarray:
+    """``organ`` (bool) grown by ``mm`` (3-D distance in mm)."""
+    organ = np.asarray(organ, bool)
+    if mm <= 0:
+        return organ.copy()
+    grown = np.zeros(organ.shape, bool)
     boxes = ndimage.find_objects(organ.astype(np.uint8))
-    zone = np.zeros(organ.shape, bool)
     if not boxes or boxes[0] is None:
-        return zone
-    # The distance transform only over the organs' box grown by the margin: whole scans are big.
+        return grown
+    # The distance transform only over the organs' box grown by the reach: whole scans are big.
     sp = [float(s) for s in spacing]
-    grow = [int(math.ceil(search.margin_mm / s)) + 1 for s in sp]
+    grow = [int(math.ceil(mm / s)) + 1 for s in sp]
     box = tuple(
         slice(max(0, s.start - g), min(n, s.stop + g))
         for s, g, n in zip(boxes[0], grow, organ.shape, strict=True)
     )
-    zone[box] = ndimage.distance_transform_edt(~organ[box], sampling=sp) <= search.margin_mm
-    return zone
+    grown[box] = ndimage.distance_transform_edt(~organ[box], sampling=sp) <= mm
+    return grown
+
+
+def search_zone(labels: np.ndarray, spacing: Sequence[float], search: OrganSearch) -> np.ndarray:
+    """The organs grown by ``margin_mm`` (3-D, in mm): where lesions are kept."""
+    return grown_organs(np.isin(labels, search.labels), spacing, search.margin_mm)
+
+
+def centre_zone(
+    labels: np.ndarray, spacing: Sequence[float], search: OrganSearch
+) -> np.ndarray | None:
+    """Where a kept lesion's centre must lie: the organs grown by ``centre_mm`` (no farther
+    than the zone); None when the search has no centre rule."""
+    if search.centre_mm is None:
+        return None
+    reach = min(search.centre_mm, search.margin_mm)
+    return grown_organs(np.isin(labels, search.labels), spacing, reach)
 
 
 def clip_to_zone(pred: Prediction, zone: np.ndarray) -> None:
@@ -212,6 +239,7 @@ def iter_predict_in_organs(
     boxes = organ_boxes(labels, sp, search)
     jobs = organ_jobs(boxes, z_indices, roi)
     pred = into if into is not None else engine._new_prediction(vol.shape, sp)
+    pred.centre_zone = None  # set for this search once its organs are done
     total = sum(len(zs) for _, _, zs in jobs)
     done = 0
     try:
@@ -227,11 +255,13 @@ def iter_predict_in_organs(
     finally:
         # Also on cancel: what was kept is clipped to the zone like a finished run.
         clip_to_zone(pred, search_zone(labels, sp, search))
+        pred.centre_zone = centre_zone(labels, sp, search)
         pp = engine.postprocess
         pred.finish_mask(pp.threshold, pp.min_lesion_mm, min_depth_mm=pp.min_depth_mm)
         pred.info["organs"] = {
             "labels": list(search.labels),
             "margin_mm": search.margin_mm,
+            "centre_mm": search.centre_mm,
             "boxes": [
                 {"label": b.label, "box": list(b.box), "zoom": round(b.zoom, 3)} for b in boxes
             ],

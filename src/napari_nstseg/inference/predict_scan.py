@@ -19,7 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from napari_nstseg.inference.cli_organs import organ_labels, organ_report, read_organ_mask
+from napari_nstseg.inference.cli_organs import (
+    centre_rule,
+    organ_labels,
+    organ_report,
+    read_organ_mask,
+)
 from napari_nstseg.inference.predict_outputs import (
     PredictOutputs,
     plan_outputs,
@@ -373,10 +378,13 @@ def _run_predict(args: argparse.Namespace, segmenter=None) -> int:
 def _organ_search(args, ct, organs, zs, meta):
     """Organ mode's search, its label map (checked) and the slices its boxes run; before torch,
     so a bad mask or a --slices range without organ costs a second."""
+    from dataclasses import replace
+
     from napari_nstseg.inference.organs import OrganSearch, organ_boxes, organ_jobs
 
     organ_map = read_organ_mask(args.organ_mask, ct.geometry, organs)
     search = OrganSearch.for_weights(organs, args.organ_margin_mm, meta)
+    search = replace(search, centre_mm=centre_rule(args.organ_centre_mm, search.centre_mm))
     jobs = organ_jobs(organ_boxes(organ_map, ct.spacing, search), zs)
     wanted = ", ".join(f"{v} ({n})" for v, n in zip(organs, search.names(), strict=True))
     if not jobs:
@@ -387,7 +395,12 @@ def _organ_search(args, ct, organs, zs, meta):
     zs_run = [z for _, _, job_zs in jobs for z in job_zs]
     print(
         f"organ mode: searching organ label {wanted} within {search.margin_mm:g} mm "
-        f"({len(jobs)} box(es), {len(set(zs_run))} slice(s)); lesions elsewhere are not sought",
+        f"({len(jobs)} box(es), {len(set(zs_run))} slice(s)); lesions elsewhere are not sought"
+        + (
+            ""
+            if search.centre_mm is None
+            else f", nor lesions centred over {search.centre_mm:g} mm from the organ"
+        ),
         file=sys.stderr,
     )
     return search, organ_map, zs_run

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_nstseg.postprocess import PostprocessConfig, remove_small_lesions
+from napari_nstseg.postprocess import PostprocessConfig, keep_centred_lesions, remove_small_lesions
 
 PROB_DTYPES = ("uint8", "float16")
 ROI = tuple[int, int, int, int, int, int]  # z0, z1, y0, y1, x0, x1 (stops exclusive)
@@ -106,6 +106,8 @@ class Prediction:
       level ``scale_level`` (index into the model's fused levels, deepest first), only if asked.
     - ``done``: bool per axial slice; ``roi``: the (z0, z1, y0, y1, x0, x1) box the results
       cover, None for whole slices.
+    - ``centre_zone``: organ mode's centre rule (bool, the volume's shape), set by the run: the
+      mask keeps only lesions centred in it, at every operating point; None: no such rule.
     """
 
     shape: tuple[int, int, int]
@@ -123,6 +125,7 @@ class Prediction:
     scale_level: int | None = field(init=False, default=None)
     done: np.ndarray = field(init=False)
     roi: ROI | None = field(init=False, default=None)
+    centre_zone: np.ndarray | None = field(init=False, default=None, repr=False)
     timings: dict[str, float] = field(init=False, default_factory=dict)
     info: dict[str, Any] = field(init=False, default_factory=dict)
     _covered: bool = field(init=False, default=False, repr=False)
@@ -219,6 +222,8 @@ class Prediction:
                 slices=self.done_slices,
                 min_depth_mm=point.min_depth_mm,
             )
+        if self.centre_zone is not None:
+            self.mask = keep_centred_lesions(self.mask, self.centre_zone)
 
     @property
     def point(self) -> PostprocessConfig:
@@ -282,6 +287,8 @@ class Prediction:
                 slices=self.done_slices,
                 min_depth_mm=point.min_depth_mm,
             )
+        if self.centre_zone is not None:
+            out = keep_centred_lesions(out, self.centre_zone)
         return out
 
     @property
@@ -295,6 +302,7 @@ class Prediction:
             self.scale_weights,
             *self.stages,
             self.done,
+            self.centre_zone,
         ]
         return int(sum(a.nbytes for a in arrays if a is not None))
 

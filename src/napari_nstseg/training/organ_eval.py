@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +23,20 @@ MASKS_HELP = (
     "organsTr beside labelsTr; relative to --data), or a pattern with {case}; use with --organs"
 )
 SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd")
+FROM_WEIGHTS = "weights"
 
 
 @dataclass(frozen=True)
 class OrganEval:
     """Organ mode for scoring: ``masks`` says where each case's label map is
     (:func:`organ_mask_path`), ``labels`` the organ ids searched, ``margin_mm`` the zone kept
-    around them."""
+    around them; ``centre_mm`` the centre rule (``OrganSearch.centre_mm``; None: none), by
+    default (``FROM_WEIGHTS``) the one the weights store."""
 
     masks: str
     labels: tuple[int, ...]
     margin_mm: float = 10.0
+    centre_mm: float | None | str = "weights"
 
 
 def add_organ_eval_args(p: argparse.ArgumentParser) -> None:
@@ -44,12 +47,14 @@ def add_organ_eval_args(p: argparse.ArgumentParser) -> None:
 
 def organ_eval_from_args(args: argparse.Namespace) -> OrganEval | None:
     """The organ mode the command line asks for (None: whole scans), checked before any work."""
-    from napari_nstseg.inference.cli_organs import organ_labels
+    from napari_nstseg.inference.cli_organs import centre_rule, organ_labels
 
     labels = organ_labels(args.organ_masks, args.organs, args.organ_margin_mm, "--organ-masks")
     if labels is None:
         return None
-    return OrganEval(args.organ_masks, labels, args.organ_margin_mm)
+    given = getattr(args, "organ_centre_mm", None)
+    centre = FROM_WEIGHTS if given is None else centre_rule(given, None)
+    return OrganEval(args.organ_masks, labels, args.organ_margin_mm, centre)
 
 
 def organ_mask_path(spec: str, case, data_folder: str | Path) -> Path:
@@ -82,6 +87,9 @@ class OrganScoring:
         self.cfg = cfg
         self.data_folder = data_folder
         self.search = OrganSearch.for_weights(cfg.labels, cfg.margin_mm, meta)
+        if cfg.centre_mm != FROM_WEIGHTS:
+            self.search = replace(self.search, centre_mm=cfg.centre_mm)
+        self._organ: tuple[str, np.ndarray, tuple[float, ...]] | None = None
         self.rows: list[dict[str, Any]] = []
         self.present: dict[str, tuple[int, ...]] = {}
         self.without_organs: list[str] = []
@@ -111,8 +119,6 @@ class OrganScoring:
         organs it holds; None for a case that holds none (listed in ``scans_without_organs``,
         left out of every figure). Its organ map must lie on its CT's grid (one line naming
         the file)."""
-        from dataclasses import replace
-
         from napari_nstseg.inference.cli_organs import read_organ_mask
         from napari_nstseg.inference.organs import clip_to_zone, predict_in_organs, search_zone
         from napari_nstseg.io import read_ct, read_mask
@@ -126,6 +132,7 @@ class OrganScoring:
         labels = read_mask(case.label, like=ct.geometry)
         path = organ_mask_path(self.cfg.masks, case, self.data_folder)
         organs = read_organ_mask(path, ct.geometry, search.labels)
+        self._organ = (case.case_id, np.isin(organs, search.labels), tuple(ct.spacing))
         pred = predict_in_organs(engine, ct.hu, ct.spacing, organs, search)
         zone = search_zone(organs, ct.spacing, search)
         excluded = self._excluded(case, ct.geometry)
@@ -137,6 +144,23 @@ class OrganScoring:
             pp = engine.organ_postprocess
             pred.finish_mask(pp.threshold, pp.min_lesion_mm, min_depth_mm=pp.min_depth_mm)
         return ct.hu, labels, ct.spacing, pred, zone
+
+    def centre_zones(
+        self, case, centres_mm: Sequence[float | None]
+    ) -> list[tuple[float | None, np.ndarray | None]]:
+        """(rule, zone) for each centre rule of a sweep, on the organs ``predict_case`` just
+        searched in ``case``: the organs grown by each distance (at most the margin); None
+        (no rule) has no zone."""
+        from napari_nstseg.inference.organs import grown_organs
+
+        if self._organ is None or self._organ[0] != case.case_id:
+            raise ValueError(f"case {case.case_id} was not the last one predicted")
+        _, organ, spacing = self._organ
+        margin = self.search.margin_mm
+        return [
+            (c, None if c is None else grown_organs(organ, spacing, min(c, margin)))
+            for c in centres_mm
+        ]
 
     def _excluded(self, case, geometry) -> np.ndarray | None:
         """The case's excluded region (make-lesions' excludeTr beside its image), if any."""

@@ -41,10 +41,14 @@ DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(0.30 + 0.05 * k, 2) for k in
 DEFAULT_MIN_LESION_MM: tuple[float, ...] = (0.0, 3.0, 5.0, 7.0, 10.0)
 # 4 mm: two slices of a 3 mm scan, three of a 1.5 mm one; 10 mm: a 10 mm lesion's own depth.
 DEFAULT_MIN_DEPTH_MM: tuple[float, ...] = (0.0, 4.0, 7.0, 10.0)
+# Organ mode's centre rule: a lesion's centre in the organ (0) or within a few mm of it; None:
+# anywhere in the searched zone (the organs grown by the margin), organ mode without the rule.
+DEFAULT_CENTRE_MM: tuple[float | None, ...] = (0.0, 2.0, 5.0, None)
 GRID_COLUMNS = (
     "threshold",
     "min_lesion_mm",
     "min_depth_mm",
+    "centre_mm",
     "scans",
     "lesions",
     "detected",
@@ -60,7 +64,8 @@ GRID_COLUMNS = (
 
 @dataclass(frozen=True)
 class TuneConfig:
-    """The grid (probability thresholds x minimum lesion sizes x minimum depths, both in mm),
+    """The grid (probability thresholds x minimum lesion sizes x minimum depths, both in mm; in
+    organ mode also x ``centre_mm``, how far from the organ a kept lesion's centre may lie),
     the false-positive budget
     per scan, the detection rule (``min_dice`` as in `nstseg evaluate`) and the engine's device,
     batch and test-time mirroring; ``split_file`` a fixed split by case (as for training).
@@ -70,6 +75,7 @@ class TuneConfig:
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
     min_lesion_mm: tuple[float, ...] = DEFAULT_MIN_LESION_MM
     min_depth_mm: tuple[float, ...] = DEFAULT_MIN_DEPTH_MM
+    centre_mm: tuple[float | None, ...] = DEFAULT_CENTRE_MM
     max_fp_per_scan: float = 2.0
     min_dice: float = 0.1
     device: str = "auto"
@@ -97,6 +103,13 @@ class TuneConfig:
         object.__setattr__(self, "thresholds", tuple(sorted({float(t) for t in self.thresholds})))
         for name in ("min_lesion_mm", "min_depth_mm"):
             object.__setattr__(self, name, tuple(sorted({float(m) for m in getattr(self, name)})))
+        if not self.centre_mm:
+            raise ValueError("the grid needs at least one centre_mm (None: no centre rule)")
+        centres = {None if c is None else float(c) for c in self.centre_mm}
+        if any(c is not None and not (math.isfinite(c) and c >= 0) for c in centres):
+            raise ValueError(f"centre_mm values must be 0 mm or more (or None), got {self.centre_mm}")
+        finite = sorted(c for c in centres if c is not None)
+        object.__setattr__(self, "centre_mm", (*finite, *([None] if None in centres else [])))
 
 
 def sweep_case(
@@ -109,9 +122,10 @@ def sweep_case(
     targets: Sequence[int] = (),
     depths_mm: Sequence[float] = (0.0,),
     counted: Sequence[int] | None = None,
-) -> dict[tuple[float, float, float], dict[str, int]]:
-    """Detection counts of one scan at every (threshold, minimum size, minimum depth) of the
-    grid.
+    centre_zones: Sequence[tuple[float | None, np.ndarray | None]] = ((None, None),),
+) -> dict[tuple[float, float, float, float | None], dict[str, int]]:
+    """Detection counts of one scan at every (threshold, minimum size, minimum depth, centre
+    rule) of the grid.
 
     ``final``: the stored final probability (uint8 0..255 or float 0..1); ``gt``: the lesion
     mask; ``targets``: ground-truth component indices (0-based, in ``label_lesions`` order)
@@ -122,7 +136,9 @@ def sweep_case(
     and depths (slices spanned x slice spacing; the whole scan is segmented, so every depth is
     known) only filter those measurements. ``counted`` (organ mode): the ground-truth components
     (0-based) counted as lesions, the others (outside the searched zone) neither counted nor,
-    when a kept component touches them, a false positive; None: all.
+    when a kept component touches them, a false positive; None: all. ``centre_zones``: (centre
+    rule in mm, the zone a kept component's centre must lie in) pairs (organ mode); a zone of
+    None keeps every component.
     """
     sp = tuple(float(s) for s in spacing)
     gt_labels, n_gt = label_lesions(np.asarray(gt) > 0)
@@ -134,10 +150,11 @@ def sweep_case(
         scored[1:] = False
         scored[np.asarray(list(counted), dtype=np.intp) + 1] = True
     positive = [m for m in sizes_mm if m > 0]
-    out: dict[tuple[float, float], dict[str, int]] = {}
+    out: dict[tuple[float, float, float, float | None], dict[str, int]] = {}
     for t in thresholds:
         labels, n = label_lesions(binarize_probability(final, t))
         boxes = ndimage.find_objects(labels, max_label=n)
+        centred = _centred(labels, n, centre_zones)
         below = min(positive) if positive else None
         diam = np.concatenate([[0.0], component_diameters_mm(labels, boxes, sp[1:], below)])
         depth = np.concatenate([[0.0], component_depths_mm(boxes, sp[0])])
@@ -149,8 +166,8 @@ def sweep_case(
         p_ids, g_ids = pairs // (n_gt + 1), pairs % (n_gt + 1)
         touches = np.zeros(n + 1, bool)
         touches[p_ids] = True
-        for m, d in ((m, d) for m in sizes_mm for d in depths_mm):
-            kept = ~below_limit(diam, m) & ~below_limit(depth, d)
+        for m, d, (c, inside) in ((m, d, c) for m in sizes_mm for d in depths_mm for c in centred):
+            kept = ~below_limit(diam, m) & ~below_limit(depth, d) & inside
             kept[0] = False
             sel = kept[p_ids]
             g = g_ids[sel]
@@ -163,7 +180,7 @@ def sweep_case(
             detected[0] = False
             kept_voxels = float(sizes[1:][kept[1:]].sum())
             kept_overlap = float(inter[sel].sum())
-            out[(float(t), float(m), float(d))] = {
+            out[(float(t), float(m), float(d), c)] = {
                 # Volume Dice of the kept mask, x 1e6 so the counts stay integers to sum.
                 "dice_e6": _dice_e6(kept_overlap, kept_voxels, float(gt_sizes[1:].sum())),
                 "lesions": int(scored.sum()),
@@ -172,6 +189,25 @@ def sweep_case(
                 "target_detected": int(detected[targets].sum()) if targets.size else 0,
                 "false_positives": int(np.count_nonzero(kept & ~touches)),
             }
+    return out
+
+
+def _centred(
+    labels: np.ndarray, n: int, centre_zones: Sequence[tuple[float | None, np.ndarray | None]]
+) -> list[tuple[float | None, np.ndarray]]:
+    """(centre rule, per component 0..n whether it may be kept) for each rule: components
+    1..n whose centre of mass (nearest voxel) lies in the rule's zone."""
+    out = []
+    centres = None
+    for c, zone in centre_zones:
+        ok = np.ones(n + 1, bool)
+        if zone is not None and n:
+            if centres is None:
+                com = ndimage.center_of_mass(labels > 0, labels, range(1, n + 1))
+                top = np.asarray(labels.shape) - 1
+                centres = np.clip(np.rint(np.asarray(com)).astype(int), 0, top)
+            ok[1:] = zone[tuple(centres.T)]
+        out.append((None if c is None else float(c), ok))
     return out
 
 
@@ -197,6 +233,7 @@ def grid_rows(
                 "threshold": point[0],
                 "min_lesion_mm": point[1],
                 "min_depth_mm": point[2],
+                "centre_mm": point[3] if len(point) > 3 else None,
                 "scans": scans,
                 **total,
                 "sensitivity": _ratio(total["detected"], total["lesions"]),
@@ -258,6 +295,8 @@ def choose_operating_point(
             -r["sensitivity"],
             r["min_lesion_mm"],
             r.get("min_depth_mm", 0.0),
+            # the point that hides the least: a wider centre rule, None (no rule) widest
+            -(math.inf if r.get("centre_mm") is None else r["centre_mm"]),
             r["threshold"],
         )
 
@@ -323,6 +362,7 @@ def tune_postprocess(
     per_case = []
     for case in cases:
         counted = None
+        centre_zones: list[tuple[float | None, np.ndarray | None]] = [(None, None)]
         if organs is None:
             hu, labels, spacing = load_case(case)
             # Only the stored probability is swept; the engine's own mask is not needed.
@@ -333,6 +373,7 @@ def tune_postprocess(
                 continue
             hu, labels, spacing, pred, zone = scored
             final = pred.final
+            centre_zones = organs.centre_zones(case, cfg.centre_mm)
         gt = foreground(labels, label_values)
         if case.slices is not None:
             # A corrections store's case: only its labelled slices say tumour or not, so the
@@ -365,6 +406,7 @@ def tune_postprocess(
                 targets,
                 cfg.min_depth_mm,
                 counted,
+                centre_zones,
             )
         )
         if verbose:
@@ -385,6 +427,7 @@ def tune_postprocess(
         "met_fp_limit": best["fp_per_scan"] <= cfg.max_fp_per_scan + 1e-12,
         "note": note,
         "postprocess": chosen.to_dict(),
+        **({"organ_search": {"centre_mm": best["centre_mm"]}} if organs is not None else {}),
         "choice": best,
         "grid": grid,
     }
@@ -426,7 +469,8 @@ def _no_nan(value: Any) -> Any:
 
 def format_grid(result: dict[str, Any]) -> str:
     """The sweep as a text table, the chosen point marked with '*', then the choice."""
-    head = ["", "threshold", "min mm", "depth mm", "sens. all", "sens. target", "FP/scan", "Dice"]
+    organ_mode = bool(result.get("organs"))
+    head = ["", "threshold", "min mm", "depth mm", "centre mm", "sens. all", "sens. target", "FP/scan", "Dice"]
     body = []
     choice = result["choice"]
     for r in result["grid"]:
@@ -436,6 +480,7 @@ def format_grid(result: dict[str, Any]) -> str:
                 f"{r['threshold']:.2f}",
                 f"{r['min_lesion_mm']:g}",
                 f"{r['min_depth_mm']:g}",
+                "-" if r.get("centre_mm") is None else f"{r['centre_mm']:g}",
                 _fmt(r["sensitivity"], r["detected"], r["lesions"]),
                 _fmt(r["target_sensitivity"], r["target_detected"], r["target_lesions"]),
                 f"{r['fp_per_scan']:.2f}",
@@ -453,9 +498,15 @@ def format_grid(result: dict[str, Any]) -> str:
             f"inside organs {names} + {o['margin_mm']:g} mm (sensitivity and FP/scan in-organ); "
             f"{o['lesions_outside_zone']} lesion(s) outside the searched zone not counted"
         )
+    centre = (result.get("organ_search") or {}).get("centre_mm")
+    rule = "" if not organ_mode else (
+        ", lesions centred anywhere in the zone" if centre is None
+        else f", lesions centred within {centre:g} mm of the organ"
+    )  # fmt: skip
     lines.append(
         f"chosen: threshold {point['threshold']:g}, min lesion {point['min_lesion_mm']:g} mm, "
-        f"min depth {point['min_depth_mm']:g} mm ({result['split']} split). {result['note']}"
+        f"min depth {point['min_depth_mm']:g} mm{rule} ({result['split']} split). "
+        f"{result['note']}"
     )
     return "\n".join(lines)
 
