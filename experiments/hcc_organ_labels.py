@@ -14,7 +14,8 @@ the liver's HU and touch it below the porta: each ``--cut-seed`` marks such a ne
 watershed on the distance to the label's edge splits off along the narrowest neck and drops.
 Every ``--organ ID:z,y,x`` is grown the same way from its own seed and HU (spleen 1, kidneys 2
 and 3), where the liver is not, and cut the same way where a cut seed lies in it (in HCC_048
-the left kidney's label reaches enhancing vessels and contrast-filled bowel loops). The recipe uses the liver only as a region excluded from training and scoring
+the left kidney's label reaches enhancing vessels and contrast-filled bowel loops). The
+recipe uses the liver only as a region excluded from training and scoring
 (``make-lesions --exclude``), so it errs large: it is closed with ``--liver-close-mm`` before
 being written. A round, rim-enhancing hypodense nodule of about 15 mm lies against the
 liver's posterior-medial surface beside the IVC (display slices 48-58), just outside the

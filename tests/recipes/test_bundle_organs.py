@@ -38,6 +38,18 @@ def test_the_row_puts_organ_mode_beside_the_whole_scan():
     assert row.count("|") == bundle_organs.ORGAN_HEADER.splitlines()[0].count("|")
 
 
+def test_the_row_names_the_centre_rule_the_organ_point_was_chosen_with(tmp_path):
+    measured = inside(CASES)
+    measured["organs"]["centre_mm"] = 2.0
+    row = bundle_organs.organ_row("CDI", measured, WHOLE)
+    assert row.endswith("| 0.6 / 5 / 4, centre 2 mm; 0.5 / 0 / 7 |")
+    tune = tmp_path / "tune.json"
+    tune.write_text('{"postprocess": {}, "organ_search": {"centre_mm": 2.0}}')
+    assert bundle_organs.tuned_centre(tune) == 2.0
+    tune.write_text('{"postprocess": {}}')  # a whole-scan tune: no rule
+    assert bundle_organs.tuned_centre(tune) is None
+
+
 def test_regions_add_up_their_copies():
     patients = {"ct_z000-017": "HCC_048", "liver_z000-030": "example_ct_sm"}
     rows = bundle_organs.region_rows("CDI", inside(CASES), patients)

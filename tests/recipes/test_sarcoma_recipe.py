@@ -57,7 +57,7 @@ _AVERAGED = [
     "{w}/unet-avg/tune_val/tune.json",
 ]  # fmt: skip
 # steps the JSON gained after the shell recipe was retired (each has its own test)
-STEPS_ADDED_SINCE = {"average", "train-ssl", "train-joint"}
+STEPS_ADDED_SINCE = {"average", "train-ssl", "train-joint", "joint-stage"}
 # the run folders a started run would have: the shell and the JSON must both resume them
 STARTED = ["default", "unet-stage2", "mae"]
 
@@ -160,6 +160,22 @@ def test_the_joint_step_trains_stage_1_with_half_the_crops_from_inserted_lesions
     tail = joint[stage1.index("--variant") :]
     assert tail == ["--variant", "default", "--also-data", "L", "--also-online-lesions",
                     "--also-share", "0.5", "--out", "W/joint"]  # fmt: skip
+
+
+def test_the_joint_stage_continues_the_bundled_weights_alike_with_and_without_lesions():
+    """Both runs of joint-stage start from the bundled sarcoma weights with the same data,
+    budget and seed; only the joint one draws half its crops from inserted lesions."""
+    recipe = load_recipe(RECIPE)
+    values = Values(recipe, {"work": "W", "joint_lesions": "L"}, {})
+    (alone,) = [list(p.args) for p in plan_command(recipe, "joint-stage", 0, values)]
+    (joint,) = [list(p.args) for p in plan_command(recipe, "joint-stage", 1, values)]
+    extra = ["--also-data", "L", "--also-online-lesions", "--also-share", "0.5"]
+    cut = alone.index("--out")
+    assert joint == alone[:cut] + extra + ["--out", "W/joint-cont"] + alone[cut + 2 :]
+    assert alone[cut : cut + 2] == ["--out", "W/sarcoma-cont"]
+    assert alone[-2:] == ["--init", "src/napari_nstseg/weights/sarcoma.json"]
+    epochs = [alone[i + 1] for i, w in enumerate(alone) if w == "--epochs"]
+    assert epochs[-1] == "6"  # the last --epochs wins: 6 x 100 x 8 = 4 800 crops
 
 
 def test_the_environment_the_shell_honoured_is_honoured():

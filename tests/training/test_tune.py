@@ -124,10 +124,12 @@ def test_the_sweep_counts_what_evaluate_counts_on_the_post_processed_mask():
                 assert got["detected"] == det.n_detected, (t, m, d)
                 assert got["lesions"] == 2 and got["target_lesions"] == 2
     assert swept[(0.5, 0.0, 0.0, None)]["false_positives"] == 3
-    assert swept[(0.5, 3.0, 0.0, None)]["false_positives"] == 1  # the specks go, the 7.9 mm one stays
+    # the specks go, the 7.9 mm one stays
+    assert swept[(0.5, 3.0, 0.0, None)]["false_positives"] == 1
     assert swept[(0.5, 10.0, 0.0, None)]["false_positives"] == 0
     assert swept[(0.5, 6.0, 0.0, None)]["detected"] == 1  # the small true lesion (4.7 mm) goes
-    assert swept[(0.7, 0.0, 0.0, None)]["target_detected"] == 2  # the large one, counted per table row
+    # the large one, counted per table row
+    assert swept[(0.7, 0.0, 0.0, None)]["target_detected"] == 2
     # Every false lesion and the small true one lie on one slice (2 mm deep here): a minimum
     # depth of 3 mm keeps only the large true lesion, over three slices (6 mm); 7 mm, nothing.
     assert swept[(0.5, 0.0, 3.0, None)]["false_positives"] == 0

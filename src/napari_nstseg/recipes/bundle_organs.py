@@ -19,6 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from napari_nstseg.inference.cli_organs import DEFAULT_MARGIN_MM
+from napari_nstseg.models.checkpoint import read_metadata
 from napari_nstseg.recipes.bundle_sarcoma import hardware, last_stage_minutes
 from napari_nstseg.recipes.bundle_weights import (
     WEIGHTS,
@@ -28,7 +29,7 @@ from napari_nstseg.recipes.bundle_weights import (
     training_phases,
 )
 from napari_nstseg.training.evaluate import EvalConfig, evaluate
-from napari_nstseg.training.organ_eval import OrganEval
+from napari_nstseg.training.organ_eval import FROM_WEIGHTS, OrganEval
 
 BUNDLED_NAME = "CDI-NSTSEG (bundled `organs`)"
 # each source scan's credit, by the patient name patient_name() gives it
@@ -88,8 +89,14 @@ def _frac(found: int, n: int) -> str:
     return f"{found / n:.2f} ({found}/{n})" if n else "- (0/0)"
 
 
-def _point(pp: dict) -> str:
-    return f"{pp['threshold']:g} / {pp['min_lesion_mm']:g} / {pp['min_depth_mm']:g}"
+def _point(pp: dict, centre: float | None = None) -> str:
+    rule = "" if centre is None else f", centre {centre:g} mm"
+    return f"{pp['threshold']:g} / {pp['min_lesion_mm']:g} / {pp['min_depth_mm']:g}{rule}"
+
+
+def tuned_centre(tune_json: str | Path) -> float | None:
+    """The centre rule a tune.json chose in organ mode (None: none, or a whole-scan tune)."""
+    return (json.loads(Path(tune_json).read_text()).get("organ_search") or {}).get("centre_mm")
 
 
 def organ_row(name: str, inside: dict, whole: dict) -> str:
@@ -102,7 +109,8 @@ def organ_row(name: str, inside: dict, whole: dict) -> str:
         f"{_frac(t['detected'], t['lesions'])} | {o['fp_per_scan']:.2f} | "
         f"{_frac(det['detected'], det['lesions'])} | "
         f"{_frac(big.get('detected', 0), big.get('lesions', 0))} | {det['fp_per_scan']:.2f} | "
-        f"{_point(inside['postprocess'])}; {_point(whole['postprocess'])} |"
+        f"{_point(inside['postprocess'], inside['organs'].get('centre_mm'))}; "
+        f"{_point(whole['postprocess'])} |"
     )
 
 
@@ -137,6 +145,11 @@ def main(argv=None) -> int:
     ap.add_argument("--seg", required=True, help="the organ-mode run's checkpoint to bundle")
     ap.add_argument("--organ-tune", required=True, help="tune.json chosen inside the organs")
     ap.add_argument("--whole-tune", help="tune.json chosen over whole scans (default: the same)")
+    ap.add_argument(
+        "--keep-whole-point", action="store_true",
+        help="keep the whole-scan point --seg carries (re-bundling bundled weights whose "
+        "organ-mode point alone is chosen again)",
+    )  # fmt: skip
     ap.add_argument("--data", required=True, help="the make-lesions set with organsTr/")
     ap.add_argument("--organs", required=True, help="organ ids searched, e.g. 1,2,3,5,6,7,18")
     ap.add_argument("--margin-mm", type=float, default=DEFAULT_MARGIN_MM)
@@ -151,12 +164,18 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     labels = tuple(int(v) for v in args.organs.split(","))
     organ_pt = operating_point(args.organ_tune, None, None)
-    whole_pt = operating_point(args.whole_tune, None, None) if args.whole_tune else organ_pt
+    centre = tuned_centre(args.organ_tune)
+    if args.keep_whole_point:
+        whole_pt = None  # package() keeps the source's own
+    else:
+        whole_pt = operating_point(args.whole_tune, None, None) if args.whole_tune else organ_pt
     patients = sources(args.data)
-    work, search = Path(args.work), OrganEval("organsTr", labels, args.margin_mm)
+    work = Path(args.work)
 
-    def score(name: str, ckpt: str, point: dict) -> tuple[dict, dict]:
-        """Inside the organs at ``point`` ({}: the weights' own) and over the whole scan."""
+    def score(name: str, ckpt: str, point: dict, rule=FROM_WEIGHTS) -> tuple[dict, dict]:
+        """Inside the organs at ``point`` ({}: the weights' own) and centre rule ``rule`` (by
+        default the weights' own), and over the whole scan."""
+        search = OrganEval("organsTr", labels, args.margin_mm, rule)
         inside = EvalConfig(device="cpu", structure=False, organs=search, **point)
         whole = EvalConfig(device="cpu", structure=False)
         return (
@@ -169,12 +188,15 @@ def main(argv=None) -> int:
     for item in args.compare:
         name, spec = item.split("=", 1)
         ckpt, tune = spec.split(":", 1)
-        compared[name] = score(name, ckpt, json.loads(Path(tune).read_text())["postprocess"])
+        point = json.loads(Path(tune).read_text())["postprocess"]
+        compared[name] = score(name, ckpt, point, tuned_centre(tune))
+    source = read_metadata(args.seg)
     meta = package(
         args.seg,
         args.weights_dir / "organs",
         postprocess=whole_pt,
         organ_postprocess=organ_pt,
+        organ_search={**(source.get("organ_search") or {}), "centre_mm": centre},
         description=description(len(set(patients.values()))),
         mae="mae.json",
     )
@@ -198,8 +220,16 @@ def main(argv=None) -> int:
         "liver`, or choose `organs` in the panel with the mode 'inside organs' (the demo does).",
         f"- {credit(patients.values())}",
         f"- Operating points (chosen on the validation split: recipe configs/organ/recipe.json): "
-        f"organ mode {organ_pt}; whole scan {whole_pt}.",
-        f"- Organ search: {meta.get('organ_search')} (the zoom it was trained at).",
+        f"organ mode {organ_pt}; whole scan {meta['postprocess']}"
+        + (
+            " (the point these weights carried, chosen on the validation split they were "
+            "bundled with; only the organ-mode point was chosen again)."
+            if args.keep_whole_point
+            else "."
+        ),
+        f"- Organ search: {meta.get('organ_search')} (the zoom it was trained at; centre_mm, "
+        "chosen with the organ-mode point: a lesion is kept only when its centre lies within "
+        "that distance of the organ, None: anywhere in the zone).",
         f"- Model: {meta['model_config']}; {meta['n_params']} parameters, "
         f"{meta['megabytes']} MB as float16.",
         "- Training (every stage; the budget adds up over `--init` continuations):",

@@ -200,6 +200,7 @@ class OrganScoring:
             "labels": list(self.search.labels),
             "names": self.search.names(),
             "margin_mm": self.search.margin_mm,
+            "centre_mm": self.search.centre_mm,
             "zoom_limits": [self.search.min_zoom, self.search.max_zoom],
             "scans": len(rows),
             "lesions": sum(r["lesions"] for r in rows),
@@ -212,7 +213,8 @@ class OrganScoring:
             "note": "in-organ figures: lesions whose centre lies in the organs grown by "
             "margin_mm; lesions outside are left out of them and counted in "
             "lesions_outside_zone (the whole-scan sections count them as missed); a case's "
-            "excluded region (excludeTr) is not searched",
+            "excluded region (excludeTr) is not searched; with centre_mm, the mask keeps only "
+            "lesions centred within centre_mm of the organs",
         }
         out["sensitivity"] = _ratio(out["detected"], out["lesions"])
         if any("target_lesions" in r for r in rows):
@@ -261,7 +263,7 @@ def format_organs(result: dict[str, Any]) -> list[str]:
     """The in-organ figures as text lines (what evaluate and tune-postprocess print)."""
     names = ", ".join(f"{v} ({n})" for v, n in zip(result["labels"], result["names"], strict=True))
     line = (
-        f"inside organs {names} + {result['margin_mm']:g} mm: sensitivity "
+        f"inside organs {names} + {result['margin_mm']:g} mm{_centre(result)}: sensitivity "
         f"{_pct(result['sensitivity'])} ({result['detected']}/{result['lesions']})"
     )
     if "target" in result:
@@ -271,6 +273,11 @@ def format_organs(result: dict[str, Any]) -> list[str]:
         line += f", {result['fp_per_scan']:.2f} false positives per scan"
     return [line, f"  lesions outside the searched zone (not in these figures): "
                   f"{result['lesions_outside_zone']}"]  # fmt: skip
+
+
+def _centre(result: dict[str, Any]) -> str:
+    c = result.get("centre_mm")
+    return "" if c is None else f" (lesions centred within {c:g} mm)"
 
 
 def _ratio(a: int, b: int) -> float:

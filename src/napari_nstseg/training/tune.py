@@ -107,7 +107,9 @@ class TuneConfig:
             raise ValueError("the grid needs at least one centre_mm (None: no centre rule)")
         centres = {None if c is None else float(c) for c in self.centre_mm}
         if any(c is not None and not (math.isfinite(c) and c >= 0) for c in centres):
-            raise ValueError(f"centre_mm values must be 0 mm or more (or None), got {self.centre_mm}")
+            raise ValueError(
+                f"centre_mm values must be 0 mm or more (or None), got {self.centre_mm}"
+            )
         finite = sorted(c for c in centres if c is not None)
         object.__setattr__(self, "centre_mm", (*finite, *([None] if None in centres else [])))
 
@@ -470,23 +472,25 @@ def _no_nan(value: Any) -> Any:
 def format_grid(result: dict[str, Any]) -> str:
     """The sweep as a text table, the chosen point marked with '*', then the choice."""
     organ_mode = bool(result.get("organs"))
-    head = ["", "threshold", "min mm", "depth mm", "centre mm", "sens. all", "sens. target", "FP/scan", "Dice"]
+    head = ["", "threshold", "min mm", "depth mm", "sens. all", "sens. target", "FP/scan", "Dice"]
+    if organ_mode:
+        head.insert(4, "centre mm")
     body = []
     choice = result["choice"]
     for r in result["grid"]:
-        body.append(
-            [
-                "*" if r is choice else "",
-                f"{r['threshold']:.2f}",
-                f"{r['min_lesion_mm']:g}",
-                f"{r['min_depth_mm']:g}",
-                "-" if r.get("centre_mm") is None else f"{r['centre_mm']:g}",
-                _fmt(r["sensitivity"], r["detected"], r["lesions"]),
-                _fmt(r["target_sensitivity"], r["target_detected"], r["target_lesions"]),
-                f"{r['fp_per_scan']:.2f}",
-                f"{r['mean_dice']:.3f}" if "mean_dice" in r else "-",
-            ]
-        )
+        row = [
+            "*" if r is choice else "",
+            f"{r['threshold']:.2f}",
+            f"{r['min_lesion_mm']:g}",
+            f"{r['min_depth_mm']:g}",
+            _fmt(r["sensitivity"], r["detected"], r["lesions"]),
+            _fmt(r["target_sensitivity"], r["target_detected"], r["target_lesions"]),
+            f"{r['fp_per_scan']:.2f}",
+            f"{r['mean_dice']:.3f}" if "mean_dice" in r else "-",
+        ]
+        if organ_mode:
+            row.insert(4, "-" if r.get("centre_mm") is None else f"{r['centre_mm']:g}")
+        body.append(row)
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths, strict=True))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(b, widths, strict=True)) for b in body]
