@@ -202,3 +202,36 @@ def test_sample_in_organ_mode_finds_the_lesion_on_its_slice_inside_the_liver(
     truth = np.asarray(viewer.layers["sample CT ground truth"].data) > 0
     assert (mask & truth).any() and not mask[~zone].any()
     assert viewer.layers[zone_name("sample CT")].data.any()
+
+
+def test_weights_with_a_centre_rule_leave_out_a_lesion_centred_beside_the_organ(
+    qtbot, make_napari_viewer, tiny_weights, monkeypatch, tmp_path, errors
+):
+    """Weights whose organ search keeps only lesions centred in the organ (centre_mm 0): a
+    lesion reaching into the liver from beside it is left out, the status says why, and a
+    re-cut at another threshold keeps it out."""
+    from napari_nstseg.widgets import runner
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    engine = BrightStandIn.segmenter()
+    engine.meta = {"organ_search": {"centre_mm": 0.0}}
+    monkeypatch.setattr(runner, "load_segmenter", lambda weights, device, variant="": engine)
+    viewer = make_napari_viewer()
+    viewer.add_image(BrightStandIn.ct(), name="CT", scale=CT_SCALE, translate=CT_TRANSLATE)
+    labels = np.zeros(CT_SHAPE, np.uint8)
+    labels[1:7, 12:31, 22:40] = LIVER  # the lesion (x 14-28, centre x 21) reaches in from the left
+    viewer.add_labels(labels, name="organs", scale=CT_SCALE, translate=CT_TRANSLATE)
+    widget = make_widget(viewer, tiny_weights, coarse=True, stages=False)
+    widget.mode.value = ORGAN_MODE
+    widget.organ.tick([LIVER])
+    widget.organ.margin.value = 10.0
+    run_and_wait(qtbot, widget, ORGAN_MODE)
+    assert errors == []
+    mask = viewer.layers[LayerNames("CT").tumor_mask]
+    zone = search_zone(labels, CT_SCALE, OrganSearch((LIVER,), 10.0))
+    bright = BrightStandIn.ct() > 150
+    assert (bright[2:6, 14:29, 14:29] & zone[2:6, 14:29, 14:29]).all()  # sought, and found...
+    assert not mask.data.any()  # ...but centred outside the liver, so left out
+    assert "lesions centred over 0 mm from the organ are left out" in widget.status.value
+    set_and_wait(qtbot, widget, widget.threshold, 0.05)
+    assert not mask.data.any()

@@ -98,6 +98,11 @@ class Runs:
                 f" inside {request.organs.describe()} (outlined by {zone_name(ct.name)!r}); "
                 "nothing is sought elsewhere"
             )
+            centre = (outcome.prediction.info.get("organs") or {}).get("centre_mm")
+            if centre is not None:  # the weights' centre rule hides what lies beside the organ
+                report.status += (
+                    f", and lesions centred over {centre:g} mm from the organ are left out"
+                )
         if not request.variant:
             self._ready_to_correct(ct)
             report.measure = True
