@@ -154,9 +154,9 @@ def main(argv=None) -> int:
     parser.add_argument("--png-dir", type=Path, help="write outline PNGs here")
     args = parser.parse_args(argv)
 
-    from lidc_organ_labels import write_pngs
+    from lidc_organ_labels import write_outputs
 
-    from napari_nstseg.io import read_ct, write_mask
+    from napari_nstseg.io import read_ct
 
     ct = read_ct(args.ct)
     geometry = ct.geometry
@@ -164,16 +164,7 @@ def main(argv=None) -> int:
     labels = label(ct.hu, geometry.spacing, right_is_low_x, args.liver_seed, args.cut_seed,
                    args.organ, args.opening_mm, args.liver_close_mm, args.organ_opening_mm,
                    args.suspect)  # fmt: skip
-    ml = float(np.prod(geometry.spacing)) / 1000.0
-    for value in np.unique(labels)[1:]:
-        zs = np.nonzero((labels == value).any(axis=(1, 2)))[0]
-        print(f"label {value}: {(labels == value).sum() * ml:.0f} mL, display slices "
-              f"z {zs[0]}-{zs[-1]}")  # fmt: skip
-    write_mask(args.out, labels, geometry)
-    print(f"wrote {args.out}")
-    if args.png_dir:
-        for path in write_pngs(ct.hu, labels, geometry.spacing, args.png_dir):
-            print(f"wrote {path}")
+    write_outputs(ct.hu, labels, geometry, args.out, args.png_dir)
     return 0
 
 

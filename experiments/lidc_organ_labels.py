@@ -249,7 +249,7 @@ def main(argv=None) -> int:
     parser.add_argument("--png-dir", type=Path, help="write outline PNGs here")
     args = parser.parse_args(argv)
 
-    from napari_nstseg.io import read_ct, write_mask
+    from napari_nstseg.io import read_ct
 
     ct = read_ct(args.ct)
     geometry = ct.geometry
@@ -266,18 +266,25 @@ def main(argv=None) -> int:
         opening_mm=args.opening_mm,
         max_area_jump=args.max_area_jump,
     )
-    ml = float(np.prod(geometry.spacing)) / 1000.0
-    for name, value in (("liver", LIVER), ("spleen", SPLEEN)):
-        zs = np.nonzero((labels == value).any(axis=(1, 2)))[0]
-        if len(zs):
-            print(f"{name} (label {value}): {(labels == value).sum() * ml:.0f} mL, "
-                  f"display slices z {zs[0]}-{zs[-1]}")  # fmt: skip
-    write_mask(args.out, labels, geometry)
-    print(f"wrote {args.out}")
-    if args.png_dir:
-        for path in write_pngs(ct.hu, labels, geometry.spacing, args.png_dir):
-            print(f"wrote {path}")
+    write_outputs(ct.hu, labels, geometry, args.out, args.png_dir)
     return 0
+
+
+def write_outputs(hu, labels, geometry, out: Path, png_dir: Path | None) -> None:
+    """Print each label's volume and slices, write the label map on the CT's grid, and with
+    ``png_dir`` its outline figures."""
+    from napari_nstseg.io import write_mask
+
+    ml = float(np.prod(geometry.spacing)) / 1000.0
+    for value in np.unique(labels)[1:]:
+        zs = np.nonzero((labels == value).any(axis=(1, 2)))[0]
+        print(f"label {value}: {(labels == value).sum() * ml:.0f} mL, display slices "
+              f"z {zs[0]}-{zs[-1]}")  # fmt: skip
+    write_mask(out, labels, geometry)
+    print(f"wrote {out}")
+    if png_dir:
+        for path in write_pngs(hu, labels, geometry.spacing, png_dir):
+            print(f"wrote {path}")
 
 
 if __name__ == "__main__":
