@@ -159,6 +159,11 @@ def main(argv=None) -> int:
         "scan at the point its weights carry",
     )  # fmt: skip
     ap.add_argument("--work", default="runs/organs-bundle", help="evaluation outputs")
+    ap.add_argument(
+        "--last-stage-minutes", type=float,
+        help="the last training stage's minutes where its run's log.csv is gone (a re-bundle): "
+        "its checkpoint's stamps undercount a resumed run",
+    )  # fmt: skip
     ap.add_argument("--weights-dir", type=Path, default=WEIGHTS, help="where the bundle goes")
     ap.add_argument("--hardware", default=hardware(), help="named in the card")
     args = ap.parse_args(argv)
@@ -197,7 +202,10 @@ def main(argv=None) -> int:
         postprocess=whole_pt,
         organ_postprocess=organ_pt,
         organ_search={**(source.get("organ_search") or {}), "centre_mm": centre},
-        description=description(len(set(patients.values()))),
+        # Re-bundled weights were trained on another data set: their own line says which.
+        description=source.get("description")
+        if args.keep_whole_point and source.get("description")
+        else description(len(set(patients.values()))),
         mae="mae.json",
     )
     bundled = args.weights_dir / "organs.json"
@@ -206,16 +214,17 @@ def main(argv=None) -> int:
     (work / "sample_check.json").write_text(json.dumps(demo, indent=2, default=float))
 
     prov = meta["provenance"]
-    minutes = last_stage_minutes(Path(args.seg), prov)
+    minutes = args.last_stage_minutes or last_stage_minutes(Path(args.seg), prov)
     names = ", ".join(results[BUNDLED_NAME][0]["organs"]["names"])
     card = [
         "# Model card: `organs` (CDI-NSTSEG for organ mode)",
         "",
-        "**Research software, not for diagnosis.** Trained and measured on synthetic lesions",
-        f"inserted into {len(set(patients.values()))} real scans "
-        f"({', '.join(sorted(set(patients.values())))}); it has never seen a real tumour in an "
-        "organ.",
+        "**Research software, not for diagnosis.** Trained and measured on synthetic lesions "
+        "inserted into real scans; it has never seen a real tumour in an organ.",
         "",
+        f"- The weights: {meta.get('description')}.",
+        f"- Measured on lesions inserted into {len(set(patients.values()))} real scans "
+        f"({', '.join(sorted(set(patients.values())))}).",
         "- Use: organ mode, `nstseg predict CT OUT --weights organs --organ-mask SEG --organs "
         "liver`, or choose `organs` in the panel with the mode 'inside organs' (the demo does).",
         f"- {credit(patients.values())}",
