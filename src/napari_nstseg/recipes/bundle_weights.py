@@ -62,7 +62,8 @@ def package(src: str, stem: Path, postprocess: dict | None = None, **extra) -> d
         stem, model, meta["model_config"], meta["preprocessing"], prov, dtype=torch.float16,
         kind=meta["kind"], postprocess=postprocess, **extra,
     )  # fmt: skip
-    meta["postprocess"] = postprocess
+    # What was bundled, not what the source carried.
+    meta.update(postprocess=postprocess, **extra)
     size = tensors.stat().st_size
     if size > MAX_BYTES:
         raise SystemExit(f"{tensors} is {size / 1e6:.1f} MB, over the 15 MB limit")
