@@ -31,18 +31,13 @@ def without_far_components(final, threshold, distance, limit_mm):
     ``limit_mm`` from the organs set to 0."""
     from napari_nstseg.inference.prediction import binarize_probability
     from napari_nstseg.metrics import label_lesions
+    from napari_nstseg.postprocess import component_centres
 
     labels, n = label_lesions(binarize_probability(final, threshold))
     if n == 0:
         return final
-    centres = ndimage.center_of_mass(labels > 0, labels, range(1, n + 1))
-    top = np.asarray(labels.shape) - 1
-    far = [
-        k + 1
-        for k, c in enumerate(centres)
-        if distance[tuple(np.clip(np.rint(c).astype(int), 0, top))] > limit_mm + 1e-6
-    ]
-    if not far:
+    far = np.flatnonzero(distance[tuple(component_centres(labels, n).T)] > limit_mm + 1e-6) + 1
+    if not far.size:
         return final
     out = np.array(final, copy=True)
     out[np.isin(labels, far)] = 0

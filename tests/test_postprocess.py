@@ -244,3 +244,19 @@ def test_a_zero_or_missing_spacing_is_refused():
 def test_threshold_0_and_1_are_valid_operating_points():
     assert PostprocessConfig(threshold=0.0).threshold == 0.0
     assert PostprocessConfig(threshold=1.0).threshold == 1.0
+
+
+def test_the_centre_rule_keeps_lesions_by_where_their_centre_lies_not_where_they_reach():
+    from napari_nstseg.postprocess import keep_centred_lesions
+
+    zone = np.zeros((3, 20, 20), bool)
+    zone[:, :, :10] = True  # the organ (grown by the rule's distance): the left half
+    mask = np.zeros((3, 20, 20), np.uint8)
+    mask[1, 2:5, 2:14] = 1  # reaches out of the zone, centred in it (x 7.5)
+    mask[1, 10:13, 6:18] = 1  # reaches into the zone, centred out of it (x 11.5)
+    mask[1, 16:18, 16:18] = 1  # wholly outside
+    out = keep_centred_lesions(mask, zone)
+    assert out.dtype == mask.dtype and mask.sum() == 36 + 36 + 4  # the input is not changed
+    assert out[1, 2:5, 2:14].all() and not out[1, 10:].any()
+    with pytest.raises(ValueError, match="differ in shape"):
+        keep_centred_lesions(mask, zone[:2])

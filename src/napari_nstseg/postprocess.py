@@ -219,13 +219,17 @@ def keep_centred_lesions(mask_zyx: np.ndarray, centre_zone: np.ndarray) -> np.nd
     if not present.any():
         return out
     labels, n = label_lesions(present)
-    centres = ndimage.center_of_mass(present, labels, range(1, n + 1))
-    top = np.asarray(mask.shape) - 1
-    far = [
-        k + 1
-        for k, c in enumerate(centres)
-        if not zone[tuple(np.clip(np.rint(c).astype(int), 0, top))]
-    ]
-    if far:
+    far = np.flatnonzero(~zone[tuple(component_centres(labels, n).T)]) + 1
+    if far.size:
         out[np.isin(labels, far)] = 0
     return out
+
+
+def component_centres(labels: np.ndarray, n: int) -> np.ndarray:
+    """(n, 3) voxel indices of components 1..n's centres of mass, rounded to the nearest voxel
+    (the centre rule's measure of where a lesion lies)."""
+    if n == 0:
+        return np.zeros((0, labels.ndim), np.intp)
+    com = ndimage.center_of_mass(labels > 0, labels, range(1, n + 1))
+    top = np.asarray(labels.shape) - 1
+    return np.clip(np.rint(np.asarray(com, np.float64)).astype(np.intp), 0, top)

@@ -24,6 +24,7 @@ from napari_nstseg.metrics import label_lesions
 from napari_nstseg.postprocess import (
     PostprocessConfig,
     below_limit,
+    component_centres,
     component_depths_mm,
     component_diameters_mm,
 )
@@ -205,9 +206,7 @@ def _centred(
         ok = np.ones(n + 1, bool)
         if zone is not None and n:
             if centres is None:
-                com = ndimage.center_of_mass(labels > 0, labels, range(1, n + 1))
-                top = np.asarray(labels.shape) - 1
-                centres = np.clip(np.rint(np.asarray(com)).astype(int), 0, top)
+                centres = component_centres(labels, n)
             ok[1:] = zone[tuple(centres.T)]
         out.append((None if c is None else float(c), ok))
     return out
