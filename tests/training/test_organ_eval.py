@@ -263,6 +263,15 @@ def test_the_centre_rule_drops_lesions_centred_beside_the_organ_and_tune_chooses
             "--out", str(out)]  # fmt: skip
     assert main(args) == 0
     assert json.loads((out / "evaluation.json").read_text())["organs"]["fp_per_scan"] == 0.5
+    # tune-postprocess --organ-centre-mm: that rule alone, not a sweep.
+    tuned = tmp_path / "cli-tune"
+    tune_args = ["tune-postprocess", str(tmp_path / "w.json"), "--data", str(root),
+                 "--split-file", str(split), "--split", "test", "--organ-masks", "organsTr",
+                 "--organs", "5,1", "--device", "cpu", "--out", str(tuned),
+                 "--organ-centre-mm", "0"]  # fmt: skip
+    assert main(tune_args) == 0
+    grid = json.loads((tuned / "tune.json").read_text())["grid"]
+    assert {r["centre_mm"] for r in grid} == {0.0}
     # --organ-centre-mm none wins over the tuned rule.
     assert main([*args[:-1], str(tmp_path / "cli2"), "--organ-centre-mm", "none"]) == 0
     result = json.loads((tmp_path / "cli2" / "evaluation.json").read_text())

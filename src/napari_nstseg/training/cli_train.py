@@ -563,7 +563,7 @@ def _tuned_organ_search(path: str | None) -> dict:
 
 def _tune(args: argparse.Namespace) -> int:
     from napari_nstseg.training.evaluate import results_folder
-    from napari_nstseg.training.organ_eval import organ_eval_from_args
+    from napari_nstseg.training.organ_eval import FROM_WEIGHTS, organ_eval_from_args
     from napari_nstseg.training.tune import TuneConfig, tune_postprocess
 
     grid = {}
@@ -573,6 +573,9 @@ def _tune(args: argparse.Namespace) -> int:
         grid["min_lesion_mm"] = tuple(args.min_lesion_mm)
     if args.min_depth_mm:
         grid["min_depth_mm"] = tuple(args.min_depth_mm)
+    organs = organ_eval_from_args(args)
+    if organs is not None and organs.centre_mm != FROM_WEIGHTS:
+        grid["centre_mm"] = (organs.centre_mm,)  # --organ-centre-mm: that rule, not a sweep
     cfg = TuneConfig(
         max_fp_per_scan=args.max_fp_per_scan,
         min_dice=args.min_dice,
@@ -581,7 +584,7 @@ def _tune(args: argparse.Namespace) -> int:
         mirror=args.mirror,
         split_file=args.split_file,
         objective=args.objective,
-        organs=organ_eval_from_args(args),
+        organs=organs,
         **grid,
     )
     weights = _weights(args, "tune")
