@@ -216,12 +216,18 @@ def keep_centred_lesions(mask_zyx: np.ndarray, centre_zone: np.ndarray) -> np.nd
         raise ValueError(f"the centre zone {zone.shape} and the mask {mask.shape} differ in shape")
     out = mask.copy()
     present = mask > 0
-    if not present.any():
-        return out
-    labels, n = label_lesions(present)
-    far = np.flatnonzero(~zone[tuple(component_centres(labels, n).T)]) + 1
+    # Labelling is the cost (the panel re-cuts at every threshold): only the mask's box.
+    box = []
+    for axis in range(mask.ndim):
+        on = np.flatnonzero(present.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if on.size == 0:
+            return out
+        box.append(slice(int(on[0]), int(on[-1]) + 1))
+    box = tuple(box)
+    labels, n = label_lesions(present[box])
+    far = np.flatnonzero(~zone[box][tuple(component_centres(labels, n).T)]) + 1
     if far.size:
-        out[np.isin(labels, far)] = 0
+        out[box][np.isin(labels, far)] = 0
     return out
 
 
