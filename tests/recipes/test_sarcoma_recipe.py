@@ -57,7 +57,7 @@ _AVERAGED = [
     "{w}/unet-avg/tune_val/tune.json",
 ]  # fmt: skip
 # steps the JSON gained after the shell recipe was retired (each has its own test)
-STEPS_ADDED_SINCE = {"average", "train-ssl", "train-joint", "joint-stage"}
+STEPS_ADDED_SINCE = {"average", "train-ssl", "train-joint", "joint-stage", "joint-lesions"}
 # the run folders a started run would have: the shell and the JSON must both resume them
 STARTED = ["default", "unet-stage2", "mae"]
 
@@ -176,6 +176,24 @@ def test_the_joint_stage_continues_the_bundled_weights_alike_with_and_without_le
     assert alone[-2:] == ["--init", "src/napari_nstseg/weights/sarcoma.json"]
     epochs = [alone[i + 1] for i, w in enumerate(alone) if w == "--epochs"]
     assert epochs[-1] == "6"  # the last --epochs wins: 6 x 100 x 8 = 4 800 crops
+
+
+def test_joint_lesions_scores_both_runs_and_the_default_on_the_checked_in_cases():
+    import json
+
+    recipe = load_recipe(RECIPE)
+    values = Values(recipe, {"work": "W", "joint_lesions": "L"}, {})
+    runs = [list(p.args) for p in plan_command(recipe, "joint-lesions", 0, values)]
+    (default,) = [list(p.args) for p in plan_command(recipe, "joint-lesions", 1, values)]
+    assert [a[1] for a in runs] == ["W/sarcoma-cont/best.json", "W/joint-cont/best.json"]
+    assert runs[1][runs[1].index("--operating-point") + 1] == "W/joint-cont/tune_val/tune.json"
+    assert default[1] == "src/napari_nstseg/weights/default.json"
+    assert "--operating-point" not in default  # the default weights at their own point
+    for args in (*runs, default):
+        split = ROOT / args[args.index("--split-file") + 1]
+        assert args[args.index("--data") + 1] == "L" and split.is_file()
+    cases = json.loads(split.read_text())["val"]
+    assert len(cases) == 8 and all(c.endswith(("_c00", "_c01")) for c in cases)
 
 
 def test_the_environment_the_shell_honoured_is_honoured():
