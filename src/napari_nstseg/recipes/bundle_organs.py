@@ -30,6 +30,7 @@ from napari_nstseg.recipes.bundle_weights import (
 )
 from napari_nstseg.training.evaluate import EvalConfig, evaluate
 from napari_nstseg.training.organ_eval import FROM_WEIGHTS, OrganEval
+from napari_nstseg.training.tune import tuned_organ_search
 
 BUNDLED_NAME = "CDI-NSTSEG (bundled `organs`)"
 # each source scan's credit, by the patient name patient_name() gives it
@@ -96,7 +97,7 @@ def _point(pp: dict, centre: float | None = None) -> str:
 
 def tuned_centre(tune_json: str | Path) -> float | None:
     """The centre rule a tune.json chose in organ mode (None: none, or a whole-scan tune)."""
-    return (json.loads(Path(tune_json).read_text()).get("organ_search") or {}).get("centre_mm")
+    return tuned_organ_search(tune_json).get("centre_mm")
 
 
 def organ_row(name: str, inside: dict, whole: dict) -> str:

@@ -509,6 +509,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from napari_nstseg.training.evaluate import EvalConfig, evaluate, results_folder
     from napari_nstseg.training.organ_eval import FROM_WEIGHTS, organ_eval_from_args
+    from napari_nstseg.training.tune import tuned_organ_search
 
     point = _tuned_point(args.operating_point)
     for key in ("threshold", "min_lesion_mm", "min_depth_mm"):
@@ -517,7 +518,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     organs = organ_eval_from_args(args)
     if organs is not None and organs.centre_mm == FROM_WEIGHTS:
         # The tuned centre rule goes with the tuned point (--organ-centre-mm wins).
-        tuned = _tuned_organ_search(args.operating_point)
+        tuned = tuned_organ_search(args.operating_point) if args.operating_point else {}
         if "centre_mm" in tuned:
             organs = replace(organs, centre_mm=tuned["centre_mm"])
     cfg = EvalConfig(
@@ -551,14 +552,6 @@ def _tuned_point(path: str | None) -> dict[str, float]:
         raise ValueError(
             f"--operating-point {path}: not a tune.json of tune-postprocess ({exc})"
         ) from None
-
-
-def _tuned_organ_search(path: str | None) -> dict:
-    """The organ-mode search settings a tune.json chose in organ mode (its centre rule); {}
-    without any."""
-    if path is None:
-        return {}
-    return dict(json.loads(Path(path).read_text()).get("organ_search") or {})
 
 
 def _tune(args: argparse.Namespace) -> int:

@@ -457,6 +457,12 @@ def tune_postprocess(
 ORGAN_KEYS = ("labels", "names", "margin_mm", "zoom_limits")
 
 
+def tuned_organ_search(tune_json: str | Path) -> dict[str, Any]:
+    """The organ-mode search settings a tune.json chose (``centre_mm``, the centre rule), as
+    :func:`tune_postprocess` writes them; {} for a whole-scan tune."""
+    return dict(json.loads(Path(tune_json).read_text()).get("organ_search") or {})
+
+
 def _no_nan(value: Any) -> Any:
     """NaN (a sensitivity without lesions) as JSON null, so tune.json is strict JSON."""
     if isinstance(value, float) and math.isnan(value):
