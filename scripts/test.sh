@@ -9,4 +9,5 @@ bash scripts/setup.sh testing
 ruff check src tests benchmarks scripts experiments docs
 ruff format --check src tests benchmarks scripts experiments docs
 # pytest-xvfb starts a virtual display for the napari viewer tests.
-python -m pytest "$@"
+# --durations: the slowest tests in every CI log, the CI budget (30 min on 2 cores) being close.
+python -m pytest --durations=25 "$@"

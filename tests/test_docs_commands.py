@@ -203,7 +203,7 @@ def test_the_test_script_lints_every_python_folder():
     for tool in ("ruff check", "ruff format --check"):
         (line,) = [x for x in script.splitlines() if x.startswith(tool + " ")]
         assert folders <= set(line.split()[len(tool.split()) :]), line
-    assert 'python -m pytest "$@"' in script
+    assert 'python -m pytest --durations=25 "$@"' in script
 
 
 @pytest.mark.parametrize(

@@ -57,7 +57,9 @@ _AVERAGED = [
     "{w}/unet-avg/tune_val/tune.json",
 ]  # fmt: skip
 # steps the JSON gained after the shell recipe was retired (each has its own test)
-STEPS_ADDED_SINCE = {"average", "train-ssl", "train-joint", "joint-stage", "joint-lesions"}
+STEPS_ADDED_SINCE = {
+    "average", "train-ssl", "context", "train-joint", "joint-stage", "joint-lesions"
+}  # fmt: skip
 # the run folders a started run would have: the shell and the JSON must both resume them
 STARTED = ["default", "unet-stage2", "mae"]
 
@@ -148,6 +150,23 @@ def test_the_ssl_step_trains_stage_1_with_the_residual_of_the_bundled_mae(tmp_pa
     assert ssl[ssl.index("--out") + 1] == "W/ssl"
     shared = stage1[: stage1.index("--variant")]
     assert ssl[: len(shared)] == shared  # every option of stage 1's data and budget
+
+
+def test_the_context_step_trains_stage_1_with_each_other_2_5_d_input():
+    """context is stage 1 (the same data, budget and seed as train) with another --context-mm,
+    the last one given, which argparse keeps: the slice alone, then the planes 6.5 mm away."""
+    recipe = load_recipe(RECIPE)
+    values = Values(recipe, {"work": "W"}, {})
+    stage1_values = Values(recipe, {"work": "W", "variants": "default"}, {})
+    stage1 = list(plan_command(recipe, "train", 0, stage1_values)[0].args)
+    runs = [list(p.args) for p in plan_command(recipe, "context", 0, values)]
+    assert [r[r.index("--out") + 1] for r in runs] == ["W/ctx0", "W/ctx6.5"]
+    cut = stage1.index("--variant")
+    assert stage1[stage1.index("--context-mm") + 1] == "3.0"  # what the shipped weights saw
+    for run, context in zip(runs, ("0", "6.5"), strict=True):
+        assert run[:cut] == stage1[:cut]
+        assert run[cut:] == ["--context-mm", context, "--variant", "default",
+                             "--out", f"W/ctx{context}"]  # fmt: skip
 
 
 def test_the_joint_step_trains_stage_1_with_half_the_crops_from_inserted_lesions():
