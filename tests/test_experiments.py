@@ -230,6 +230,26 @@ def test_sarcoma_extent_splits_the_excess_by_where_it_lies():
     assert (row["contour_slices"], row["predicted_slices"]) == (2, 3)
 
 
+def test_sarcoma_extent_compares_the_tumour_with_the_soft_tissue_around_it():
+    """A 30 HU tumour inside 45 HU muscle, with fat (-100 HU) farther out and a prediction that
+    spills 2 voxels (2 mm) into the muscle: the shell 3-10 mm out holds muscle and fat, only
+    the muscle counts, and the spill is read at the muscle's HU."""
+    import numpy as np
+
+    extent = load_script("sarcoma_extent", folder="experiments")
+    z, y, x = np.ogrid[:6, :40, :40]
+    r = np.hypot(y - 20, x - 20) * np.ones((6, 1, 1))
+    hu = np.where(r <= 12, 45.0, -100.0)  # muscle out to 12 mm, fat beyond
+    gt = (r <= 6) & (z >= 1) & (z <= 4)
+    hu[gt] = 30.0
+    pred = (r <= 8) & (z >= 1) & (z <= 4)
+    row = extent.extent_row("a", pred, gt, hu, (1.0, 1.0, 1.0))
+    assert row["tumour_hu"] == 30.0 and row["wrong_hu"] == 45.0
+    assert row["surround_hu"] == 45.0  # the fat in the shell (12-16 mm out) is left out
+    assert row["precision"] < 1.0 and row["recall"] == 1.0
+    assert "tumour_hu" not in extent.extent_row("a", pred, gt)
+
+
 def test_lidc_organ_labels_puts_the_liver_label_on_the_right_sided_blob(tmp_path, capsys):
     """A body (fat inside a muscle wall of 40 HU) with air lungs in its upper slices, a 55 HU
     'liver' on the patient's right (low x in LPS display order) below them and a decoy of the
