@@ -250,6 +250,51 @@ def test_sarcoma_extent_compares_the_tumour_with_the_soft_tissue_around_it():
     assert "tumour_hu" not in extent.extent_row("a", pred, gt)
 
 
+def test_organ_anatomy_by_split_counts_each_split_s_organs_without_the_excluded_region(
+    tmp_path, capsys
+):
+    """A case folder's scan (2 mm voxels, 4 slices) whose planning map holds 16 voxels a slice
+    of its own label 9 (renamed liver) and 16 of label 3 (not an organ), half the liver
+    excluded; slices 0-1 train, 2-3 test; a scan without organ labels is left out."""
+    import nibabel as nib
+    import numpy as np
+
+    anatomy = load_script("organ_anatomy_by_split", folder="experiments")
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    (tmp_path / "P1").mkdir()
+    scan, other = tmp_path / "P1/ct.nii.gz", tmp_path / "b.nii.gz"
+    for path in (scan, other):
+        nib.save(nib.Nifti1Image(np.full((8, 8, 4), 40, np.int16), affine), path)
+    own = np.zeros((8, 8, 4), np.uint8)
+    own[0:4, 0:4] = 9
+    own[4:8, 4:8] = 3
+    nib.save(nib.Nifti1Image(own, affine), tmp_path / "structures.nii.gz")
+    excluded = np.zeros((8, 8, 4), np.uint8)
+    excluded[0:2, 0:4] = 4  # half of the liver, every slice
+    nib.save(nib.Nifti1Image(excluded, affine), tmp_path / "exclude.nii.gz")
+    meta = {
+        "lesion_config": {"target_organs": {"1": "spleen", "5": "liver"}},
+        "regions": [
+            {"source": str(scan), "split": "train", "z_range_display": [0, 2]},
+            {"source": str(scan), "split": "test", "z_range_display": [2, 4]},
+            {"source": str(other), "split": "val", "z_range_display": [0, 4]},
+        ],
+        "organ_labels": {str(scan): str(tmp_path / "structures.nii.gz")},
+        "organ_label_ids": {str(scan): {"9": 5}},
+        "exclusions": {str(scan): {"mask": str(tmp_path / "exclude.nii.gz"), "labels": [4]}},
+    }
+    (tmp_path / "dataset.json").write_text(json.dumps(meta))
+    rows = anatomy.anatomy_rows(tmp_path)
+    ml = 2 * 8 * 0.008  # 2 slices x 8 liver voxels left x 8 mm3
+    assert sorted((r["scan"], r["split"]) for r in rows) == [("P1", "test"), ("P1", "train")]
+    for r in rows:
+        assert r["liver"] == pytest.approx(ml) and r["spleen"] == 0.0
+    assert [t["liver"] for t in anatomy.totals(rows)] == pytest.approx([ml, 0.0, ml])
+    assert anatomy.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| P1 | train | 0 |" in out and "| all | val | - | 0 |" in out
+
+
 def test_lidc_organ_labels_puts_the_liver_label_on_the_right_sided_blob(tmp_path, capsys):
     """A body (fat inside a muscle wall of 40 HU) with air lungs in its upper slices, a 55 HU
     'liver' on the patient's right (low x in LPS display order) below them and a decoy of the
