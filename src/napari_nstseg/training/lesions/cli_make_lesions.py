@@ -76,6 +76,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--split-by", choices=("zblock", "scan"), default=s.by)
     p.add_argument("--guard-mm", type=float, default=s.guard_mm)
     p.add_argument(
+        "--block-order",
+        action="append",
+        default=[],
+        metavar="SCAN=SPLIT,SPLIT,SPLIT",
+        help="the splits of SCAN's z-blocks from its first display slice up (e.g. "
+        "test,train,val), instead of the order the seed draws; the other scans keep theirs; "
+        "repeat per scan",
+    )
+    p.add_argument(
         "--splits",
         nargs="+",
         choices=SPLITS,
@@ -90,6 +99,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.set_defaults(func=run)
     return p
+
+
+def parse_block_order(text: str) -> tuple[str, tuple[str, ...]]:
+    """``SCAN=test,train,val`` -> (SCAN, its splits from the first display slice up)."""
+    scan, sep, order = text.rpartition("=")
+    splits = tuple(s.strip() for s in order.split(","))
+    if not sep or not scan or any(s not in SPLITS for s in splits):
+        raise ValueError(
+            f"--block-order expects SCAN=SPLIT,SPLIT,SPLIT with splits among "
+            f"{', '.join(SPLITS)}, got {text!r}"
+        )
+    return scan, splits
 
 
 def run(args: argparse.Namespace) -> int:
@@ -118,7 +139,12 @@ def run(args: argparse.Namespace) -> int:
             min_surround_soft=args.min_surround_soft,
             seed=args.seed,
         )
-        split = SplitConfig(fractions=tuple(args.split), by=args.split_by, guard_mm=args.guard_mm)
+        split = SplitConfig(
+            fractions=tuple(args.split),
+            by=args.split_by,
+            guard_mm=args.guard_mm,
+            block_orders=dict(parse_block_order(item) for item in args.block_order),
+        )
         out = make_lesion_dataset(
             args.scans,
             args.out,

@@ -176,13 +176,26 @@ class SplitConfig:
     by: str = "zblock"  # "zblock": z-blocks of each scan; "scan": whole scans
     guard_mm: float = 15.0  # discarded slices between blocks of one scan
     min_block_mm: float = 30.0  # thinnest block worth keeping (holds a 15 mm lesion + shell)
+    # Scan path -> the splits of its z-blocks from display slice 0 up, instead of the order the
+    # seed draws (the other scans' blocks stay as drawn): the blocks holding a scan's organs
+    # can go to training.
+    block_orders: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.by not in ("zblock", "scan"):
             raise ValueError(f"split 'by' must be 'zblock' or 'scan', got {self.by!r}")
+        if self.block_orders and self.by != "zblock":
+            raise ValueError("a block order needs the split by z-block, not by scan")
         f = np.asarray(self.fractions, dtype=float)
         if f.shape != (3,) or np.any(f < 0) or not np.isclose(f.sum(), 1.0):
             raise ValueError(
                 f"split fractions (train, val, test) must be three non-negative numbers summing "
                 f"to 1, got {self.fractions}"
             )
+        active = sorted(s for s, x in zip(SPLITS, self.fractions, strict=True) if x > 0)
+        for scan, order in self.block_orders.items():
+            if sorted(order) != active:
+                raise ValueError(
+                    f"the block order of {scan} must name each split with a share once "
+                    f"({', '.join(active)}), got {','.join(order)}"
+                )

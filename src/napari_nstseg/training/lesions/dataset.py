@@ -1,20 +1,19 @@
 """The lesion dataset writer (``make_lesion_dataset``): real CT + inserted lesions -> an MSD-layout
 folder (imagesTr, labelsTr, dataset.json with the split, lesions.csv and lesions.json).
 
-The unit of splitting is a *source region*: a block of
-consecutive axial slices of one source scan. Every augmented copy of a region (new lesions, new
-seed) stays in the region's split, so no anatomy is shared between train, val and test. With
-only a handful of real scans (three TotalSegmentator files) splitting by scan would leave one
-scan per split, so by default each scan long enough is cut along z into one block per split
-(block order drawn per scan with the seed, sizes from the split fractions), with ``guard_mm`` of
-discarded slices between blocks so neighbouring slices (and the 2.5-D context a model may use)
-never cross a split boundary. A scan too short to hold a block of ``min_block_mm`` per split
-goes whole to the split furthest below its share of slices (largest scans first, so an empty
-test split is filled before train grows). Lesions must fit wholly inside their block, so thin
-blocks hold smaller lesions on average; lesions.csv records every size for per-size evaluation.
-``by="scan"`` assigns whole scans instead (the right choice once there are many scans). Scans
-that repeat another scan's slices (TotalSegmentator's example_ct_sm is slices 82-111 of
-example_ct) are refused, because they would leak one region into two splits.
+The unit of splitting is a *source region*: a block of consecutive axial slices of one source scan.
+Every augmented copy of a region (new lesions, new seed) stays in the region's split, so no anatomy
+is shared between train, val and test. With only a handful of real scans (three TotalSegmentator
+files) splitting by scan would leave one scan per split, so by default each scan long enough is cut
+along z into one block per split (block order drawn per scan with the seed or given per scan, sizes
+from the split fractions), with ``guard_mm`` of discarded slices between blocks so neighbouring
+slices (and the 2.5-D context a model may use) never cross a split boundary. A scan too short to
+hold a block of ``min_block_mm`` per split goes whole to the split furthest below its share of
+slices (largest scans first, so an empty test split is filled before train grows). Lesions must fit
+wholly inside their block, so thin blocks hold smaller lesions on average; lesions.csv records every
+size for per-size evaluation. ``by="scan"`` assigns whole scans instead (the right choice once there
+are many scans). Scans that repeat another scan's slices (TotalSegmentator's example_ct_sm is slices
+82-111 of example_ct) are refused, because they would leak one region into two splits.
 """
 
 from __future__ import annotations
@@ -143,7 +142,14 @@ def make_lesion_dataset(
         excluded.append(None if ex is None else read_exclusion(ex, vol.geometry))
     _refuse_repeated_slices(scans, volumes)
 
-    regions = _plan_regions(volumes, split, np.random.default_rng(seed))
+    orders = {Path(k).resolve(): tuple(v) for k, v in split.block_orders.items()}
+    stray = [str(k) for k in orders if k not in known]
+    if stray:
+        raise ValueError(f"{stray[0]} has a block order but is not one of the scans given")
+    regions = _plan_regions(
+        volumes, split, np.random.default_rng(seed), [orders.get(p.resolve()) for p in scans],
+        [str(p) for p in scans],
+    )  # fmt: skip
     out = Path(out_dir)
     (out / "imagesTr").mkdir(parents=True, exist_ok=True)
     (out / "labelsTr").mkdir(parents=True, exist_ok=True)
@@ -239,6 +245,7 @@ def make_lesion_dataset(
             )
         ),
         "split_fractions": list(split.fractions),
+        "block_orders": {str(Path(k).resolve()): list(v) for k, v in split.block_orders.items()},
         "splits_made": [s for s in SPLITS if s in splits],
         "lesions": "lesions.csv",
         "lesion_config": _jsonable(asdict(config)),
@@ -332,7 +339,11 @@ def _refuse_repeated_slices(scans: list[Path], volumes: list[CTVolume]) -> None:
 
 
 def _plan_regions(
-    volumes: list[CTVolume], split: SplitConfig, rng: np.random.Generator
+    volumes: list[CTVolume],
+    split: SplitConfig,
+    rng: np.random.Generator,
+    orders: list[tuple[str, ...] | None] | None = None,
+    names: list[str] | None = None,
 ) -> list[_Region]:
     fractions = np.asarray(split.fractions, dtype=float)
     active = [s for s, f in zip(SPLITS, fractions, strict=True) if f > 0]
@@ -349,10 +360,19 @@ def _plan_regions(
         usable = nz - guard * (len(active) - 1)
         sizes = [int(round(fractions[SPLITS.index(s)] * usable)) for s in active]
         sizes[active.index("train") if "train" in active else 0] += usable - sum(sizes)
+        given = orders[i] if orders else None
         if usable <= 0 or min(sizes) < math.ceil(split.min_block_mm / sz):
+            if given:
+                raise ValueError(
+                    f"{names[i] if names else f'scan {i + 1}'} has a block order but is too "
+                    f"short for one z-block of {split.min_block_mm:g} mm per split with "
+                    f"{split.guard_mm:g} mm guards between them"
+                )
             whole.append(i)
             continue
-        order = [active[j] for j in rng.permutation(len(active))]
+        order = [active[j] for j in rng.permutation(len(active))]  # drawn even when given:
+        if given:  # the scans after this one keep the blocks the seed gives them
+            order = list(given)
         z = 0
         for s in order:
             n = sizes[active.index(s)]
