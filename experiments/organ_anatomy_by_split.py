@@ -23,12 +23,6 @@ import numpy as np
 SPLITS = ("train", "val", "test")
 
 
-def scan_name(path: str) -> str:
-    """The scan's file name without .nii.gz; for a case folder's ct.nii.gz, the folder's."""
-    stem = Path(path).name.removesuffix(".gz").removesuffix(".nii")
-    return Path(path).parent.name if stem == "ct" else stem
-
-
 def organ_volumes(organs: np.ndarray, excluded, z_range, voxel_ml: float, names) -> dict:
     """mL of each organ id of ``names`` in display slices ``z_range`` (end excluded) of a label
     map (z, y, x), the voxels of ``excluded`` (bool or None) left out."""
@@ -44,6 +38,7 @@ def organ_volumes(organs: np.ndarray, excluded, z_range, voxel_ml: float, names)
 def anatomy_rows(folder: Path) -> list[dict]:
     """One row per (source scan, split): the organs' mL in the regions of that split."""
     from napari_nstseg.io import read_ct
+    from napari_nstseg.recipes.bundle_organs import patient_name
     from napari_nstseg.training.lesions.sources import from_record, read_exclusion, read_organs
 
     meta = json.loads((folder / "dataset.json").read_text())
@@ -61,7 +56,7 @@ def anatomy_rows(folder: Path) -> list[dict]:
             out = read_exclusion(excludes[scan], ct.geometry) if scan in excludes else None
             loaded[scan] = (labels, out, float(np.prod(ct.spacing)) / 1000.0)
         labels, out, voxel_ml = loaded[scan]
-        key = (scan_name(scan), region["split"])
+        key = (patient_name(scan), region["split"])
         row = rows.setdefault(
             key, {"scan": key[0], "split": key[1], **dict.fromkeys(names.values(), 0.0)}
         )
