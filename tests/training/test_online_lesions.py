@@ -234,3 +234,46 @@ def test_real_tumours_and_online_lesions_train_together(tmp_path, capsys):
     meta = json.loads((tmp_path / "run" / "final.json").read_text())
     (extra,) = meta["provenance"]["training_data"]["extra"]
     assert extra["online_lesions"] is True and extra["share"] == 0.5
+
+
+def test_online_lesions_can_be_drawn_more_visible_than_the_folder(tmp_path, capsys):
+    """--online-min-contrast-hu / --online-diameter-mm change the lesions inserted on the fly
+    (a curriculum of lesions as visible as the evaluation's targets), not the folder's stored
+    cases; asked for without --online-lesions, or out of the folder's contrast range, they get
+    a one-line error."""
+    from napari_nstseg.cli import main
+    from napari_nstseg.training.lesions.insertion import draw_contrast
+    from napari_nstseg.training.segmentation import training_set
+
+    data, cfg = _evaluation_only_folder(tmp_path, 1)
+    before = (data / "dataset.json").read_bytes()
+    sampling = SamplingConfig(
+        crop_size=(32, 32), online_lesions=True, online_min_contrast_hu=25.0, lesion_bank=8,
+        online_diameter_mm=(5.0, 6.0), augment=AugmentConfig(enabled=False),
+    )  # fmt: skip
+    ds = training_set(data, [], PRE, sampling)
+    assert ds.lesion_config.min_abs_contrast_hu == 25.0 and ds.lesion_config.diameter_mm == (5, 6)
+    assert ds.lesion_config.contrast_hu == cfg.contrast_hu  # the rest is the folder's
+    rng = np.random.default_rng(0)
+    drawn = np.array([draw_contrast(rng, ds.lesion_config) for _ in range(300)])
+    assert np.abs(drawn).min() >= 25.0 and (drawn < 0).any() and (drawn > 0).any()
+    plain = training_set(data, [], PRE, replace(sampling, online_min_contrast_hu=None))
+    assert plain.lesion_config.min_abs_contrast_hu == cfg.min_abs_contrast_hu
+
+    args = ["train", "--data", str(data), "--epochs", "1", "--steps-per-epoch", "1",
+            "--batch-size", "4", "--crop-size", "32", "--base-width", "8",
+            "--set", "fused_channels=8", "--no-progress",
+            "--online-min-contrast-hu", "20"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "no")]) == 2
+    err = capsys.readouterr().err
+    assert "--online-min-contrast-hu sets the lesions inserted on the fly" in err
+    too_high = [*args[:-1], "60", "--online-lesions", "--out", str(tmp_path / "high")]
+    assert main(too_high) == 2
+    err = capsys.readouterr().err
+    assert "on-the-fly lesions" in err and "no room" in err and len(err.strip().splitlines()) == 1
+    run = tmp_path / "run"
+    sized = ["--online-lesions", "--online-diameter-mm", "5", "8", "--out", str(run)]
+    assert main([*args, *sized]) == 0
+    saved = json.loads((run / "train_config.json").read_text())["sampling"]
+    assert saved["online_min_contrast_hu"] == 20.0 and saved["online_diameter_mm"] == [5.0, 8.0]
+    assert (data / "dataset.json").read_bytes() == before  # the folder is never rewritten

@@ -144,6 +144,17 @@ def add_parser(subparsers) -> None:
         "new lesion per crop with lesion, inserted on the fly at a new site, instead of on its "
         "stored cases (validation stays on its validation cases)",
     )
+    p.add_argument(
+        "--online-min-contrast-hu", type=float, metavar="HU",
+        help="with --online-lesions: the least |contrast| against the tissue around them the new "
+        "lesions are drawn with, instead of the folder's (e.g. 20, the evaluation's target "
+        "contrast); its validation and test cases keep theirs",
+    )  # fmt: skip
+    p.add_argument(
+        "--online-diameter-mm", type=float, nargs=2, metavar=("LO", "HI"),
+        help="with --online-lesions: the diameters (mm) the new lesions are drawn from, instead "
+        "of the folder's",
+    )  # fmt: skip
     also = p.add_argument_group("a second data set trained on in the same run")
     also.add_argument(
         "--also-data", metavar="DIR",
@@ -416,6 +427,15 @@ def build_train_config(args: argparse.Namespace):
         sampling["z_edge_slices"] = args.z_edge_slices
     if args.online_lesions is not None:
         sampling["online_lesions"] = args.online_lesions
+    online_draw = {"online_min_contrast_hu": args.online_min_contrast_hu,
+                   "online_diameter_mm": args.online_diameter_mm}  # fmt: skip
+    for key, value in online_draw.items():
+        if value is None:
+            continue
+        if not (sampling.get("online_lesions") or getattr(args, "also_online_lesions", False)):
+            flag = "--" + key.replace("_", "-")
+            raise ValueError(f"{flag} sets the lesions inserted on the fly: add --online-lesions")
+        sampling[key] = list(value) if isinstance(value, list | tuple) else value
     if getattr(args, "also_data", None):
         split = args.also_split_file and str(Path(args.also_split_file).resolve())
         d["extra_data"] = [

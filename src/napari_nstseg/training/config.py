@@ -51,7 +51,7 @@ def _sampling_from_dict(d: dict[str, Any]) -> SamplingConfig:
         if "scale_range" in aug:
             aug["scale_range"] = tuple(aug["scale_range"])
         d["augment"] = AugmentConfig(**aug)
-    for key in ("crop_size", "label_values"):
+    for key in ("crop_size", "label_values", "online_diameter_mm"):
         if d.get(key) is not None:
             d[key] = tuple(d[key])
     return SamplingConfig(**d)

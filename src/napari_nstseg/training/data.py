@@ -108,6 +108,12 @@ class SamplingConfig:
       positive sample, inserted on the fly into the lesion-free source blocks of its training
       split (``OnlineLesionDataset``), instead of on its stored cases, so that no training
       lesion site repeats; ``lesion_bank``: lesion shapes rasterised per block for that.
+    - ``online_min_contrast_hu``, ``online_diameter_mm``: with online lesions, the least
+      |contrast| against the surrounding tissue and the diameter range (mm) the new lesions are
+      drawn with, instead of those the make-lesions folder was made with (its stored
+      validation and test cases keep theirs): training on lesions as visible as the ones
+      evaluation counts as targets (20 HU, 10 mm) without remaking the data; None: the folder's.
+      They apply to every set trained with lesions on the fly (``TrainConfig.extra_data`` too).
     """
 
     positive_fraction: float = 0.7
@@ -123,6 +129,8 @@ class SamplingConfig:
     seed: int = 0
     online_lesions: bool = False
     lesion_bank: int = 256
+    online_min_contrast_hu: float | None = None
+    online_diameter_mm: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.positive_fraction <= 1:
@@ -146,6 +154,17 @@ class SamplingConfig:
             raise ValueError(f"samples_per_epoch must be positive, got {self.samples_per_epoch!r}")
         if self.lesion_bank < 1:
             raise ValueError(f"lesion_bank must be at least 1, got {self.lesion_bank!r}")
+        if self.online_min_contrast_hu is not None and self.online_min_contrast_hu < 0:
+            raise ValueError(
+                "online_min_contrast_hu is a contrast in HU >= 0, "
+                f"got {self.online_min_contrast_hu!r}"
+            )
+        if self.online_diameter_mm is not None:
+            lo, hi = self.online_diameter_mm
+            if not 0 < lo <= hi:
+                raise ValueError(
+                    f"online_diameter_mm must be 0 < low <= high, got {self.online_diameter_mm!r}"
+                )
 
 
 @dataclass
