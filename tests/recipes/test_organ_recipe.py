@@ -30,3 +30,23 @@ def test_the_data_step_gives_training_the_blocks_that_hold_cb001_s_and_hcc048_s_
     seed = _data_args({"block_orders": ""})  # the second and third runs' split
     assert "--block-order" not in seed
     assert seed == args[: len(seed)] and args[len(seed) :][::2] == ["--block-order"] * 2
+
+
+def _step_args(step: str, index: int = 0) -> list[str]:
+    recipe = load_recipe(RECIPE)
+    (planned,) = plan_command(recipe, step, index, Values(recipe, {"work": "W"}, {}))
+    return list(planned.args)
+
+
+def test_train_visible_is_the_train_step_with_more_visible_lesions_on_the_fly():
+    """Same data, budget and seed as `train`; only the least contrast of the on-the-fly
+    lesions and the run folder differ, and tune-visible tunes that run as tune tunes train's."""
+    train, visible = _step_args("train"), _step_args("train-visible")
+    out = visible.index("--out")
+    assert visible[out + 1] == "W/organ-visible" and train[train.index("--out") + 1] == "W/organ"
+    flag = visible.index("--online-min-contrast-hu")
+    assert visible[flag + 1] == "20"
+    rest = visible[:flag] + visible[flag + 2 : out]
+    assert rest == train[: train.index("--out")]
+    tune, tune_visible = _step_args("tune"), _step_args("tune-visible")
+    assert tune_visible == [a.replace("W/organ/", "W/organ-visible/") for a in tune]
