@@ -12,6 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from napari_nstseg.models.variants import changed_fields, variant_config, variant_names
+from napari_nstseg.training.cli_lesion_sources import (
+    add_lesion_source_args,
+    apply_lesion_source_args,
+)
 from napari_nstseg.training.cli_organ_crops import add_organ_crop_args, apply_organ_crop_args
 from napari_nstseg.training.run_log import CONFIG_NAME
 
@@ -136,40 +140,7 @@ def add_parser(subparsers) -> None:
         help="2.5-D input: also show the network the planes MM above and below each slice "
         "(3 input channels; 0 = plain 2-D slices, the default)",
     )
-    p.add_argument(
-        "--online-lesions",
-        action="store_true",
-        default=None,
-        help="--data is a `nstseg make-lesions` folder: train on its training blocks with one "
-        "new lesion per crop with lesion, inserted on the fly at a new site, instead of on its "
-        "stored cases (validation stays on its validation cases)",
-    )
-    p.add_argument(
-        "--online-min-contrast-hu", type=float, metavar="HU",
-        help="with --online-lesions: the least |contrast| against the tissue around them the new "
-        "lesions are drawn with, instead of the folder's (e.g. 20, the evaluation's target "
-        "contrast); its validation and test cases keep theirs",
-    )  # fmt: skip
-    p.add_argument(
-        "--online-diameter-mm", type=float, nargs=2, metavar=("LO", "HI"),
-        help="with --online-lesions: the diameters (mm) the new lesions are drawn from, instead "
-        "of the folder's",
-    )  # fmt: skip
-    also = p.add_argument_group("a second data set trained on in the same run")
-    also.add_argument(
-        "--also-data", metavar="DIR",
-        help="another dataset folder (any layout --data takes), e.g. a make-lesions folder "
-        "beside real tumours: a share of the crops comes from it, its validation cases join",
-    )  # fmt: skip
-    also.add_argument("--also-split-file", metavar="JSON", help="its fixed split by case")
-    also.add_argument(
-        "--also-online-lesions", action="store_true",
-        help="it is a make-lesions folder: new lesions on the fly, as --online-lesions",
-    )  # fmt: skip
-    also.add_argument(
-        "--also-share", type=float, default=0.5, metavar="F",
-        help="share of the training crops drawn from it (0.5)",
-    )  # fmt: skip
+    add_lesion_source_args(p)
     add_organ_crop_args(p)
     p.add_argument("--val-max-slices", type=int, help="cap on validation slices per epoch")
     p.add_argument("--mae", help="pretrained MAE checkpoint (SSL guidance, residual maps)")
@@ -425,23 +396,7 @@ def build_train_config(args: argparse.Namespace):
         sampling["z_edge_fraction"] = args.z_edge_fraction
     if args.z_edge_slices is not None:
         sampling["z_edge_slices"] = args.z_edge_slices
-    if args.online_lesions is not None:
-        sampling["online_lesions"] = args.online_lesions
-    online_draw = {"online_min_contrast_hu": args.online_min_contrast_hu,
-                   "online_diameter_mm": args.online_diameter_mm}  # fmt: skip
-    for key, value in online_draw.items():
-        if value is None:
-            continue
-        if not (sampling.get("online_lesions") or getattr(args, "also_online_lesions", False)):
-            flag = "--" + key.replace("_", "-")
-            raise ValueError(f"{flag} sets the lesions inserted on the fly: add --online-lesions")
-        sampling[key] = list(value) if isinstance(value, list | tuple) else value
-    if getattr(args, "also_data", None):
-        split = args.also_split_file and str(Path(args.also_split_file).resolve())
-        d["extra_data"] = [
-            {"data": str(Path(args.also_data).resolve()), "split_file": split,
-             "online_lesions": bool(args.also_online_lesions), "share": args.also_share}
-        ]  # fmt: skip
+    apply_lesion_source_args(d, sampling, args)
     if args.noise_hu is not None:
         sampling["augment"] = {**(sampling.get("augment") or {}), "noise_std_hu": args.noise_hu}
     d["sampling"] = sampling

@@ -31,8 +31,11 @@ from napari_nstseg.training.cases import Case, data_splits
 from napari_nstseg.training.config import TrainConfig
 from napari_nstseg.training.data import SamplingConfig, SliceDataset
 from napari_nstseg.training.distributed import DistContext, distributed
-from napari_nstseg.training.lesions.config import LesionConfig
-from napari_nstseg.training.lesions.online import OnlineLesionDataset, read_source_blocks
+from napari_nstseg.training.lesions.online import (
+    OnlineLesionDataset,
+    online_lesion_config,
+    read_source_blocks,
+)
 from napari_nstseg.training.loop import (
     Job,
     TrainResult,
@@ -63,22 +66,6 @@ def training_set(
         lesion_config = online_lesion_config(lesion_config, sampling)
         return OnlineLesionDataset(blocks, lesion_config, preprocess, sampling, organs)
     return SliceDataset(train_cases, preprocess, sampling, organs)
-
-
-def online_lesion_config(folder: LesionConfig, sampling: SamplingConfig) -> LesionConfig:
-    """The lesion settings of on-the-fly insertion: the folder's, with the sampling's
-    ``online_min_contrast_hu`` and ``online_diameter_mm`` in place of its own where given."""
-    changes: dict[str, Any] = {}
-    if sampling.online_min_contrast_hu is not None:
-        changes["min_abs_contrast_hu"] = float(sampling.online_min_contrast_hu)
-    if sampling.online_diameter_mm is not None:
-        changes["diameter_mm"] = tuple(float(v) for v in sampling.online_diameter_mm)
-    if not changes:
-        return folder
-    try:
-        return replace(folder, **changes)
-    except ValueError as e:
-        raise ValueError(f"the on-the-fly lesions' settings: {e}") from None
 
 
 def load_mae(path: str, preprocess: PreprocessConfig) -> tuple[MaskedAutoencoder, dict]:

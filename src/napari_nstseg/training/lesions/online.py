@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -111,6 +112,22 @@ def read_source_blocks(
             )
         )
     return blocks, config
+
+
+def online_lesion_config(folder: LesionConfig, sampling: SamplingConfig) -> LesionConfig:
+    """The lesion settings of on-the-fly insertion: the folder's, with the sampling's
+    ``online_min_contrast_hu`` and ``online_diameter_mm`` in place of its own where given."""
+    changes: dict[str, Any] = {}
+    if sampling.online_min_contrast_hu is not None:
+        changes["min_abs_contrast_hu"] = float(sampling.online_min_contrast_hu)
+    if sampling.online_diameter_mm is not None:
+        changes["diameter_mm"] = tuple(float(v) for v in sampling.online_diameter_mm)
+    if not changes:
+        return folder
+    try:
+        return replace(folder, **changes)
+    except ValueError as e:
+        raise ValueError(f"the on-the-fly lesions' settings: {e}") from None
 
 
 @dataclass
