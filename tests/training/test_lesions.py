@@ -309,6 +309,13 @@ def test_make_lesions_command(tmp_path, capsys):
     with open(tmp_path / "ds" / "lesions.csv") as f:
         rows = list(csv.DictReader(f))
     assert rows and {r["organ"] for r in rows} == {"liver"}
+    # a validation set of lesions as visible as the evaluation's targets
+    vis = ["-o", str(tmp_path / "vis"), "--contrast-hu", "-24", "24", "--min-contrast-hu", "20"]
+    seen = parser.parse_args([*argv, *vis])
+    assert seen.func(seen) == 0
+    with open(tmp_path / "vis" / "lesions.csv") as f:
+        asked = [abs(float(r["contrast_requested_hu"])) for r in csv.DictReader(f)]
+    assert asked and min(asked) >= 20
     bad = parser.parse_args([*argv, "--contrast-hu", "5", "40"])
     with pytest.raises(SystemExit, match="make-lesions: contrast_hu"):
         bad.func(bad)

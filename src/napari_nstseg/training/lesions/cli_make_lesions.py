@@ -54,6 +54,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--contrast-hu", nargs=2, type=float, default=d.contrast_hu, metavar=("LO", "HI")
     )
+    p.add_argument(
+        "--min-contrast-hu",
+        type=float,
+        default=d.min_abs_contrast_hu,
+        metavar="HU",
+        help="least |contrast| of a lesion against its tissue (default %(default)g: below it a "
+        "lesion is invisible even to a reader); 20 makes every lesion as visible as the "
+        "evaluation's targets",
+    )
     p.add_argument("--hypodense-fraction", type=float, default=d.hypodense_fraction)
     p.add_argument(
         "--lesions-per-scan", nargs=2, type=int, default=d.lesions_per_scan, metavar=("LO", "HI")
@@ -131,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         config = LesionConfig(
             diameter_mm=tuple(args.diameter_mm),
             contrast_hu=tuple(args.contrast_hu),
+            min_abs_contrast_hu=args.min_contrast_hu,
             hypodense_fraction=args.hypodense_fraction,
             lesions_per_scan=tuple(args.lesions_per_scan),
             organ_fraction=args.organ_fraction,
