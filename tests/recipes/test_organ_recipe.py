@@ -50,3 +50,20 @@ def test_train_visible_is_the_train_step_with_more_visible_lesions_on_the_fly():
     assert rest == train[: train.index("--out")]
     tune, tune_visible = _step_args("tune"), _step_args("tune-visible")
     assert tune_visible == [a.replace("W/organ/", "W/organ-visible/") for a in tune]
+
+
+def test_train_more_continues_the_bundled_organs_weights_at_a_lower_rate():
+    """train-more is the train step's data, crops and seed from the bundled organs weights at a
+    lower peak learning rate, in its own folder (resumed there), and tune-more tunes it as tune
+    tunes train's."""
+    recipe = load_recipe(RECIPE)
+    fresh = Values(recipe, {"work": "W"}, {})
+    (planned,) = plan_command(recipe, "train-more", 0, fresh)
+    more, train = list(planned.args), _step_args("train")
+    assert more[more.index("--out") + 1] == "W/organ-more"
+    assert more[-2:] == ["--init", "src/napari_nstseg/weights/organs.json"]  # the last --init wins
+    lr = len(more) - 1 - more[::-1].index("--lr")
+    assert more[lr + 1] == "5e-4" and lr > more.index("--lr")  # after the train step's 1e-3
+    assert more[:lr] == train[: train.index("--out")]
+    tune, tune_more = _step_args("tune"), _step_args("tune-more")
+    assert tune_more == [a.replace("W/organ/", "W/organ-more/") for a in tune]
