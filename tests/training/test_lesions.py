@@ -319,6 +319,9 @@ def test_make_lesions_command(tmp_path, capsys):
     bad = parser.parse_args([*argv, "--contrast-hu", "5", "40"])
     with pytest.raises(SystemExit, match="make-lesions: contrast_hu"):
         bad.func(bad)
+    bad = parser.parse_args([*argv, "--min-contrast-hu", "-5"])
+    with pytest.raises(SystemExit, match="make-lesions: min_abs_contrast_hu is a contrast in HU"):
+        bad.func(bad)
     # one scan split by scan goes whole to the training split: asking for test only says so
     none = parser.parse_args([*argv, "-o", str(tmp_path / "none"), "--splits", "test"])
     with pytest.raises(SystemExit, match=r"falls in the test split \(the regions: train\)"):

@@ -95,6 +95,10 @@ class LesionConfig:
         clo, chi = self.contrast_hu
         if clo > chi:
             raise ValueError(f"contrast_hu must be low <= high, got {self.contrast_hu}")
+        if self.min_abs_contrast_hu < 0:
+            raise ValueError(
+                f"min_abs_contrast_hu is a contrast in HU >= 0, got {self.min_abs_contrast_hu}"
+            )
         if self.hypodense_fraction > 0 and clo > -self.min_abs_contrast_hu:
             raise ValueError(
                 f"contrast_hu {self.contrast_hu} leaves no room for hypodense lesions of at least "
