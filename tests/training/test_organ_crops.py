@@ -93,6 +93,35 @@ def test_positive_organ_crops_show_a_lesion_placed_in_the_organ():
         assert item["mask"].sum() > 0 and box.z0 <= item["z"] < box.z1
 
 
+def test_the_label_of_a_lesion_in_a_zoomed_organ_crop_lies_where_the_image_shows_it():
+    # flat 40 HU tissue darkened only by the inserted lesion (50 to 60 HU below it; air beyond
+    # the organ's box lies far lower): the label must lie on what the lesion darkened, and what it
+    # darkened by more than two thirds of its contrast under the label, at the crop's zoom (less
+    # than that is the edge's blur, which near a pole spreads a lesion's last slice wide)
+    hu = np.full((20, 80, 80), 40.0, np.float32)
+    organs = np.zeros(hu.shape, np.uint8)
+    organs[ORGAN] = 7
+    dark = LesionConfig(diameter_mm=(5.0, 8.0), shell_mm=2.0, contrast_hu=(-60.0, -50.0),
+                        hypodense_fraction=1.0)  # fmt: skip
+    sampling = SamplingConfig(crop_size=(32, 32), samples_per_epoch=12, positive_fraction=1.0,
+                              organ_crops=1.0, lesion_bank=16, seed=3,
+                              augment=AugmentConfig(enabled=False))  # fmt: skip
+    ds = OnlineLesionDataset([SourceBlock("flat z000-020", hu, SPACING, organs)], dark, PRE,
+                             sampling, ORGANS)  # fmt: skip
+    assert ds.cases[0].boxes[0].zoom > 1
+    core_total = core_under_label = 0
+    for i in range(len(ds)):
+        item = ds[i]
+        centre = to_hu(item["image"][item["image"].shape[0] // 2].numpy())  # the slice itself
+        label = item["mask"].numpy().squeeze() > 0
+        reached = (centre < 35) & (centre > -100)
+        core = (centre < 5) & (centre > -100)
+        assert label.sum() > 0 and (label & reached).sum() >= 0.95 * label.sum()
+        core_total += core.sum()
+        core_under_label += (core & ndimage.binary_dilation(label)).sum()
+    assert core_total > 100 and core_under_label >= 0.95 * core_total
+
+
 def excluded_block() -> tuple[SourceBlock, np.ndarray]:
     """Soft tissue (40 HU, no noise) with a 200 HU disc on slices 5-14 that is excluded, so a
     crop that reaches it shows it."""
