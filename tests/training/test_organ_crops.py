@@ -95,9 +95,9 @@ def test_positive_organ_crops_show_a_lesion_placed_in_the_organ():
 
 def test_the_label_of_a_lesion_in_a_zoomed_organ_crop_lies_where_the_image_shows_it():
     # flat 40 HU tissue darkened only by the inserted lesion (50 to 60 HU below it; air beyond
-    # the organ's box lies far lower): the label must lie on what the lesion darkened, and what it
-    # darkened by more than two thirds of its contrast under the label, at the crop's zoom (less
-    # than that is the edge's blur, which near a pole spreads a lesion's last slice wide)
+    # the organ's box lies far lower): at the crop's zoom the label must lie on what the lesion
+    # darkened, and what it darkened by over two thirds of its contrast must lie under the label
+    # (less than that is the edge's blur, which near a pole spreads a lesion's last slice wide)
     hu = np.full((20, 80, 80), 40.0, np.float32)
     organs = np.zeros(hu.shape, np.uint8)
     organs[ORGAN] = 7
