@@ -36,11 +36,11 @@ def ramp_block(shape=(20, 80, 80)) -> SourceBlock:
     return SourceBlock("ramp z000-020", hu, SPACING, organs)
 
 
-def organ_set(block, **sampling) -> OnlineLesionDataset:
+def organ_set(block, lesions: LesionConfig = LESIONS, **sampling) -> OnlineLesionDataset:
     base = dict(crop_size=(32, 32), samples_per_epoch=12, positive_fraction=0.0, organ_crops=1.0,
                 lesion_bank=16, seed=5, augment=AugmentConfig(enabled=False))  # fmt: skip
     base.update(sampling)
-    return OnlineLesionDataset([block], LESIONS, PRE, SamplingConfig(**base), ORGANS)
+    return OnlineLesionDataset([block], lesions, PRE, SamplingConfig(**base), ORGANS)
 
 
 def to_hu(image: np.ndarray) -> np.ndarray:
@@ -103,11 +103,8 @@ def test_the_label_of_a_lesion_in_a_zoomed_organ_crop_lies_where_the_image_shows
     organs[ORGAN] = 7
     dark = LesionConfig(diameter_mm=(5.0, 8.0), shell_mm=2.0, contrast_hu=(-60.0, -50.0),
                         hypodense_fraction=1.0)  # fmt: skip
-    sampling = SamplingConfig(crop_size=(32, 32), samples_per_epoch=12, positive_fraction=1.0,
-                              organ_crops=1.0, lesion_bank=16, seed=3,
-                              augment=AugmentConfig(enabled=False))  # fmt: skip
-    ds = OnlineLesionDataset([SourceBlock("flat z000-020", hu, SPACING, organs)], dark, PRE,
-                             sampling, ORGANS)  # fmt: skip
+    block = SourceBlock("flat z000-020", hu, SPACING, organs)
+    ds = organ_set(block, lesions=dark, positive_fraction=1.0, seed=3)
     assert ds.cases[0].boxes[0].zoom > 1
     core_total = core_under_label = 0
     for i in range(len(ds)):
